@@ -1,0 +1,1 @@
+"""Stile benchmark harness: ``python -m bench run ...`` (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Command line: `stile serve | check | demo` (thin; calls library code)."""

@@ -1,0 +1,82 @@
+"""`stile demo`: the gateway on examples/demo.yaml with the bundled example upstreams."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from stile.config.load import ConfigError, load_config
+
+out = Console()
+REPO_ROOT = Path(__file__).resolve().parents[3]
+NOTES_PORT_ENV = "STILE_DEMO_NOTES_PORT"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"example upstream exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"example upstream did not listen on port {port}")
+
+
+def demo_environment(notes_port: int) -> dict[str, str]:
+    """Environment the demo config expands (${...}) to find the bundled upstreams."""
+    return {
+        NOTES_PORT_ENV: str(notes_port),
+        "STILE_PYTHON": sys.executable,
+        "STILE_DEMO_FILES_ROOT": str(REPO_ROOT / "examples"),
+    }
+
+
+def run_demo(port: int, config: Path | None) -> None:
+    from stile.server import run
+
+    path = config or REPO_ROOT / "examples" / "demo.yaml"
+    notes_port = _free_port()
+    os.environ.update(demo_environment(notes_port))
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        raise SystemExit("\n".join(exc.problems)) from exc
+    notes = subprocess.Popen(  # the HTTP example upstream; the stdio one is spawned by Stile itself
+        [sys.executable, "-m", "stile.examples_servers.notes_server", "--port", str(notes_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(notes_port, notes, time.monotonic() + 20)
+        base = f"http://127.0.0.1:{port}"
+        out.print(f"[bold]Stile demo[/bold] on {base}  (config {path})")
+        for name in loaded.config.virtual_servers:
+            out.print(f"  virtual server [cyan]{name}[/cyan]: {base}/mcp/{name}   (legacy SSE: {base}/sse/{name})")
+        first = next(iter(loaded.config.virtual_servers))
+        out.print("\nPaste into Python (pip install mcp==2.3.0):\n")
+        out.print(
+            "import asyncio\nfrom mcp import Client\n\nasync def main():\n"
+            f'    async with Client("{base}/mcp/{first}") as c:\n'
+            "        print([t.name for t in (await c.list_tools()).tools])\n\nasyncio.run(main())\n",
+            highlight=False,
+        )
+        run(loaded.config, host="127.0.0.1", port=port)
+    finally:
+        notes.terminate()
+        try:
+            notes.wait(5)
+        except subprocess.TimeoutExpired:
+            notes.kill()

@@ -1,0 +1,1 @@
+"""Configuration: YAML models validated by pydantic, compiled to an immutable form."""

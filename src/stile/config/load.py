@@ -1,0 +1,136 @@
+"""Load a YAML config file into a validated GatewayConfig, with errors that say where and what."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from stile.config.model import GatewayConfig
+
+
+class ConfigError(Exception):
+    """A config problem; `problems` lists one `file: key.path: what` line per defect."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    path: Path | None
+    config: GatewayConfig
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    upstream, dot, rest = ref.partition(".")
+    return upstream, rest if dot else ""
+
+
+def _glob_upstream(pattern: str) -> str:
+    return _split_ref(pattern)[0]
+
+
+def check_references(cfg: GatewayConfig, where: str) -> list[str]:
+    """Unknown upstream references are load-time errors."""
+    problems: list[str] = []
+    known = set(cfg.upstreams)
+    for vs_name, vs in cfg.virtual_servers.items():
+        base = f"{where}: virtual_servers.{vs_name}"
+        for i, up in enumerate(vs.upstreams or []):
+            if up not in known:
+                problems.append(f"{base}.upstreams[{i}]: unknown upstream {up!r} (known: {sorted(known)})")
+        lists = {
+            "allow_tools": vs.allow_tools or [], "deny_tools": vs.deny_tools,
+            "allow_resources": vs.allow_resources or [], "deny_resources": vs.deny_resources,
+            "allow_prompts": vs.allow_prompts or [], "deny_prompts": vs.deny_prompts,
+        }
+        for key, patterns in lists.items():
+            for i, pattern in enumerate(patterns):
+                up = _glob_upstream(pattern)
+                if "." not in pattern:
+                    problems.append(f"{base}.{key}[{i}]: {pattern!r} must be written upstream.name")
+                elif not any(ch in up for ch in "*?[") and up not in known:
+                    problems.append(f"{base}.{key}[{i}]: unknown upstream {up!r} in {pattern!r}")
+                elif any(ch in up for ch in "*?[") and not any(
+                    re.fullmatch(_glob_to_re(up), k) for k in known
+                ):
+                    problems.append(f"{base}.{key}[{i}]: {pattern!r} matches no upstream")
+        for section in ("tools", "prompts"):
+            for ref in getattr(vs, section):
+                up = _split_ref(ref)[0]
+                if up not in known:
+                    problems.append(f"{base}.{section}.{ref}: unknown upstream {up!r}")
+    return problems
+
+
+def _glob_to_re(glob: str) -> str:
+    return fnmatch.translate(glob)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, missing: list[str], where: str = "") -> Any:
+    """Replace ${NAME} and ${NAME:-default} in string values from the environment."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            got = os.environ.get(m.group(1))
+            if got is not None:
+                return got
+            if m.group(2) is not None:
+                return m.group(2)
+            missing.append(f"{where or '(top level)'}: environment variable {m.group(1)} is not set")
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, missing, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, missing, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(data: Any, where: str = "<config>") -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}: top level must be a mapping"])
+    missing: list[str] = []
+    data = expand_env(data, missing)
+    if missing:
+        raise ConfigError([f"{where}: {m}" for m in missing])
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {loc}: {err['msg']}")
+        raise ConfigError(problems) from exc
+    problems = check_references(cfg, where)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError([f"{p}:{at}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    return LoadedConfig(path=p, config=parse_config(data, str(p)))

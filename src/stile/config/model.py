@@ -1,0 +1,107 @@
+"""The YAML configuration contract (public keys; keep them working)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamConfig(_Strict):
+    """An MCP server Stile fronts: `url` (Streamable HTTP or legacy SSE) or `command` (stdio)."""
+
+    url: str | None = None
+    transport: Literal["streamable-http", "http", "sse", "stdio"] | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    era: Literal["auto", "legacy", "modern"] = "auto"
+    timeout: float = Field(default=60.0, gt=0, description="seconds for one upstream request")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UpstreamConfig:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("set exactly one of `url` (HTTP) or `command` (stdio)")
+        if self.command is not None:
+            if not self.command:
+                raise ValueError("`command` must not be empty")
+            if self.transport not in (None, "stdio"):
+                raise ValueError("a `command` upstream uses transport stdio")
+        if self.url is not None:
+            if not re.match(r"^https?://", self.url):
+                raise ValueError("`url` must start with http:// or https://")
+            if self.transport == "stdio":
+                raise ValueError("transport stdio needs `command`, not `url`")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "sse", "stdio"]:
+        if self.command is not None:
+            return "stdio"
+        return "sse" if self.transport == "sse" else "http"
+
+
+class Override(_Strict):
+    name: str | None = None
+    description: str | None = None
+
+
+PrefixMode = Literal["always", "conditional", "never"]
+
+
+class VirtualServerConfig(_Strict):
+    upstreams: list[str] | None = None
+    auth: Literal["none"] | None = None
+    prefix: PrefixMode = "always"
+    allow_tools: list[str] | None = None
+    deny_tools: list[str] = Field(default_factory=list)
+    allow_resources: list[str] | None = None
+    deny_resources: list[str] = Field(default_factory=list)
+    allow_prompts: list[str] | None = None
+    deny_prompts: list[str] = Field(default_factory=list)
+    tools: dict[str, Override] = Field(default_factory=dict)
+    prompts: dict[str, Override] = Field(default_factory=dict)
+    instructions: str | None = None
+    page_size: int = Field(default=1000, ge=1)
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_json_depth: int = Field(default=64, ge=4)
+
+
+class GatewayConfig(_Strict):
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
+    separator: str = "__"
+    session_key: str | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("upstreams", "virtual_servers")
+    @classmethod
+    def _names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"name {name!r} must match {_NAME.pattern}")
+        return value
+
+    @field_validator("separator")
+    @classmethod
+    def _sep(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,4}$", value):
+            raise ValueError("separator must be 1-4 characters of [A-Za-z0-9_-]")
+        return value

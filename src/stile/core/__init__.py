@@ -1,0 +1,1 @@
+"""Gateway core: call context, pipeline, catalog and views, routing, sessions."""

@@ -1,0 +1,68 @@
+"""The per-request context every policy sees, and the channel back to the client."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from stile.wire.jsonrpc import Message
+
+ClientEra = Literal["legacy", "modern"]
+
+
+class ClientChannel(Protocol):
+    """How the router talks back to the calling client during one request."""
+
+    @property
+    def can_request(self) -> bool:
+        """True when server->client requests can be sent (legacy streams)."""
+        ...
+
+    async def notify(self, msg: Message) -> None: ...
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class NullChannel:
+    can_request = False
+
+    async def notify(self, msg: Message) -> None:
+        return None
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from stile.wire.errors import MethodNotFound
+
+        raise MethodNotFound(f"client cannot answer {method} here")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    agent: str | None = None
+    user: str | None = None
+    roles: tuple[str, ...] = ()
+    method: str = "none"
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    virtual_server: str
+    method: str
+    params: dict[str, Any]
+    request_id: Any
+    era: ClientEra
+    protocol_version: str
+    client_caps: dict[str, Any] = field(default_factory=dict)
+    client_info: dict[str, Any] | None = None
+    log_level: str | None = None
+    principal: Principal = ANONYMOUS
+    channel: ClientChannel = field(default_factory=NullChannel)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    session_id: str | None = None
+
+
+Reply = Message  # a JSON-RPC response body: {"result": ...} or {"error": ...} (id added by the frontend)
+CallNext = Callable[[CallContext], Awaitable[Reply]]

@@ -1,0 +1,81 @@
+"""Legacy downstream sessions sealed into their own id (AES-GCM), so any replica can resume them.
+
+The id carries the negotiated version, the client's capabilities and info, and the virtual server;
+the key comes from STILE_SESSION_KEY (base64 of 32 bytes), `session_key` in config, or is random per
+process. Tampered, foreign-key or wrong-virtual-server ids open to None (answered 404).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_AAD = b"stile-session-v1"
+
+
+def decode_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error as exc:
+        raise ValueError("session key must be base64") from exc
+    if len(key) != 32:
+        raise ValueError(f"session key must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+def resolve_key(configured: str | None) -> tuple[bytes, str]:
+    """The session key and where it came from."""
+    env = os.environ.get("STILE_SESSION_KEY")
+    if env:
+        return decode_key(env), "STILE_SESSION_KEY"
+    if configured:
+        return decode_key(configured), "config session_key"
+    return secrets.token_bytes(32), "random (sessions do not survive a restart or span replicas)"
+
+
+@dataclass(frozen=True, slots=True)
+class LegacySession:
+    version: str
+    virtual_server: str
+    client_caps: dict[str, Any]
+    client_info: dict[str, Any] | None
+    issued: int
+    nonce: str
+
+
+class SessionSealer:
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def mint(self, version: str, virtual_server: str, caps: dict[str, Any],
+             info: dict[str, Any] | None) -> tuple[str, LegacySession]:
+        sess = LegacySession(version, virtual_server, caps, info, int(time.time()), secrets.token_hex(8))
+        payload = orjson.dumps({"v": version, "s": virtual_server, "c": caps, "i": info,
+                                "t": sess.issued, "n": sess.nonce})
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + self._aead.encrypt(nonce, payload, _AAD)
+        return base64.urlsafe_b64encode(sealed).decode().rstrip("="), sess
+
+    def open(self, token: str, virtual_server: str) -> LegacySession | None:
+        if not token or len(token) > 16384:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            if len(raw) < 29:
+                return None
+            data = orjson.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
+        except (binascii.Error, ValueError, InvalidTag):
+            return None
+        if not isinstance(data, dict) or data.get("s") != virtual_server:
+            return None
+        return LegacySession(str(data["v"]), virtual_server, data.get("c") or {}, data.get("i"),
+                             int(data.get("t", 0)), str(data.get("n", "")))

@@ -1,0 +1,1 @@
+"""ASGI front door: Streamable HTTP (both eras), legacy HTTP+SSE, health."""

@@ -1,0 +1,164 @@
+"""The ASGI application: routing, DNS-rebinding defences, limits, health, lifespan.
+
+Routes: `/mcp/<vs>` (Streamable HTTP, both eras), `/sse/<vs>` + `/sse/<vs>/messages` (legacy
+HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from stile.core.gateway import Gateway
+from stile.frontends.asgi import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    header_map,
+    read_body,
+    send_json,
+    send_text,
+)
+from stile.frontends.legacy_sse import LegacySseEndpoint
+from stile.frontends.streamable import StreamableEndpoint, error_body
+from stile.wire import jsonrpc
+from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
+
+log = logging.getLogger("stile.app")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class StileApp:
+    def __init__(self, gw: Gateway, *, bind_host: str = "127.0.0.1", start_gateway: bool = True) -> None:
+        self.gw = gw
+        self.mcp = StreamableEndpoint(gw)
+        self.sse = LegacySseEndpoint(gw, self.mcp)
+        self._start_gateway = start_gateway
+        limits = gw.cfg.limits
+        self.max_body = limits.max_body_bytes
+        self.max_header = limits.max_header_bytes
+        self.max_depth = limits.max_json_depth
+        local = bind_host in LOOPBACK
+        self.allowed_hosts = {h.lower() for h in gw.cfg.allowed_hosts} or (set(LOOPBACK) if local else set())
+        self.allowed_origins = {o.lower().rstrip("/") for o in gw.cfg.allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._http(scope, receive, send)
+        except Exception:  # outermost boundary: log, answer 500 without internals
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            try:
+                await send_json(send, 500, jsonrpc.error(None, INTERNAL_ERROR, "internal error"))
+            except RuntimeError:
+                pass  # the response had already started
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                if self._start_gateway:
+                    await self.gw.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if self._start_gateway:
+                    await self.gw.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _host_ok(self, headers: dict[str, str]) -> bool:
+        if not self.allowed_hosts:
+            return True
+        host = headers.get("host", "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return host in self.allowed_hosts or name in self.allowed_hosts
+
+    def _origin_ok(self, headers: dict[str, str]) -> bool:
+        origin = headers.get("origin")
+        if origin is None:
+            return True
+        origin = origin.lower().rstrip("/")
+        if origin in self.allowed_origins:
+            return True
+        parts = urlsplit(origin)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1"):
+            return True
+        host = headers.get("host", "").lower()
+        return bool(host) and parts.netloc == host and not self.allowed_origins
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+            return
+        if path == "/readyz":
+            await self._ready(send)
+            return
+        headers = header_map(scope)
+        if sum(len(k) + len(v) for k, v in headers.items()) > self.max_header:
+            await send_text(send, 431, "Request header fields too large")
+            return
+        if not self._host_ok(headers):
+            await send_text(send, 421, "Invalid Host header")
+            return
+        if not self._origin_ok(headers):
+            await send_text(send, 403, "Invalid Origin header")
+            return
+        kind, _, rest = path.lstrip("/").partition("/")
+        vs, _, tail = rest.partition("/")
+        if kind not in ("mcp", "sse") or not vs or vs not in self.gw.views or (kind == "mcp" and tail):
+            await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path}"))
+            return
+        if kind == "sse":
+            await self.sse.handle(scope, vs, tail, headers, receive, send)
+            return
+        try:
+            if method == "POST":
+                await self._post(vs, headers, receive, send)
+            elif method == "GET":
+                await self.mcp.get(vs, headers, receive, send)
+            elif method == "DELETE":
+                await self.mcp.delete(vs, headers, send)
+            else:
+                await send_json(send, 405, jsonrpc.error(None, -32600, "method not allowed"),
+                                [(b"allow", b"GET, POST, DELETE")])
+        except StileError as exc:
+            await send_json(send, exc.http_status if exc.http_status >= 400 else 400, error_body(None, exc))
+
+    async def _post(self, vs: str, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await send_json(send, 413, jsonrpc.error(None, -32600, f"body larger than {self.max_body} bytes"))
+            return
+        try:
+            body = await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            await send_json(send, 413, jsonrpc.error(None, -32600, f"body larger than {self.max_body} bytes"))
+            return
+        except ConnectionAbortedError:
+            return
+        try:
+            msg = jsonrpc.parse_body(body, max_depth=self.max_depth)
+        except ClientError as exc:
+            await send_json(send, 400, error_body(None, exc))
+            return
+        rid = msg.get("id") if isinstance(msg, dict) and jsonrpc.is_valid_id(msg.get("id")) else None
+        try:
+            await self.mcp.post(vs, msg, headers, receive, send)
+        except StileError as exc:
+            await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc))
+
+    async def _ready(self, send: Send) -> None:
+        status: dict[str, Any] = {}
+        for name, up in self.gw.upstreams.items():
+            inv = self.gw.inventories[name]
+            status[name] = {"ready": up.healthy and inv.ok, "era": up.era, "error": inv.error}
+        ok = all(s["ready"] for s in status.values())
+        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})

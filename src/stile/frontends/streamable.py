@@ -1,0 +1,226 @@
+"""The MCP endpoint `/mcp/<virtual-server>`: Streamable HTTP, both eras on one URL.
+
+Era of an inbound message: `initialize` or an `Mcp-Session-Id` header means legacy (2025-03-26 ..
+2025-11-25, a sealed session id); a `_meta` protocol version means modern (2026-07-28, stateless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from stile.core.context import CallContext
+from stile.core.router import server_capabilities, server_info
+from stile.core.sessions import LegacySession
+from stile.frontends.asgi import Receive, Send, send_empty, send_json
+from stile.frontends.channel import Relay, ResponseChannel
+from stile.frontends.listen import serve_get_stream, serve_listen
+from stile.upstreams.tasks import spawn
+from stile.wire import eras, jsonrpc
+from stile.wire.errors import (
+    INTERNAL_ERROR,
+    HeaderMismatch,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    SessionNotFound,
+    StileError,
+    UnsupportedVersion,
+)
+from stile.wire.headers import check_modern_headers
+from stile.wire.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from stile.core.gateway import Gateway
+
+log = logging.getLogger("stile.frontend")
+MODERN_METHODS = frozenset({
+    "server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
+    "prompts/list", "prompts/get", "completion/complete", "subscriptions/listen",
+    "tasks/get", "tasks/update", "tasks/cancel",
+})
+SESSION_HEADER = b"mcp-session-id"
+
+
+def error_body(id_: Any, exc: StileError) -> Message:
+    return {"jsonrpc": "2.0", "id": id_, "error": exc.to_error()}
+
+
+class StreamableEndpoint:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.relay = Relay()
+        self.inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+
+    # --- entry points per HTTP method -----------------------------------------------------
+    async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        if isinstance(msg, list):
+            raise InvalidRequest("batch requests are not supported")
+        msg = jsonrpc.validate_message(msg)
+        params = msg.get("params") or {}
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        sid = headers.get("mcp-session-id")
+        if sid is not None:
+            session = self._open_session(sid, vs)
+            await self._legacy(vs, msg, session, sid, headers, receive, send)
+        elif msg.get("method") == "initialize" and not (isinstance(meta, dict) and eras.META_VERSION in meta):
+            await self._initialize(vs, msg, send)
+        elif isinstance(meta, dict) and eras.META_VERSION in meta:
+            await self._modern(vs, msg, meta, headers, receive, send)
+        elif headers.get("mcp-protocol-version") in eras.MODERN_VERSIONS:
+            raise InvalidParams("modern requests must carry _meta io.modelcontextprotocol/protocolVersion "
+                                "and clientCapabilities", http_status=400)
+        else:
+            raise InvalidRequest("Bad Request: Missing session ID (send initialize first)")
+
+    async def get(self, vs: str, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        sid = headers.get("mcp-session-id")
+        if sid is None:
+            if headers.get("mcp-protocol-version") in eras.MODERN_VERSIONS:
+                await send_empty(send, 405, [(b"allow", b"POST")])
+                return
+            raise InvalidRequest("Bad Request: Missing session ID")
+        session = self._open_session(sid, vs)
+        await serve_get_stream(self.gw, vs, session, receive, send)
+
+    async def delete(self, vs: str, headers: dict[str, str], send: Send) -> None:
+        sid = headers.get("mcp-session-id")
+        if sid is None:
+            await send_empty(send, 405, [(b"allow", b"POST")])
+            return
+        session = self._open_session(sid, vs)
+        self.gw.closed_sessions.add(session.nonce)
+        self.gw.subscriptions.pop(session.nonce, None)
+        await send_empty(send, 200)
+
+    def _open_session(self, sid: str, vs: str) -> LegacySession:
+        session = self.gw.sealer.open(sid, vs)
+        if session is None or session.nonce in self.gw.closed_sessions:
+            raise SessionNotFound("Session not found")
+        return session
+
+    # --- legacy ---------------------------------------------------------------------------
+    async def _initialize(self, vs: str, msg: Message, send: Send) -> None:
+        if "id" not in msg:
+            raise InvalidRequest("initialize must be a request")
+        params = msg.get("params") or {}
+        version = eras.negotiate_legacy(params.get("protocolVersion"))
+        caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
+        sid, _ = self.gw.sealer.mint(version, vs, caps, info)
+        view = self.gw.views[vs]
+        result: dict[str, Any] = {"protocolVersion": version, "capabilities": server_capabilities(view),
+                                  "serverInfo": server_info(view)}
+        instructions = self.gw.cfg.virtual_servers[vs].instructions
+        if instructions is None and len(view.upstreams) == 1:
+            instructions = self.gw.upstreams[view.upstreams[0]].instructions
+        if instructions:
+            result["instructions"] = instructions
+        await send_json(send, 200, jsonrpc.result(msg["id"], result), [(SESSION_HEADER, sid.encode())])
+
+    async def _legacy(self, vs: str, msg: Message, session: LegacySession, sid: str, headers: dict[str, str],
+                      receive: Receive, send: Send) -> None:
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in eras.LEGACY_VERSIONS:
+            raise InvalidRequest(f"Unsupported MCP-Protocol-Version: {version}")
+        if jsonrpc.is_response(msg):
+            self.relay.answer(msg)
+            await send_empty(send, 202)
+            return
+        if jsonrpc.is_notification(msg):
+            if msg["method"] == "notifications/cancelled":
+                rid = (msg.get("params") or {}).get("requestId")
+                task = self.inflight.get((session.nonce, rid))
+                if task is not None:
+                    task.cancel()
+            await send_empty(send, 202)
+            return
+        if msg["method"] == "initialize":
+            raise InvalidRequest("session already initialized")
+        ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
+                          session.client_caps, session.client_info, None, headers=headers, session_id=session.nonce)
+        sess_hdr = [(SESSION_HEADER, sid.encode())]
+        await self._run(ctx, receive, send, sess_hdr, self.relay, key=(session.nonce, msg["id"]))
+
+    # --- modern ---------------------------------------------------------------------------
+    async def _modern(self, vs: str, msg: Message, meta: dict[str, Any], headers: dict[str, str],
+                      receive: Receive, send: Send) -> None:
+        version = meta.get(eras.META_VERSION)
+        if version not in eras.MODERN_VERSIONS:
+            raise UnsupportedVersion(f"Unsupported protocol version: {version}",
+                                     data={"supported": list(eras.MODERN_VERSIONS), "requested": version})
+        caps = meta.get(eras.META_CAPS)
+        if not isinstance(caps, dict):
+            raise InvalidParams("missing _meta io.modelcontextprotocol/clientCapabilities", http_status=400)
+        if headers.get("mcp-protocol-version") != version:
+            raise HeaderMismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
+        if jsonrpc.is_response(msg):
+            raise InvalidRequest("the 2026-07-28 transport does not accept responses from clients")
+        method = msg["method"]
+        params = msg.get("params") or {}
+        check_modern_headers(headers, method, params)
+        if jsonrpc.is_notification(msg):
+            await send_empty(send, 202)
+            return
+        if method not in MODERN_METHODS:
+            raise MethodNotFound(f"Method not found: {method}", http_status=404)
+        info = meta.get(eras.META_CLIENT_INFO)
+        level = meta.get(eras.META_LOG_LEVEL)
+        ctx = CallContext(vs, method, params, msg["id"], "modern", version, caps,
+                          info if isinstance(info, dict) else None, level if isinstance(level, str) else None,
+                          headers=headers)
+        if method == "subscriptions/listen":
+            await serve_listen(self.gw, ctx, receive, send)
+            return
+        await self._run(ctx, receive, send, [], None, key=None)
+
+    # --- one request, JSON or SSE, cancelled by disconnect -----------------------------------
+    async def _run(self, ctx: CallContext, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]],
+                   relay: Relay | None, key: tuple[str, Any] | None) -> None:
+        channel = ResponseChannel(send, headers, relay, self._timeout(ctx))
+        ctx = CallContext(ctx.virtual_server, ctx.method, ctx.params, ctx.request_id, ctx.era, ctx.protocol_version,
+                          ctx.client_caps, ctx.client_info, ctx.log_level, ctx.principal, channel, ctx.headers,
+                          ctx.session_id)
+        task = spawn(self._reply(ctx, channel), name="request")
+        if key is not None:
+            self.inflight[key] = task
+        watcher = spawn(_wait_disconnect(receive), name="disconnect")
+        try:
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await channel.abort()
+        finally:
+            watcher.cancel()
+            if key is not None:
+                self.inflight.pop(key, None)
+
+    async def _reply(self, ctx: CallContext, channel: ResponseChannel) -> None:
+        try:
+            reply = await self.gw.handle(ctx)
+            body = {"jsonrpc": "2.0", "id": ctx.request_id, **reply}
+        except StileError as exc:
+            body = error_body(ctx.request_id, exc)
+        except asyncio.CancelledError:
+            if ctx.era == "legacy" and not channel.done:
+                # cancelled by notifications/cancelled: the client expects no answer
+                await channel.abort()
+            raise
+        except Exception:  # outermost boundary for one request: never a traceback to the client
+            log.exception("internal error handling %s", ctx.method)
+            body = jsonrpc.error(ctx.request_id, INTERNAL_ERROR, "internal error")
+        await channel.finish(body)
+
+    def _timeout(self, ctx: CallContext) -> float:
+        return max((u.timeout for u in self.gw.cfg.upstreams.values()), default=60.0)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return

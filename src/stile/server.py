@@ -1,0 +1,35 @@
+"""Run the gateway under uvicorn (uvloop + httptools when available)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from stile.config.model import GatewayConfig
+from stile.core.gateway import Gateway
+from stile.frontends.app import StileApp
+
+log = logging.getLogger("stile")
+
+
+def build_app(cfg: GatewayConfig, host: str = "127.0.0.1") -> StileApp:
+    gw = Gateway(cfg)
+    for name, vs in cfg.virtual_servers.items():
+        if vs.auth is None:
+            log.warning("virtual server %s has no `auth` setting; it is open to anyone who can reach it "
+                        "(set `auth: none` to make that explicit)", name)
+        elif vs.auth == "none":
+            log.warning("virtual server %s: auth: none (anonymous access)", name)
+    log.info("session key: %s", gw.key_source)
+    return StileApp(gw, bind_host=host)
+
+
+def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info") -> None:
+    app = build_app(cfg, host)
+    loop = "auto"
+    config = uvicorn.Config(app, host=host, port=port, loop=loop, http="auto", lifespan="on",
+                            log_level=log_level, access_log=False, timeout_keep_alive=30,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run()

@@ -1,0 +1,1 @@
+"""Upstream clients: one `Upstream` interface; Streamable HTTP, legacy HTTP+SSE and stdio."""

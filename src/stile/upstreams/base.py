@@ -1,0 +1,142 @@
+"""The Upstream seam shared by every transport, and the era-adaptation every transport needs.
+
+An upstream call is described by `CallOptions`: who to tell about progress and log messages
+(`on_message`), who answers server->client requests (`on_request`), and the calling client's
+declared capabilities (forwarded as `_meta` to modern upstreams). Transports return the raw
+JSON-RPC response dict (result or error) and raise `UpstreamError` subclasses for local failures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from stile import __version__
+from stile.wire import eras
+from stile.wire.jsonrpc import Message
+
+log = logging.getLogger("stile.upstream")
+
+Era = Literal["legacy", "modern"]
+OnMessage = Callable[[Message], Awaitable[None]]
+OnRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+OnNotification = Callable[[str, Message], None]
+
+CLIENT_INFO = {"name": "stile", "version": __version__}
+# What Stile declares to legacy upstreams: it can relay all of these to capable clients.
+LEGACY_CLIENT_CAPS: dict[str, Any] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
+
+
+async def _no_message(msg: Message) -> None:
+    return None
+
+
+async def _no_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    from stile.wire.errors import MethodNotFound
+
+    raise MethodNotFound(f"the client cannot answer {method}")
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    on_message: OnMessage = _no_message
+    on_request: OnRequest = _no_request
+    client_caps: dict[str, Any] = field(default_factory=dict)
+    client_info: dict[str, Any] | None = None
+    log_level: str | None = None
+    progress_token: Any = None  # the upstream-side token, set by the router when the client asked
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+DEFAULT_OPTIONS = CallOptions()
+
+
+class Upstream(Protocol):
+    name: str
+    era: Era | None
+    server_info: dict[str, Any]
+    capabilities: dict[str, Any]
+    instructions: str | None
+    on_notification: OnNotification
+
+    async def start(self) -> None: ...
+
+    async def request(self, method: str, params: dict[str, Any], opts: CallOptions = ...) -> Message: ...
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+
+class IdSource:
+    """Upstream request ids: unique per upstream connection, never reused."""
+
+    def __init__(self, prefix: str = "s") -> None:
+        self._counter = itertools.count(1)
+        self._prefix = prefix
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+
+def modern_meta(opts: CallOptions) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        eras.META_VERSION: eras.MODERN,
+        eras.META_CAPS: narrow_caps(opts.client_caps),
+        eras.META_CLIENT_INFO: opts.client_info or CLIENT_INFO,
+    }
+    if opts.log_level:
+        meta[eras.META_LOG_LEVEL] = opts.log_level
+    return meta
+
+
+def narrow_caps(caps: dict[str, Any]) -> dict[str, Any]:
+    """Forward only client capabilities Stile can relay."""
+    return {k: v for k, v in caps.items() if k in ("sampling", "elicitation", "roots", "extensions")}
+
+
+def adapt_params(era: Era, params: dict[str, Any], opts: CallOptions) -> dict[str, Any]:
+    """Add or strip the per-request `_meta` keys the upstream's era expects."""
+    meta = params.get("_meta")
+    if era == "modern":
+        new_meta = dict(meta) if isinstance(meta, dict) else {}
+        new_meta.update(modern_meta(opts))
+        return {**params, "_meta": new_meta}
+    if isinstance(meta, dict) and any(k.startswith("io.modelcontextprotocol/") for k in meta):
+        kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+        out = {k: v for k, v in params.items() if k != "_meta"}
+        if kept:
+            out["_meta"] = kept
+        return out
+    return params
+
+
+def initialize_params() -> dict[str, Any]:
+    return {
+        "protocolVersion": eras.LATEST_LEGACY,
+        "capabilities": LEGACY_CLIENT_CAPS,
+        "clientInfo": CLIENT_INFO,
+    }
+
+
+def discover_params() -> dict[str, Any]:
+    return {"_meta": modern_meta(DEFAULT_OPTIONS)}
+
+
+def is_modern_discover(msg: Message) -> bool:
+    res = msg.get("result")
+    return isinstance(res, dict) and eras.MODERN in (res.get("supportedVersions") or [])
+
+
+def ignore_notification(name: str, msg: Message) -> None:
+    return None

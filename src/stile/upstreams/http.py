@@ -1,0 +1,330 @@
+"""Streamable HTTP upstream (both eras) on a keep-alive aiohttp pool.
+
+Era is detected once (a modern `server/discover`; anything else means legacy, which gets one
+long-lived `initialize`d session, re-created only if the upstream forgets it). Notifications not
+tied to a request (list_changed, resources/updated) arrive on a background listener: the legacy
+GET stream, or a modern `subscriptions/listen`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from stile.config.model import UpstreamConfig
+from stile.upstreams.base import (
+    DEFAULT_OPTIONS,
+    CallOptions,
+    Era,
+    IdSource,
+    OnNotification,
+    adapt_params,
+    discover_params,
+    ignore_notification,
+    initialize_params,
+    is_modern_discover,
+)
+from stile.upstreams.tasks import spawn
+from stile.wire import eras, jsonrpc, sse
+from stile.wire import headers as mcp_headers
+from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable
+from stile.wire.jsonrpc import Message
+
+log = logging.getLogger("stile.upstream.http")
+_ACCEPT = "application/json, text/event-stream"
+
+
+class HttpUpstream:
+    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+        assert cfg.url is not None
+        self.name = name
+        self.url = cfg.url
+        self.cfg = cfg
+        self.era: Era | None = None if cfg.era == "auto" else cfg.era
+        self.server_info: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.instructions: str | None = None
+        self.on_notification: OnNotification = ignore_notification
+        self.initialize_count = 0
+        self._ids = IdSource()
+        self._session_id: str | None = None
+        self._version = eras.LATEST_LEGACY
+        self._http: aiohttp.ClientSession | None = None
+        self._ready_lock = asyncio.Lock()
+        self._ready = False
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._ready and self._last_error is None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            conn = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=60)
+            self._http = aiohttp.ClientSession(connector=conn, auto_decompress=True)
+        return self._http
+
+    async def start(self) -> None:
+        await self._ensure_ready()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._session_id is not None and self._http is not None:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self._http.delete(self.url, headers=self._headers(), timeout=aiohttp.ClientTimeout(2)):
+                    pass
+        if self._http is not None:
+            await self._http.close()
+
+    def _headers(self, method: str | None = None, name: str | None = None) -> dict[str, str]:
+        h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
+        if self.era == "modern":
+            h["MCP-Protocol-Version"] = eras.MODERN
+            if method is not None:
+                h["Mcp-Method"] = method
+            if name is not None:
+                h["Mcp-Name"] = mcp_headers.encode_value(name)
+        elif self._session_id is not None:
+            h["Mcp-Session-Id"] = self._session_id
+            h["MCP-Protocol-Version"] = self._version
+        return h
+
+    async def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                if self.era in (None, "modern"):
+                    msg = await self._post_raw("server/discover", discover_params(), force_modern=True)
+                    if is_modern_discover(msg):
+                        res = msg["result"]
+                        self.era = "modern"
+                        self.capabilities = res.get("capabilities") or {}
+                        self.server_info = (res.get("_meta") or {}).get(eras.META_SERVER_INFO) or {}
+                        self.instructions = res.get("instructions")
+                    elif self.era == "modern":
+                        raise UpstreamUnavailable(self.name, "upstream does not speak 2026-07-28")
+                    else:
+                        self.era = "legacy"
+                if self.era == "legacy":
+                    await self._initialize()
+            except StileError as exc:
+                self._last_error = exc.message
+                if self.cfg.era == "auto":
+                    self.era = None
+                raise
+            self._ready = True
+            self._last_error = None
+            if self._listener is None and not self._closed:
+                self._listener = spawn(self._listen(), name=f"listen-{self.name}")
+
+    async def _initialize(self) -> None:
+        self._session_id = None
+        msg = await self._post_raw("initialize", initialize_params(), keep_session=True)
+        if "error" in msg:
+            raise UpstreamUnavailable(self.name, f"initialize failed: {msg['error'].get('message')}")
+        res = msg["result"]
+        self._version = res.get("protocolVersion", eras.LATEST_LEGACY)
+        self.capabilities = res.get("capabilities") or {}
+        self.server_info = res.get("serverInfo") or {}
+        self.instructions = res.get("instructions")
+        self.initialize_count += 1
+        await self.notify("notifications/initialized", {})
+
+    async def _post_raw(
+        self, method: str, params: dict[str, Any], *, force_modern: bool = False, keep_session: bool = False
+    ) -> Message:
+        """One request during setup (discover / initialize): JSON or SSE, first response wins."""
+        h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
+        if force_modern:
+            h.update({"MCP-Protocol-Version": eras.MODERN, "Mcp-Method": method})
+        body = jsonrpc.dumps(jsonrpc.request(self._ids.next(), method, params))
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                async with self._client().post(self.url, data=body, headers=h) as resp:
+                    if keep_session and "mcp-session-id" in resp.headers:
+                        self._session_id = resp.headers["mcp-session-id"]
+                    async for msg in self._messages(resp):
+                        if jsonrpc.is_response(msg):
+                            return msg
+                    return {"error": {"code": -32603, "message": f"HTTP {resp.status}"}}
+        except TimeoutError as exc:
+            raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(self.name, f"cannot reach upstream ({type(exc).__name__})") from exc
+
+    async def _messages(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Message]:
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream"):
+            dec = sse.Decoder()
+            async for chunk in resp.content.iter_any():
+                for ev in dec.feed(chunk):
+                    if ev.data:
+                        try:
+                            value = jsonrpc.loads(ev.data)
+                        except ValueError:
+                            log.warning("upstream %s sent a non-JSON SSE event", self.name)
+                            continue
+                        if isinstance(value, dict):
+                            yield value
+        elif ctype.startswith("application/json"):
+            data = await resp.read()
+            try:
+                value = jsonrpc.loads(data)
+            except ValueError:
+                return
+            if isinstance(value, dict):
+                yield value
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        body = jsonrpc.dumps(jsonrpc.notification(method, params))
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                async with self._client().post(self.url, data=body, headers=self._headers(method)) as resp:
+                    await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("upstream %s: notification %s not delivered: %s", self.name, method, type(exc).__name__)
+
+    async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
+        await self._ensure_ready()
+        for attempt in (1, 2):
+            try:
+                return await self._request_once(method, params, opts)
+            except _SessionLost:
+                if attempt == 2:
+                    break
+                log.info("upstream %s forgot our session; re-initializing", self.name)
+                async with self._ready_lock:
+                    await self._initialize()
+        raise UpstreamUnavailable(self.name, "upstream session could not be re-established")
+
+    async def _request_once(self, method: str, params: dict[str, Any], opts: CallOptions) -> Message:
+        assert self.era is not None
+        rid = self._ids.next()
+        sent = adapt_params(self.era, params, opts)
+        key = eras.NAMED_METHODS.get(method)
+        name = sent.get(key) if key else None
+        h = self._headers(method, name if isinstance(name, str) else None)
+        if self.era == "modern" and opts.extra_headers:
+            h.update(opts.extra_headers)
+        body = jsonrpc.dumps(jsonrpc.request(rid, method, sent))
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                async with self._client().post(self.url, data=body, headers=h) as resp:
+                    if resp.status == 404 and self.era == "legacy" and self._session_id is not None:
+                        await resp.read()
+                        raise _SessionLost
+                    got_any = False
+                    async for msg in self._messages(resp):
+                        got_any = True
+                        if "method" in msg:
+                            await self._on_stream_message(msg, opts)
+                        elif msg.get("id") == rid:
+                            return msg
+                    if not got_any:
+                        raise UpstreamUnavailable(self.name, f"HTTP {resp.status} without a JSON-RPC answer")
+                    raise UpstreamUnavailable(self.name, "stream ended before the response")
+        except TimeoutError as exc:
+            self._cancel_later(rid)
+            raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.timeout}s") from exc
+        except asyncio.CancelledError:
+            self._cancel_later(rid)
+            raise
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
+
+    def _cancel_later(self, rid: str) -> None:
+        if self.era == "legacy":
+            spawn(self.notify("notifications/cancelled", {"requestId": rid, "reason": "client cancelled"}),
+                  name="cancel")
+
+    async def _on_stream_message(self, msg: Message, opts: CallOptions) -> None:
+        if "id" not in msg:
+            await opts.on_message(msg)
+            return
+        spawn(self._answer_server_request(msg, opts), name=f"relay-{self.name}")
+
+    async def _answer_server_request(self, msg: Message, opts: CallOptions) -> None:
+        try:
+            result = await opts.on_request(msg["method"], msg.get("params") or {})
+            reply = jsonrpc.result(msg["id"], result)
+        except StileError as exc:
+            reply = {"jsonrpc": "2.0", "id": msg["id"], "error": exc.to_error()}
+        body = jsonrpc.dumps(reply)
+        try:
+            async with self._client().post(self.url, data=body, headers=self._headers()) as resp:
+                await resp.read()
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s: could not deliver answer: %s", self.name, type(exc).__name__)
+
+    async def _listen(self) -> None:
+        """Keep a stream open for list_changed / resources/updated, reconnecting with backoff."""
+        delay = 0.5
+        while not self._closed:
+            try:
+                if self.era == "modern":
+                    await self._listen_modern()
+                else:
+                    await self._listen_legacy()
+                delay = 0.5
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.debug("upstream %s listener: %s", self.name, type(exc).__name__)
+            except _NoStream:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _listen_legacy(self) -> None:
+        h = self._headers()
+        h["Accept"] = "text/event-stream"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
+        async with self._client().get(self.url, headers=h, timeout=timeout) as resp:
+            if resp.status in (405, 400, 406):
+                raise _NoStream
+            if resp.status == 404:
+                async with self._ready_lock:
+                    await self._initialize()
+                return
+            async for msg in self._messages(resp):
+                if "method" in msg and "id" not in msg:
+                    self.on_notification(msg["method"], msg)
+
+    async def _listen_modern(self) -> None:
+        wanted = {}
+        for cap, key in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+                         ("resources", "resourcesListChanged")):
+            if isinstance(self.capabilities.get(cap), dict) and self.capabilities[cap].get("listChanged"):
+                wanted[key] = True
+        if not wanted:
+            raise _NoStream
+        params = {"notifications": wanted, **discover_params()}
+        body = jsonrpc.dumps(jsonrpc.request(self._ids.next(), "subscriptions/listen", params))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
+        async with self._client().post(self.url, data=body, headers=self._headers("subscriptions/listen"),
+                                       timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise _NoStream
+            async for msg in self._messages(resp):
+                if "method" in msg and "id" not in msg:
+                    self.on_notification(msg["method"], msg)
+
+
+class _SessionLost(Exception):
+    pass
+
+
+class _NoStream(Exception):
+    pass

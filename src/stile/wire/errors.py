@@ -1,0 +1,106 @@
+"""The Stile error tree and its wire mapping.
+
+    StileError                 (jsonrpc_code, http_status; safe message shown to the client)
+    +-- ClientError            the client sent something wrong (400-class)
+    |   +-- ParseError         -32700: body is not one JSON object
+    |   +-- InvalidRequest     -32600: JSON-RPC envelope is malformed
+    |   +-- MethodNotFound     -32601
+    |   +-- InvalidParams      -32602 (also unknown tool, bad cursor, missing _meta)
+    |   +-- HeaderMismatch     -32020: Mcp-* header disagrees with the body
+    |   +-- UnsupportedVersion -32022
+    |   +-- SessionNotFound    legacy session id unknown or expired (HTTP 404)
+    +-- UpstreamError          the upstream failed; message names the upstream, never its secrets
+        +-- UpstreamUnavailable  connection refused / reset / process dead
+        +-- UpstreamTimeout      no answer within the upstream's timeout
+
+Errors returned *by* an upstream (JSON-RPC error objects) are not exceptions: they pass through
+as responses. Exceptions here are always generated locally, so a client can tell them apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RESOURCE_NOT_FOUND_LEGACY = -32002
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+# Implementation-defined range (-32000..-32019): locally generated upstream failures.
+UPSTREAM_UNAVAILABLE = -32001
+UPSTREAM_TIMEOUT = -32003
+
+
+class StileError(Exception):
+    jsonrpc_code: int = INTERNAL_ERROR
+    http_status: int = 500
+
+    def __init__(self, message: str, *, data: Any = None, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        if http_status is not None:
+            self.http_status = http_status
+
+    def to_error(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.jsonrpc_code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+class ClientError(StileError):
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 400
+
+
+class ParseError(ClientError):
+    jsonrpc_code = PARSE_ERROR
+
+
+class InvalidRequest(ClientError):
+    jsonrpc_code = INVALID_REQUEST
+
+
+class MethodNotFound(ClientError):
+    jsonrpc_code = METHOD_NOT_FOUND
+    http_status = 200
+
+
+class InvalidParams(ClientError):
+    jsonrpc_code = INVALID_PARAMS
+    http_status = 200
+
+
+class HeaderMismatch(ClientError):
+    jsonrpc_code = HEADER_MISMATCH
+
+
+class UnsupportedVersion(ClientError):
+    jsonrpc_code = UNSUPPORTED_PROTOCOL_VERSION
+
+
+class SessionNotFound(ClientError):
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 404
+
+
+class UpstreamError(StileError):
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+    http_status = 200
+
+    def __init__(self, upstream: str, message: str) -> None:
+        super().__init__(f"upstream {upstream!r}: {message}", data={"upstream": upstream})
+        self.upstream = upstream
+
+
+class UpstreamUnavailable(UpstreamError):
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+
+
+class UpstreamTimeout(UpstreamError):
+    jsonrpc_code = UPSTREAM_TIMEOUT

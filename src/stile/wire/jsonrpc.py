@@ -1,0 +1,131 @@
+"""JSON-RPC 2.0 messages as plain dicts: strict inbound parsing and fast encoding.
+
+Inbound client bodies are parsed once with the stdlib scanner so duplicate keys can be
+refused (an ambiguity attackers use against parser pairs); nesting depth is bounded.
+Upstream bodies are parsed with orjson (trusted to be well formed, and often large).
+Messages stay raw dicts: unknown fields and `_meta` pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from stile.wire.errors import InvalidRequest, ParseError
+
+Message = dict[str, Any]
+MAX_DEPTH = 64
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return True
+
+
+def parse_body(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse a client body into JSON; raise ParseError with a safe message on any defect."""
+    try:
+        value = json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise ParseError(f"duplicate key {str(exc)[:64]!r} in JSON object") from exc
+    except RecursionError as exc:
+        raise ParseError("JSON nested too deeply") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError("invalid JSON") from exc
+    if not _depth_ok(value, max_depth):
+        raise ParseError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def validate_message(value: Any) -> Message:
+    """Check the JSON-RPC 2.0 envelope of one message (request, notification or response)."""
+    if not isinstance(value, dict):
+        raise InvalidRequest("expected one JSON-RPC message object")
+    if value.get("jsonrpc") != "2.0":
+        raise InvalidRequest('"jsonrpc" must be "2.0"')
+    if "method" in value:
+        if not isinstance(value["method"], str) or not value["method"]:
+            raise InvalidRequest('"method" must be a non-empty string')
+        if "id" in value and not is_valid_id(value["id"]):
+            raise InvalidRequest('"id" must be a string or an integer')
+        params = value.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequest('"params" must be an object')
+        return value
+    if "id" in value and ("result" in value or "error" in value):
+        return value
+    raise InvalidRequest("message is neither a request, a notification nor a response")
+
+
+def is_valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def is_request(msg: Message) -> bool:
+    return "method" in msg and "id" in msg
+
+
+def is_notification(msg: Message) -> bool:
+    return "method" in msg and "id" not in msg
+
+
+def is_response(msg: Message) -> bool:
+    return "method" not in msg and ("result" in msg or "error" in msg)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def dumps(msg: Any) -> bytes:
+    return orjson.dumps(msg)
+
+
+def result(id_: Any, value: Any) -> Message:
+    return {"jsonrpc": "2.0", "id": id_, "result": value}
+
+
+def error(id_: Any, code: int, message: str, data: Any = None) -> Message:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": id_, "error": err}
+
+
+def request(id_: Any, method: str, params: dict[str, Any] | None = None) -> Message:
+    msg: Message = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> Message:
+    msg: Message = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
