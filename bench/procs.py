@@ -91,10 +91,10 @@ class Proc:
         pids = [self.pid]
         try:
             import psutil
-
+        except ImportError:
+            return pids
+        with contextlib.suppress(psutil.Error):  # the process may just have exited
             pids += [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
-        except Exception:  # psutil missing or the process just exited
-            pass
         return pids
 
     def memory(self) -> dict[str, float]:
@@ -118,7 +118,9 @@ class Procs:
         self.procs: list[Proc] = []
         atexit.register(self.stop_all)
 
-    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    def start(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONPATH", str(REPO))
         if env:

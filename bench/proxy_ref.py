@@ -49,7 +49,9 @@ def make_app(upstream: str) -> Any:
             return
         path = scope["path"]
         if path == "/healthz":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            )
             await send({"type": "http.response.body", "body": b"ok"})
             return
         if not path.startswith("/mcp"):
@@ -95,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind((args.host, args.port))
     print(f"READY {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
-        make_app(args.upstream), loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False
+        make_app(args.upstream),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -115,11 +115,8 @@ def initialize_request() -> tuple[dict[str, str], bytes]:
     return {"Content-Type": "application/json", "Accept": ACCEPT}, body
 
 
-def initialized_notification(session_id: str) -> tuple[dict[str, str], bytes]:
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": ACCEPT,
-        "MCP-Protocol-Version": LEGACY,
-        "Mcp-Session-Id": session_id,
-    }
+def initialized_notification(session_id: str | None) -> tuple[dict[str, str], bytes]:
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "MCP-Protocol-Version": LEGACY}
+    if session_id is not None:
+        headers["Mcp-Session-Id"] = session_id
     return headers, b'{"jsonrpc":"2.0","method":"notifications/initialized"}'

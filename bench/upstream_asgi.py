@@ -26,7 +26,9 @@ def make_asgi(app: App) -> Any:
         if scope["type"] != "http":
             return
         if scope["path"] == "/healthz":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            )
             await send({"type": "http.response.body", "body": b"ok"})
             return
         if scope["path"] != "/mcp":
@@ -46,14 +48,22 @@ def make_asgi(app: App) -> Any:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *extra],
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                        *extra,
+                    ],
                 }
             )
             for i, event in enumerate(events):
                 if i and delay > 0:
                     await asyncio.sleep(delay)
                 await send(
-                    {"type": "http.response.body", "body": b"event: message\ndata: " + event + b"\n\n", "more_body": True}
+                    {
+                        "type": "http.response.body",
+                        "body": b"event: message\ndata: " + event + b"\n\n",
+                        "more_body": True,
+                    }
                 )
             await send({"type": "http.response.body", "body": b""})
             return

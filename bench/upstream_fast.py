@@ -230,10 +230,10 @@ class App:
                 }
             )
             return 200, [(b"Mcp-Session-Id", sid)], self._ok(msg_id, result), None, 0.0
-        sid = headers.get(b"mcp-session-id")
-        if sid is None:
+        client_sid = headers.get(b"mcp-session-id")
+        if client_sid is None:
             return 400, [], self._err(None, -32000, "Bad Request: No valid session ID provided"), None, 0.0
-        if sid not in self.sessions:
+        if client_sid not in self.sessions:
             return 404, [], self._err(None, -32001, "Session not found"), None, 0.0
         if msg_id is None:  # notifications/initialized, cancelled, progress ...
             return 202, [], b"", None, 0.0
@@ -416,10 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.upstream_fast", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = pick a free port (printed as READY <port>)")
-    p.add_argument("--tools", type=int, default=3, help="number of tools in tools/list (>= 3 keeps all real ones)")
-    p.add_argument("--strict-headers", action="store_true", help="require MCP-Protocol-Version/Mcp-Method/Mcp-Name")
+    p.add_argument(
+        "--tools", type=int, default=3, help="number of tools in tools/list (>= 3 keeps all real ones)"
+    )
+    p.add_argument(
+        "--strict-headers", action="store_true", help="require MCP-Protocol-Version/Mcp-Method/Mcp-Name"
+    )
     p.add_argument("--sse", action="store_true", help="answer every request with a one-event SSE stream")
-    p.add_argument("--server", choices=["raw", "uvicorn"], default="raw", help="socket layer (raw = httptools)")
+    p.add_argument(
+        "--server", choices=["raw", "uvicorn"], default="raw", help="socket layer (raw = httptools)"
+    )
     return p
 
 

@@ -57,7 +57,7 @@ def build(n_tools: int) -> MCPServer:
     for i in range(3, n_tools):
         mcp.add_tool(make_filler(i), name=f"tool_{i:03d}", title=f"Synthetic tool {i}")
 
-    @mcp.custom_route("/healthz", methods=["GET"])
+    @mcp.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tools", type=int, default=3)
     args = p.parse_args(argv)
-    build(args.tools).run(transport="streamable-http", host="127.0.0.1", port=args.port, streamable_http_path="/mcp")
+    build(args.tools).run(
+        transport="streamable-http", host="127.0.0.1", port=args.port, streamable_http_path="/mcp"
+    )
     return 0
 
 

@@ -234,15 +234,24 @@ def _error_messages(out_dir: Path | None) -> dict[tuple[str, str], str]:
     return messages
 
 
-def compare_to_baseline(results: Results, baseline: Results, *, out_dir: Path | None = None) -> list[str]:
+def passed_scenarios(baseline: Results) -> set[str]:
+    """Scenarios the fixture passes directly: no check FAILURE (WARNING/INFO/SKIPPED are not failures)."""
+    return {s for s, checks in baseline.items() if "FAILURE" not in checks.values()}
+
+
+def compare_to_baseline(results: Results, baseline: Results, *, out_dir: Path | None = None,
+                        passed_only: bool = False) -> list[str]:
     """Checks that are SUCCESS in `baseline` but not in `results`, one readable line each.
 
-    Checks new in `results`, or non-SUCCESS in the baseline, are never regressions. Pass the run's
-    `out_dir` to append each failing check's ``errorMessage``.
+    Checks new in `results`, or non-SUCCESS in the baseline, are never regressions. With
+    `passed_only`, only scenarios the fixture passes directly are compared (a scenario the fixture
+    itself fails, such as the unscored tasks-* extension set, has no passing behaviour to keep).
+    Pass the run's `out_dir` to append each failing check's ``errorMessage``.
     """
     messages = _error_messages(out_dir)
     regressions: list[str] = []
-    for scenario in sorted(baseline):
+    scenarios = passed_scenarios(baseline) if passed_only else set(baseline)
+    for scenario in sorted(scenarios):
         now = results.get(scenario)
         for check_id, was in sorted(baseline[scenario].items()):
             if was != "SUCCESS":

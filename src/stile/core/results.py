@@ -13,6 +13,13 @@ if TYPE_CHECKING:
 
 
 def adapt_reply(reply: Reply, client_era: ClientEra, upstream_era: str | None) -> Reply:
+    """Keep only result/error (ids are the frontend's), shaped for the client's era."""
+    if "result" in reply:
+        reply = {"result": reply["result"]}
+    elif isinstance(reply.get("error"), dict):
+        reply = {"error": reply["error"]}
+    else:
+        reply = {"error": {"code": -32603, "message": "upstream sent neither result nor error"}}
     res = reply.get("result")
     if isinstance(res, dict):
         if client_era == "legacy":

@@ -22,7 +22,7 @@ from stile.core.results import adapt_reply, rewrite_uris
 from stile.upstreams.base import CallOptions
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import InvalidParams, MethodNotFound, StileError
-from stile.wire.headers import param_headers
+from stile.wire.headers import check_param_headers, param_headers
 
 if TYPE_CHECKING:
     from stile.core.gateway import Gateway
@@ -95,7 +95,12 @@ class Router:
         if target is None:
             raise InvalidParams(f"Unknown tool: {name}")
         args = ctx.params.get("arguments")
-        hdrs = param_headers(target.header_map, args) if isinstance(args, dict) and target.header_map else {}
+        hdrs: dict[str, str] = {}
+        if target.header_map:
+            args_map = args if isinstance(args, dict) else {}
+            if ctx.era == "modern":
+                check_param_headers(ctx.headers, target.header_map, args_map)
+            hdrs = param_headers(target.header_map, args_map)
         reply = await self.forward(ctx, target.upstream, {**ctx.params, "name": target.original}, hdrs)
         return rewrite_uris(reply, view, target.upstream)
 
@@ -224,6 +229,7 @@ class Router:
             return await ctx.channel.request(method, p)
 
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
+                           client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
                            extra_headers=headers or {})
         reply = await up.request(ctx.method, params, opts)

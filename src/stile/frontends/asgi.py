@@ -24,7 +24,7 @@ class BodyTooLarge(Exception):
 
 
 def header_map(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    return {k.decode("latin-1").lower(): v.decode("latin-1").strip(" \t") for k, v in scope["headers"]}
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -61,6 +61,7 @@ class ResponseChannel:
         self._lock = asyncio.Lock()
         self.streaming = False
         self.done = False
+        self.prefer_sse = False  # the client listed text/event-stream first in Accept
 
     @property
     def can_request(self) -> bool:
@@ -105,6 +106,8 @@ class ResponseChannel:
                 return
             self.done = True
             data = orjson.dumps(body)
+            if self.prefer_sse and not self.streaming:
+                await self._start_stream()
             if self.streaming:
                 await self._send({"type": "http.response.body", "body": sse.encode(data), "more_body": False})
             else:

@@ -42,6 +42,8 @@ MODERN_METHODS = frozenset({
     "tasks/get", "tasks/update", "tasks/cancel",
 })
 SESSION_HEADER = b"mcp-session-id"
+# Modern errors that travel with HTTP 400 (SEP-2243 / SEP-2575), also when an upstream raised them.
+_HTTP_400_CODES = frozenset({-32020, -32021, -32022})
 
 
 def error_body(id_: Any, exc: StileError) -> Message:
@@ -148,14 +150,14 @@ class StreamableEndpoint:
     async def _modern(self, vs: str, msg: Message, meta: dict[str, Any], headers: dict[str, str],
                       receive: Receive, send: Send) -> None:
         version = meta.get(eras.META_VERSION)
+        if headers.get("mcp-protocol-version") != version:
+            raise HeaderMismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
         if version not in eras.MODERN_VERSIONS:
             raise UnsupportedVersion(f"Unsupported protocol version: {version}",
                                      data={"supported": list(eras.MODERN_VERSIONS), "requested": version})
         caps = meta.get(eras.META_CAPS)
         if not isinstance(caps, dict):
             raise InvalidParams("missing _meta io.modelcontextprotocol/clientCapabilities", http_status=400)
-        if headers.get("mcp-protocol-version") != version:
-            raise HeaderMismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
         if jsonrpc.is_response(msg):
             raise InvalidRequest("the 2026-07-28 transport does not accept responses from clients")
         method = msg["method"]
@@ -180,6 +182,7 @@ class StreamableEndpoint:
     async def _run(self, ctx: CallContext, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]],
                    relay: Relay | None, key: tuple[str, Any] | None) -> None:
         channel = ResponseChannel(send, headers, relay, self._timeout(ctx))
+        channel.prefer_sse = ctx.headers.get("accept", "").lstrip().startswith("text/event-stream")
         ctx = CallContext(ctx.virtual_server, ctx.method, ctx.params, ctx.request_id, ctx.era, ctx.protocol_version,
                           ctx.client_caps, ctx.client_info, ctx.log_level, ctx.principal, channel, ctx.headers,
                           ctx.session_id)
@@ -200,11 +203,17 @@ class StreamableEndpoint:
                 self.inflight.pop(key, None)
 
     async def _reply(self, ctx: CallContext, channel: ResponseChannel) -> None:
+        status = 200
         try:
             reply = await self.gw.handle(ctx)
             body = {"jsonrpc": "2.0", "id": ctx.request_id, **reply}
+            err = reply.get("error")
+            if ctx.era == "modern" and isinstance(err, dict) and err.get("code") in _HTTP_400_CODES:
+                status = 400
         except StileError as exc:
             body = error_body(ctx.request_id, exc)
+            if ctx.era == "modern" and exc.http_status >= 400:
+                status = exc.http_status
         except asyncio.CancelledError:
             if ctx.era == "legacy" and not channel.done:
                 # cancelled by notifications/cancelled: the client expects no answer
@@ -213,7 +222,7 @@ class StreamableEndpoint:
         except Exception:  # outermost boundary for one request: never a traceback to the client
             log.exception("internal error handling %s", ctx.method)
             body = jsonrpc.error(ctx.request_id, INTERNAL_ERROR, "internal error")
-        await channel.finish(body)
+        await channel.finish(body, status)
 
     def _timeout(self, ctx: CallContext) -> float:
         return max((u.timeout for u in self.gw.cfg.upstreams.values()), default=60.0)

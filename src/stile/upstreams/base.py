@@ -51,6 +51,7 @@ class CallOptions:
     client_caps: dict[str, Any] = field(default_factory=dict)
     client_info: dict[str, Any] | None = None
     log_level: str | None = None
+    client_era: Era | None = None  # the calling client's era; dual-era upstreams are spoken to in it
     progress_token: Any = None  # the upstream-side token, set by the router when the client asked
     extra_headers: dict[str, str] = field(default_factory=dict)
 

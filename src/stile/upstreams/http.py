@@ -60,6 +60,8 @@ class HttpUpstream:
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
         self._last_error: str | None = None
+        self._legacy_ok: bool | None = None  # None: not tried yet (dual-era upstreams)
+        self._legacy_listener: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -76,20 +78,21 @@ class HttpUpstream:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._legacy_listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._session_id is not None and self._http is not None:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self._http.delete(self.url, headers=self._headers(), timeout=aiohttp.ClientTimeout(2)):
+                async with self._http.delete(self.url, headers=self._headers(era="legacy"), timeout=aiohttp.ClientTimeout(2)):
                     pass
         if self._http is not None:
             await self._http.close()
 
-    def _headers(self, method: str | None = None, name: str | None = None) -> dict[str, str]:
+    def _headers(self, method: str | None = None, name: str | None = None, era: Era | None = None) -> dict[str, str]:
         h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
-        if self.era == "modern":
+        if (era or self.era) == "modern":
             h["MCP-Protocol-Version"] = eras.MODERN
             if method is not None:
                 h["Mcp-Method"] = method
@@ -121,6 +124,7 @@ class HttpUpstream:
                         self.era = "legacy"
                 if self.era == "legacy":
                     await self._initialize()
+                    self._legacy_ok = True
             except StileError as exc:
                 self._last_error = exc.message
                 if self.cfg.era == "auto":
@@ -129,7 +133,7 @@ class HttpUpstream:
             self._ready = True
             self._last_error = None
             if self._listener is None and not self._closed:
-                self._listener = spawn(self._listen(), name=f"listen-{self.name}")
+                self._listener = spawn(self._listen(self.era), name=f"listen-{self.name}")
 
     async def _initialize(self) -> None:
         self._session_id = None
@@ -142,7 +146,7 @@ class HttpUpstream:
         self.server_info = res.get("serverInfo") or {}
         self.instructions = res.get("instructions")
         self.initialize_count += 1
-        await self.notify("notifications/initialized", {})
+        await self._notify_legacy("notifications/initialized", {})
 
     async def _post_raw(
         self, method: str, params: dict[str, Any], *, force_modern: bool = False, keep_session: bool = False
@@ -190,19 +194,41 @@ class HttpUpstream:
                 yield value
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self._notify_legacy(method, params)
+
+    async def _notify_legacy(self, method: str, params: dict[str, Any]) -> None:
         body = jsonrpc.dumps(jsonrpc.notification(method, params))
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
-                async with self._client().post(self.url, data=body, headers=self._headers(method)) as resp:
+                async with self._client().post(self.url, data=body, headers=self._headers(era="legacy")) as resp:
                     await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("upstream %s: notification %s not delivered: %s", self.name, method, type(exc).__name__)
 
+    async def _pick_era(self, opts: CallOptions) -> Era:
+        """Speak to a dual-era upstream in the client's era, so each client gets faithful behaviour."""
+        assert self.era is not None
+        if self.era == "legacy" or opts.client_era != "legacy" or self.cfg.era != "auto" or self._legacy_ok is False:
+            return self.era
+        if self._legacy_ok is None:
+            async with self._ready_lock:
+                if self._legacy_ok is None:
+                    try:
+                        await self._initialize()
+                        self._legacy_ok = True
+                        self._legacy_listener = spawn(self._listen("legacy"), name=f"listen-legacy-{self.name}")
+                    except StileError as exc:
+                        log.info("upstream %s: no legacy session (%s); bridging to 2026-07-28", self.name, exc.message)
+                        self._legacy_ok = False
+                        return "modern"
+        return "legacy"
+
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
         await self._ensure_ready()
+        era = await self._pick_era(opts)
         for attempt in (1, 2):
             try:
-                return await self._request_once(method, params, opts)
+                return await self._request_once(method, params, opts, era)
             except _SessionLost:
                 if attempt == 2:
                     break
@@ -211,20 +237,19 @@ class HttpUpstream:
                     await self._initialize()
         raise UpstreamUnavailable(self.name, "upstream session could not be re-established")
 
-    async def _request_once(self, method: str, params: dict[str, Any], opts: CallOptions) -> Message:
-        assert self.era is not None
+    async def _request_once(self, method: str, params: dict[str, Any], opts: CallOptions, era: Era) -> Message:
         rid = self._ids.next()
-        sent = adapt_params(self.era, params, opts)
+        sent = adapt_params(era, params, opts)
         key = eras.NAMED_METHODS.get(method)
         name = sent.get(key) if key else None
-        h = self._headers(method, name if isinstance(name, str) else None)
-        if self.era == "modern" and opts.extra_headers:
+        h = self._headers(method, name if isinstance(name, str) else None, era)
+        if era == "modern" and opts.extra_headers:
             h.update(opts.extra_headers)
         body = jsonrpc.dumps(jsonrpc.request(rid, method, sent))
         try:
             async with asyncio.timeout(self.cfg.timeout):
                 async with self._client().post(self.url, data=body, headers=h) as resp:
-                    if resp.status == 404 and self.era == "legacy" and self._session_id is not None:
+                    if resp.status == 404 and era == "legacy" and self._session_id is not None:
                         await resp.read()
                         raise _SessionLost
                     got_any = False
@@ -238,17 +263,17 @@ class HttpUpstream:
                         raise UpstreamUnavailable(self.name, f"HTTP {resp.status} without a JSON-RPC answer")
                     raise UpstreamUnavailable(self.name, "stream ended before the response")
         except TimeoutError as exc:
-            self._cancel_later(rid)
+            self._cancel_later(rid, era)
             raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.timeout}s") from exc
         except asyncio.CancelledError:
-            self._cancel_later(rid)
+            self._cancel_later(rid, era)
             raise
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
 
-    def _cancel_later(self, rid: str) -> None:
-        if self.era == "legacy":
-            spawn(self.notify("notifications/cancelled", {"requestId": rid, "reason": "client cancelled"}),
+    def _cancel_later(self, rid: str, era: Era) -> None:
+        if era == "legacy":
+            spawn(self._notify_legacy("notifications/cancelled", {"requestId": rid, "reason": "client cancelled"}),
                   name="cancel")
 
     async def _on_stream_message(self, msg: Message, opts: CallOptions) -> None:
@@ -265,17 +290,17 @@ class HttpUpstream:
             reply = {"jsonrpc": "2.0", "id": msg["id"], "error": exc.to_error()}
         body = jsonrpc.dumps(reply)
         try:
-            async with self._client().post(self.url, data=body, headers=self._headers()) as resp:
+            async with self._client().post(self.url, data=body, headers=self._headers(era="legacy")) as resp:
                 await resp.read()
         except aiohttp.ClientError as exc:
             log.warning("upstream %s: could not deliver answer: %s", self.name, type(exc).__name__)
 
-    async def _listen(self) -> None:
+    async def _listen(self, era: Era) -> None:
         """Keep a stream open for list_changed / resources/updated, reconnecting with backoff."""
         delay = 0.5
         while not self._closed:
             try:
-                if self.era == "modern":
+                if era == "modern":
                     await self._listen_modern()
                 else:
                     await self._listen_legacy()
@@ -288,7 +313,7 @@ class HttpUpstream:
             delay = min(delay * 2, 30.0)
 
     async def _listen_legacy(self) -> None:
-        h = self._headers()
+        h = self._headers(era="legacy")
         h["Accept"] = "text/event-stream"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
         async with self._client().get(self.url, headers=h, timeout=timeout) as resp:

@@ -86,3 +86,33 @@ def param_headers(mapping: Mapping[str, str], arguments: Mapping[str, Any]) -> d
             continue
         out["Mcp-Param-" + name] = encode_value(text)
     return out
+
+
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e\t]*$")
+
+
+def check_param_headers(headers: Mapping[str, str], mapping: Mapping[str, str], arguments: Mapping[str, Any]) -> None:
+    """Reject a modern tools/call whose Mcp-Param-* headers disagree with its arguments (-32020)."""
+    for name, arg in mapping.items():
+        got = headers.get("mcp-param-" + name.lower())
+        value = arguments.get(arg)
+        if got is None:
+            if value is not None and isinstance(value, bool | int | str):
+                raise HeaderMismatch(f"missing Mcp-Param-{name} header")
+            continue
+        if not _HEADER_VALUE.match(got):
+            raise HeaderMismatch(f"Mcp-Param-{name} header has invalid characters")
+        text = decode_value(got)
+        if value is None:
+            raise HeaderMismatch(f"Mcp-Param-{name} header present but argument {arg!r} is absent")
+        if isinstance(value, bool):
+            ok = text == ("true" if value else "false")
+        elif isinstance(value, int):
+            try:
+                ok = int(text) == value
+            except ValueError:
+                ok = False
+        else:
+            ok = text == str(value)
+        if not ok:
+            raise HeaderMismatch(f"Mcp-Param-{name} header does not match argument {arg!r}")

@@ -1,0 +1,3 @@
+from stile.cli.main import app
+
+app()

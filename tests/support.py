@@ -1,0 +1,112 @@
+"""Test support: run real Stile processes (and example upstreams) on loopback, with deadlines."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30.0, log: Path | None = None) -> None:
+    """Poll `url` until it answers 2xx/5xx (a live server), the process dies, or the deadline passes."""
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a port between attempts; not a test sleep
+    raise RuntimeError(f"{url} not up within {deadline_s}s: {_tail(log)}")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening within {deadline_s}s")
+
+
+def _tail(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    return log.read_text(errors="replace")[-3000:]
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+
+
+@contextmanager
+def stile_server(config: dict[str, Any], *, port: int | None = None, env: dict[str, str] | None = None,
+                 ) -> Iterator[str]:
+    """Run `python -m stile serve` with `config`; yield its base URL http://127.0.0.1:PORT."""
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="stile-test-") as tmp:
+        cfg_path = Path(tmp) / "stile.yaml"
+        cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        log = Path(tmp) / "stile.log"
+        with log.open("wb") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stile", "serve", "--config", str(cfg_path), "--port", str(port),
+                 "--log-level", "info"],
+                stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
+            )
+            try:
+                wait_http(f"http://127.0.0.1:{port}/healthz", proc, log=log)
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                stop(proc)
+
+
+@contextmanager
+def notes_upstream() -> Iterator[str]:
+    """The bundled HTTP example upstream; yields its MCP URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stile.examples_servers.notes_server", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        stop(proc)
+
+
+def files_upstream_config(root: Path | None = None) -> dict[str, Any]:
+    return {"command": [sys.executable, "-m", "stile.examples_servers.files_server"],
+            "env": {"FILES_ROOT": str(root or REPO / "examples")}}
