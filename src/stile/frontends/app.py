@@ -6,6 +6,7 @@ HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,10 +55,8 @@ class StileApp:
             await self._http(scope, receive, send)
         except Exception:  # outermost boundary: log, answer 500 without internals
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            try:
+            with contextlib.suppress(RuntimeError):  # the response had already started
                 await send_json(send, 500, jsonrpc.error(None, INTERNAL_ERROR, "internal error"))
-            except RuntimeError:
-                pass  # the response had already started
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

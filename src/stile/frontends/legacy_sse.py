@@ -150,7 +150,8 @@ class LegacySseEndpoint:
         params = msg.get("params") or {}
         if msg["method"] == "initialize":
             conn.version = eras.negotiate_legacy(params.get("protocolVersion"))
-            conn.caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+            raw_caps = params.get("capabilities")
+            conn.caps = raw_caps if isinstance(raw_caps, dict) else {}
             conn.info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
             view = self.gw.views[conn.vs]
             conn.put(jsonrpc.result(msg["id"], {"protocolVersion": conn.version,

@@ -109,7 +109,8 @@ class StreamableEndpoint:
             raise InvalidRequest("initialize must be a request")
         params = msg.get("params") or {}
         version = eras.negotiate_legacy(params.get("protocolVersion"))
-        caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        raw_caps = params.get("capabilities")
+        caps: dict[str, Any] = raw_caps if isinstance(raw_caps, dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
         sid, _ = self.gw.sealer.mint(version, vs, caps, info)
         view = self.gw.views[vs]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -21,7 +21,7 @@ from stile.wire.jsonrpc import Message
 log = logging.getLogger("stile.upstream")
 
 Era = Literal["legacy", "modern"]
-OnMessage = Callable[[Message], Awaitable[None]]
+OnMessage = Callable[[Message], Coroutine[Any, Any, None]]
 OnRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 OnNotification = Callable[[str, Message], None]
 

@@ -85,7 +85,8 @@ class HttpUpstream:
                     await task
         if self._session_id is not None and self._http is not None:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self._http.delete(self.url, headers=self._headers(era="legacy"), timeout=aiohttp.ClientTimeout(2)):
+                hdrs = self._headers(era="legacy")
+                async with self._http.delete(self.url, headers=hdrs, timeout=aiohttp.ClientTimeout(2)):
                     pass
         if self._http is not None:
             await self._http.close()
