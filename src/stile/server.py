@@ -9,6 +9,7 @@ import uvicorn
 from stile.config.model import GatewayConfig
 from stile.core.gateway import Gateway
 from stile.frontends.app import StileApp
+from stile.frontends.protocol import http_protocol
 
 log = logging.getLogger("stile")
 
@@ -27,8 +28,7 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1") -> StileApp:
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info") -> None:
     app = build_app(cfg, host)
-    loop = "auto"
-    config = uvicorn.Config(app, host=host, port=port, loop=loop, http="auto", lifespan="on",
+    config = uvicorn.Config(app, host=host, port=port, loop="auto", http=http_protocol(cfg.limits), lifespan="on",
                             log_level=log_level, access_log=False, timeout_keep_alive=30,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
