@@ -17,6 +17,7 @@ from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallNext
 from stile.core.hub import Hub
+from stile.core.mrtr import InputBridge
 from stile.core.pipeline import Policy, build
 from stile.core.sessions import SessionSealer, resolve_key
 from stile.upstreams.base import Upstream
@@ -52,6 +53,7 @@ class Gateway:
         self.closed_sessions: set[str] = set()
         key, self.key_source = resolve_key(cfg.session_key)
         self.sealer = SessionSealer(key)
+        self.inputs = InputBridge(key)
         self.router = Router(self)
         self.handle: CallNext = build(policies, self.router.handle)
         self._last_try: dict[str, float] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,7 +21,7 @@ from stile import __version__
 from stile.core.catalog import View
 from stile.core.context import CallContext, Reply
 from stile.core.results import adapt_reply, rewrite_uris
-from stile.upstreams.base import CallOptions
+from stile.upstreams.base import CallOptions, Upstream
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import InvalidParams, MethodNotFound, StileError
 from stile.wire.headers import check_param_headers, param_headers
@@ -232,6 +234,8 @@ class Router:
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
                            extra_headers=headers or {})
+        if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
+            return adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
         reply = await up.request(ctx.method, params, opts)
         rounds = 0
         while ctx.era == "legacy" and _input_required(reply) and ctx.channel.can_request:
@@ -248,6 +252,33 @@ class Router:
                 retry["requestState"] = res["requestState"]
             reply = await up.request(ctx.method, retry, opts)
         return adapt_reply(reply, ctx.era, up.era)
+
+    async def _bridge_inputs(self, ctx: CallContext, up: Upstream, params: dict[str, Any],
+                             opts: CallOptions) -> Reply:
+        """A legacy upstream's server->client requests, asked of a modern client through MRTR."""
+        bridge = self.gw.inputs
+        binding = _binding(ctx, up.name, params)
+        if bridge.owns(params):
+            return await bridge.resume(params, binding)
+        clean = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+
+        async def call(ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
+            async def on_request(method: str, p: dict[str, Any]) -> dict[str, Any]:
+                if method == "ping":
+                    return {}
+                cap = _CAPABILITY_FOR.get(method)
+                if cap is None or cap not in ctx.client_caps:
+                    raise MethodNotFound(f"the client does not support {method}")
+                return await ask(method, p)
+
+            return await up.request(ctx.method, clean, replace(opts, on_request=on_request))
+
+        return await bridge.start(call, binding)
+
+
+def _binding(ctx: CallContext, upstream: str, params: dict[str, Any]) -> str:
+    key = eras.NAMED_METHODS.get(ctx.method, "name")
+    return f"{ctx.virtual_server}|{upstream}|{ctx.method}|{params.get(key)}"
 
 
 def _input_required(reply: Reply) -> bool:

@@ -1,0 +1,112 @@
+"""Shared helpers for end-to-end tests: extra real upstreams and small raw-HTTP utilities."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support import REPO, free_port, stop, wait_port
+
+E2E_DIR = Path(__file__).resolve().parent
+COUNTING_SERVER = E2E_DIR / "counting_server.py"
+NODE = REPO / "tools" / "node22" / "node_modules" / ".bin" / "node"
+EVERYTHING_DIR = REPO / "tools" / "everything"
+EVERYTHING_JS = EVERYTHING_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+LOOPBACK_MJS = REPO / "tools" / "loopback.mjs"
+MODERN = "2026-07-28"
+
+
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    try:
+        for line in stream:
+            lines.put(line)
+    finally:
+        lines.put(None)
+
+
+@contextmanager
+def counting_upstream(deadline_s: float = 30.0) -> Iterator[str]:
+    """Run tests/e2e/counting_server.py on a free port; yield its base URL (MCP at /mcp, counts at /stats)."""
+    proc = subprocess.Popen([sys.executable, "-u", str(COUNTING_SERVER), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        end = time.monotonic() + deadline_s
+        port: int | None = None
+        while port is None and (remaining := end - time.monotonic()) > 0:
+            line = lines.get(timeout=remaining)
+            if line is None:
+                raise RuntimeError(f"counting upstream exited with {proc.wait()}")
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "READY":
+                port = int(parts[1])
+        if port is None:
+            raise RuntimeError("counting upstream did not report READY in time")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+
+
+def everything_missing() -> str | None:
+    for path in (NODE, EVERYTHING_JS, LOOPBACK_MJS):
+        if not path.exists():
+            return f"{path} is missing: run `bash tools/install-node.sh`"
+    return None
+
+
+@contextmanager
+def everything_upstream() -> Iterator[str]:
+    """`@modelcontextprotocol/server-everything` (TypeScript SDK, legacy-only), bound to 127.0.0.1."""
+    missing = everything_missing()
+    if missing is not None:
+        raise RuntimeError(missing)
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    proc = subprocess.Popen(
+        [str(NODE), "--import", str(LOOPBACK_MJS), str(EVERYTHING_JS), "streamableHttp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, cwd=EVERYTHING_DIR,
+    )
+    try:
+        wait_port(port, proc)  # type: ignore[arg-type]
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+
+
+async def upstream_counts(base: str) -> dict[str, int]:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/stats") as resp:
+        assert resp.status == 200
+        data: dict[str, int] = await resp.json()
+        return data
+
+
+def modern_meta() -> dict[str, Any]:
+    return {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if name is not None:
+        h["Mcp-Name"] = name
+    return h
+
+
+LEGACY_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def initialize_body(rid: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "stile-tests", "version": "0"}}}
