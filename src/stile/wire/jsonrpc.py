@@ -9,6 +9,7 @@ Messages stay raw dicts: unknown fields and `_meta` pass through untouched.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -47,12 +48,45 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
+# orjson (the encoder on every outbound leg) carries only these integers, finite floats and valid
+# Unicode; refuse anything else at the door instead of failing later while re-encoding it.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+class _NotPortable(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise _NotPortable("integer outside the 64-bit range")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotPortable("number out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _NotPortable(f"{name} is not JSON")
+
+
 def parse_body(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse a client body into JSON; raise ParseError with a safe message on any defect."""
     try:
-        value = json.loads(body, object_pairs_hook=_no_duplicates)
+        text = body.decode("utf-8")  # strict: JSON over HTTP is UTF-8 (no UTF-16/32 sniffing, no BOM)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int,
+                           parse_float=_parse_float, parse_constant=_parse_constant)
+        if "\\u" in text:
+            orjson.loads(body)  # \uD800-style escapes can smuggle lone surrogates, which no encoder accepts
     except _DuplicateKey as exc:
         raise ParseError(f"duplicate key {str(exc)[:64]!r} in JSON object") from exc
+    except _NotPortable as exc:
+        raise ParseError(f"invalid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ParseError("JSON nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
