@@ -44,6 +44,7 @@ MODERN_METHODS = frozenset({
 SESSION_HEADER = b"mcp-session-id"
 # Modern errors that travel with HTTP 400 (SEP-2243 / SEP-2575), also when an upstream raised them.
 _HTTP_400_CODES = frozenset({-32020, -32021, -32022})
+MAX_BATCH = 64
 
 
 def error_body(id_: Any, exc: StileError) -> Message:
@@ -59,7 +60,8 @@ class StreamableEndpoint:
     # --- entry points per HTTP method -----------------------------------------------------
     async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send) -> None:
         if isinstance(msg, list):
-            raise InvalidRequest("batch requests are not supported")
+            await self._batch(vs, msg, headers, send)
+            return
         msg = jsonrpc.validate_message(msg)
         params = msg.get("params") or {}
         meta = params.get("_meta") if isinstance(params, dict) else None
@@ -102,6 +104,34 @@ class StreamableEndpoint:
         if session is None or session.nonce in self.gw.closed_sessions:
             raise SessionNotFound("Session not found")
         return session
+
+    async def _batch(self, vs: str, msgs: list[Any], headers: dict[str, str], send: Send) -> None:
+        """JSON-RPC batches exist only in 2025-03-26 sessions; every other era refuses them."""
+        sid = headers.get("mcp-session-id")
+        session = self._open_session(sid, vs) if sid is not None else None
+        if session is None or session.version != "2025-03-26" or not msgs or len(msgs) > MAX_BATCH:
+            raise InvalidRequest("batch requests are not supported in this protocol version")
+        out: list[Message] = []
+        for item in msgs:
+            try:
+                msg = jsonrpc.validate_message(item)
+            except StileError as exc:
+                out.append(error_body(None, exc))
+                continue
+            if jsonrpc.is_response(msg):
+                self.relay.answer(msg)
+            elif jsonrpc.is_request(msg) and msg["method"] != "initialize":
+                ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
+                                  session.client_caps, session.client_info, headers=headers,
+                                  session_id=session.nonce)
+                try:
+                    out.append({"jsonrpc": "2.0", "id": msg["id"], **(await self.gw.handle(ctx))})
+                except StileError as exc:
+                    out.append(error_body(msg["id"], exc))
+        if not out:
+            await send_empty(send, 202)
+            return
+        await send_json(send, 200, out, [(SESSION_HEADER, sid.encode())] if sid else None)
 
     # --- legacy ---------------------------------------------------------------------------
     async def _initialize(self, vs: str, msg: Message, send: Send) -> None:
