@@ -43,7 +43,7 @@ async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> 
     finally:
         await gw.stop()
     for p in problems:
-        out.print(f"[yellow]problem[/yellow] {p}", highlight=False)
+        out.print(f"[yellow]problem[/yellow] {p}", highlight=False, soft_wrap=True)
     if not problems:
         out.print("config OK")
     return problems

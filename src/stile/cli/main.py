@@ -26,7 +26,7 @@ def _load(path: Path) -> LoadedConfig:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error[/red] {problem}", highlight=False)
+            err.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 

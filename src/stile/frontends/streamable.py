@@ -7,8 +7,9 @@ Era of an inbound message: `initialize` or an `Mcp-Session-Id` header means lega
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from stile.core.context import CallContext
@@ -45,6 +46,7 @@ SESSION_HEADER = b"mcp-session-id"
 # Modern errors that travel with HTTP 400 (SEP-2243 / SEP-2575), also when an upstream raised them.
 _HTTP_400_CODES = frozenset({-32020, -32021, -32022})
 MAX_BATCH = 64
+WATCH_AFTER = 0.02  # seconds before a call gets a disconnect watcher
 
 
 def error_body(id_: Any, exc: StileError) -> Message:
@@ -55,7 +57,7 @@ class StreamableEndpoint:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.relay = Relay()
-        self.inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+        self.inflight: dict[tuple[str, Any], Callable[[], None]] = {}
 
     # --- entry points per HTTP method -----------------------------------------------------
     async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send) -> None:
@@ -165,9 +167,9 @@ class StreamableEndpoint:
         if jsonrpc.is_notification(msg):
             if msg["method"] == "notifications/cancelled":
                 rid = (msg.get("params") or {}).get("requestId")
-                task = self.inflight.get((session.nonce, rid))
-                if task is not None:
-                    task.cancel()
+                cancel = self.inflight.get((session.nonce, rid))
+                if cancel is not None:
+                    cancel()
             await send_empty(send, 202)
             return
         if msg["method"] == "initialize":
@@ -212,24 +214,43 @@ class StreamableEndpoint:
     # --- one request, JSON or SSE, cancelled by disconnect -----------------------------------
     async def _run(self, ctx: CallContext, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]],
                    relay: Relay | None, key: tuple[str, Any] | None) -> None:
+        """Answer inline; a client disconnect (or legacy notifications/cancelled) cancels the call.
+
+        The disconnect watcher is only started for calls still running after WATCH_AFTER seconds,
+        so quick calls pay for a timer handle instead of an extra task.
+        """
         channel = ResponseChannel(send, headers, relay, self._timeout(ctx))
         channel.prefer_sse = ctx.headers.get("accept", "").lstrip().startswith("text/event-stream")
-        ctx = CallContext(ctx.virtual_server, ctx.method, ctx.params, ctx.request_id, ctx.era, ctx.protocol_version,
-                          ctx.client_caps, ctx.client_info, ctx.log_level, ctx.principal, channel, ctx.headers,
-                          ctx.session_id)
-        task = spawn(self._reply(ctx, channel), name="request")
+        ctx = replace(ctx, channel=channel)
+        current = asyncio.current_task()
+        assert current is not None
+        stopped = False
+        watcher: asyncio.Task[None] | None = None
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped and not channel.done:
+                stopped = True
+                current.cancel()
+
+        def watch() -> None:
+            nonlocal watcher
+            watcher = spawn(_wait_disconnect(receive, stop), name="disconnect")
+
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
         if key is not None:
-            self.inflight[key] = task
-        watcher = spawn(_wait_disconnect(receive), name="disconnect")
+            self.inflight[key] = stop
         try:
-            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                await channel.abort()
+            await self._reply(ctx, channel)
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            current.uncancel()
+            await channel.abort()
         finally:
-            watcher.cancel()
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if key is not None:
                 self.inflight.pop(key, None)
 
@@ -245,11 +266,6 @@ class StreamableEndpoint:
             body = error_body(ctx.request_id, exc)
             if ctx.era == "modern" and exc.http_status >= 400:
                 status = exc.http_status
-        except asyncio.CancelledError:
-            if ctx.era == "legacy" and not channel.done:
-                # cancelled by notifications/cancelled: the client expects no answer
-                await channel.abort()
-            raise
         except Exception:  # outermost boundary for one request: never a traceback to the client
             log.exception("internal error handling %s", ctx.method)
             body = jsonrpc.error(ctx.request_id, INTERNAL_ERROR, "internal error")
@@ -259,8 +275,9 @@ class StreamableEndpoint:
         return max((u.timeout for u in self.gw.cfg.upstreams.values()), default=60.0)
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _wait_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
+            on_disconnect()
             return

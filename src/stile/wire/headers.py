@@ -89,6 +89,7 @@ def param_headers(mapping: Mapping[str, str], arguments: Mapping[str, Any]) -> d
 
 
 _HEADER_VALUE = re.compile(r"^[\x20-\x7e\t]*$")
+_DECIMAL = re.compile(r"[+-]?[0-9]+")  # int() alone would also take "1_000" and non-ASCII digits
 
 
 def check_param_headers(headers: Mapping[str, str], mapping: Mapping[str, str], arguments: Mapping[str, Any]) -> None:
@@ -108,10 +109,7 @@ def check_param_headers(headers: Mapping[str, str], mapping: Mapping[str, str], 
         if isinstance(value, bool):
             ok = text == ("true" if value else "false")
         elif isinstance(value, int):
-            try:
-                ok = int(text) == value
-            except ValueError:
-                ok = False
+            ok = _DECIMAL.fullmatch(text) is not None and int(text) == value
         else:
             ok = text == str(value)
         if not ok:

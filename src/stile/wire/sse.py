@@ -37,8 +37,13 @@ class Decoder:
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
+        self._skip_lf = False  # the last chunk ended on CR: an LF starting the next one belongs to it
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         self._buf += chunk
         events: list[Event] = []
         while True:
@@ -63,7 +68,7 @@ class Decoder:
             if r + 1 < len(buf) and buf[r + 1 : r + 2] == b"\n":
                 return r, 2
             if r + 1 == len(buf):
-                return None  # wait: could be \r\n split across chunks
+                self._skip_lf = True  # a lone CR ends the line now; \r\n may be split across chunks
             return r, 1
         return n, 1
 
