@@ -36,16 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", type=_names([*SCENARIOS, "all"]), default=["call-small"],
                    help=f"comma list of {', '.join(SCENARIOS)} or all (default call-small)")  # fmt: skip
     r.add_argument("--era", choices=["legacy", "modern", "both"], default="both")
-    r.add_argument(
-        "--concurrency", type=_ints, default=[1, 8, 32, 128], help="comma list (default 1,8,32,128)"
-    )
+    r.add_argument("--concurrency", type=_ints, default=[1, 8, 32, 128], help="comma list (default 1,8,32,128)")
     r.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default 5)")
-    r.add_argument(
-        "--warmup", type=float, default=1.0, help="unmeasured seconds before each point (default 1)"
-    )
-    r.add_argument(
-        "--repeats", type=int, default=3, help="repeats per point; medians + min-max reported (default 3)"
-    )
+    r.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point (default 1)")
+    r.add_argument("--repeats", type=int, default=3, help="repeats per point; medians + min-max reported (default 3)")
     r.add_argument("--targets", type=_names(list(TARGETS)), default=["direct", "stile"],
                    help=f"comma list of {', '.join(TARGETS)} (default direct,stile)")  # fmt: skip
     r.add_argument("--peers", type=_names(list(PEERS)), default=[],
@@ -56,17 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Stile policy stack (on = PENDING placeholder config key)")  # fmt: skip
     r.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
                    help="load generator HTTP client (default raw: see README for why)")  # fmt: skip
-    r.add_argument(
-        "--pin", choices=["auto", "off"], default="auto", help="taskset pinning (auto: needs >= 2 cores)"
-    )
-    r.add_argument(
-        "--profile", action="store_true", help="py-spy flame graph of each non-direct target under load"
-    )
-    r.add_argument(
-        "--smoke", action="store_true", help="seconds-long CI check: 1 repeat, concurrency 1,4, 1 s"
-    )
+    r.add_argument("--pin", choices=["auto", "off"], default="auto", help="taskset pinning (auto: needs >= 2 cores)")
+    r.add_argument("--profile", action="store_true", help="py-spy flame graph of each non-direct target under load")
+    r.add_argument("--smoke", action="store_true", help="seconds-long CI check: 1 repeat, concurrency 1,4, 1 s")
     r.add_argument("--results-dir", default=str(BENCH / "results"))
     r.add_argument("--stile-exe", default=str(REPO / ".venv" / "bin" / "stile"))
+    rep = sub.add_parser("report", help="re-render latest.md/latest.png from a results JSON")
+    rep.add_argument("json", help="bench/results/<timestamp>.json")
     return p
 
 
@@ -74,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if args.cmd == "report":
+        from pathlib import Path
+
+        from bench.report import rerender
+
+        return rerender(Path(args.json))
     if args.smoke:
         args.repeats, args.concurrency, args.duration, args.warmup = 1, [1, 4], 1.0, 0.3
     args.scenarios = list(SCENARIOS) if "all" in args.scenario else args.scenario

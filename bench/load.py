@@ -70,9 +70,7 @@ class AiohttpEngine:
     async def start(self) -> None:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency, limit_per_host=self.concurrency, keepalive_timeout=60
-        )
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency, keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     def connection(self) -> AiohttpConn:
@@ -444,9 +442,7 @@ async def run(spec: Spec) -> dict[str, Any]:
             sid = sessions[i]
             if sid is not None:
                 with contextlib.suppress(Exception):
-                    await conns[i].send(
-                        "DELETE", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}, b""
-                    )
+                    await conns[i].send("DELETE", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}, b"")
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):

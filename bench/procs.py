@@ -98,19 +98,29 @@ class Proc:
         return pids
 
     def memory(self) -> dict[str, float]:
-        """Summed peak (VmHWM) and current (VmRSS) resident memory of the process tree, in MB."""
-        hwm = rss = 0.0
-        for pid in self.tree_pids():
-            try:
-                with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            hwm += int(line.split()[1]) / 1024
-                        elif line.startswith("VmRSS:"):
-                            rss += int(line.split()[1]) / 1024
-            except OSError:
-                continue
-        return {"peak_rss_mb": round(hwm, 1), "rss_mb": round(rss, 1)}
+        """Memory in MB: the leader's peak (VmHWM) and current (VmRSS) resident set, and the PSS of
+        the whole tree (forked workers share pages, so summing their RSS would count them twice)."""
+        out = {"peak_rss_mb": 0.0, "rss_mb": 0.0, "tree_pss_mb": 0.0}
+        pids = self.tree_pids()
+        for pid in pids:
+            if pid == self.pid:
+                for key, field_name in (("peak_rss_mb", "VmHWM:"), ("rss_mb", "VmRSS:")):
+                    out[key] = _proc_kb(f"/proc/{pid}/status", field_name) / 1024
+            out["tree_pss_mb"] += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") / 1024
+        out = {k: round(v, 1) for k, v in out.items()}
+        out["processes"] = len(pids)
+        return out
+
+
+def _proc_kb(path: str, field_name: str) -> float:
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
 
 
 class Procs:
@@ -118,9 +128,7 @@ class Procs:
         self.procs: list[Proc] = []
         atexit.register(self.stop_all)
 
-    def start(
-        self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
-    ) -> Proc:
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONPATH", str(REPO))
         if env:

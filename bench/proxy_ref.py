@@ -49,9 +49,7 @@ def make_app(upstream: str) -> Any:
             return
         path = scope["path"]
         if path == "/healthz":
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"ok"})
             return
         if not path.startswith("/mcp"):

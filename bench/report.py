@@ -53,6 +53,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "upstream_cpu_s_per_1k": _spread([r.get("upstream_cpu_s_per_1k") for r in good]),
             "gen_cpu_s_per_1k": _spread([r.get("gen_cpu_s_per_1k") for r in good]),
             "peak_rss_mb": max((r.get("peak_rss_mb") or 0 for r in good), default=None),
+            "tree_pss_mb": max((r.get("tree_pss_mb") or 0 for r in good), default=None),
             "saturated": sorted({r.get("saturated", "?") for r in good}),
         }
         fatals = [r["fatal"] for r in rs if "fatal" in r]
@@ -81,9 +82,7 @@ def added_latency(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (scn, era, target, conc), pairs in sorted(groups.items()):
         row: dict[str, Any] = {"scenario": scn, "era": era, "target": target, "concurrency": conc}
-        row["added_us"] = {
-            p: _spread([r["latency_us"][p] - d["latency_us"][p] for r, d in pairs]) for p in PCTS
-        }
+        row["added_us"] = {p: _spread([r["latency_us"][p] - d["latency_us"][p] for r, d in pairs]) for p in PCTS}
         row["rps_vs_direct"] = _spread([r["rps"] / d["rps"] for r, d in pairs if d["rps"]])
         out.append(row)
     return out
@@ -175,7 +174,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "req/s: successful requests per second in the window. pXX: client-observed latency. added pXX: "
         "target minus direct, paired by repeat. CPU s/1k req: CPU seconds of the process under test "
         "(direct: the upstream; others: the gateway/peer process tree, upstream excluded) per 1,000 "
-        "successful requests. peak RSS: VmHWM of that process tree at the end of the run. bound: which "
+        "successful requests. peak RSS: VmHWM of the target's main process at the end of the run (a high-"
+        "water mark since it started; see tree_pss_mb in the JSON for multi-process peers). bound: which "
         "pinned core was >= 90% busy (client = load generator + upstream core; for direct that is the "
         "harness ceiling).",
     ]
@@ -227,9 +227,7 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
                 ys = [a["added_us"][pct]["median"] for a in pts if a["added_us"][pct]]
                 ax_add.plot(xs, ys, style + "o", color=color, ms=3, label=f"{target} {pct}")
         if not adds:
-            ax_add.text(
-                0.5, 0.5, "no gateway target ran", ha="center", va="center", transform=ax_add.transAxes
-            )
+            ax_add.text(0.5, 0.5, "no gateway target ran", ha="center", va="center", transform=ax_add.transAxes)
         for ax, title, ylabel in (
             (ax_lat, "latency (median of repeats, min-max bars)", "µs"),
             (ax_rps, "throughput", "req/s"),
@@ -250,6 +248,9 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
             ax_rps.set_ylim(bottom=0)
         if adds:
             ax_add.set_yscale("symlog", linthresh=100)
+            lows = [a["added_us"][p]["min"] for a in adds for p in ("p50", "p99") if a["added_us"][p]]
+            if lows and min(lows) >= 0:
+                ax_add.set_ylim(bottom=0)
         ticks = sorted({s["concurrency"] for s in rows})
         for ax in (ax_lat, ax_rps, ax_add):
             ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -262,13 +263,25 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_all(doc: dict[str, Any], results_dir: Path, started: dt.datetime) -> dict[str, Any]:
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    json_path = results_dir / f"{stamp}.json"
-    json_path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+def write_all(doc: dict[str, Any], results_dir: Path, started: dt.datetime | None) -> dict[str, Any]:
+    """Write <stamp>.json (unless ``started`` is None: re-rendering), latest.md and latest.png."""
+    json_path = None
+    if started is not None:
+        json_path = results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        json_path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
     md = markdown(doc)
     md_path = results_dir / "latest.md"
     md_path.write_text(md, encoding="utf-8")
     png_path = results_dir / "latest.png"
     has_png = chart(doc, png_path)
     return {"json": json_path, "md": md_path, "png": png_path if has_png else None, "markdown_text": md}
+
+
+def rerender(json_path: Path) -> int:
+    """``python -m bench report FILE.json``: rebuild latest.md / latest.png beside it from raw runs."""
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    doc["summary"] = summarize(doc["runs"])
+    doc["added"] = added_latency(doc["runs"])
+    paths = write_all(doc, json_path.parent, None)
+    print(paths["markdown_text"])
+    return 0

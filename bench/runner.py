@@ -77,16 +77,12 @@ def load_once(
     timeout = warmup + duration + 120
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
-        out = subprocess.run(
-            taskset(pin.client, argv), capture_output=True, timeout=timeout, env=env, cwd=REPO
-        )
+        out = subprocess.run(taskset(pin.client, argv), capture_output=True, timeout=timeout, env=env, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"fatal": f"load generator did not finish within {timeout:.0f}s"}
     lines = out.stdout.decode("utf-8", "replace").strip().splitlines()
     if out.returncode != 0 or not lines:
-        return {
-            "fatal": f"load generator exited {out.returncode}: {out.stderr.decode('utf-8', 'replace')[-600:]}"
-        }
+        return {"fatal": f"load generator exited {out.returncode}: {out.stderr.decode('utf-8', 'replace')[-600:]}"}
     res: dict[str, Any] = json.loads(lines[-1])
     if "fatal" in res:
         return res
@@ -141,9 +137,7 @@ def profile_once(
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         log("  py-spy not found; installing it into this venv (pip install py-spy) ...")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "py-spy"], capture_output=True, timeout=600
-        )
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], capture_output=True, timeout=600)
         pyspy = str(Path(sys.executable).parent / "py-spy")
         if not Path(pyspy).exists():
             return {"target": target.name, "status": "skipped", "reason": "py-spy could not be installed"}
@@ -226,13 +220,7 @@ def run(args: Any) -> int:
         "runs": [],
         "profiles": [],
     }
-    n_runs = (
-        len(scenarios)
-        * len(eras)
-        * args.repeats
-        * len(args.concurrency)
-        * (len(args.targets) + len(args.peers))
-    )
+    n_runs = len(scenarios) * len(eras) * args.repeats * len(args.concurrency) * (len(args.targets) + len(args.peers))
     log(
         f"stile bench: {len(scenarios)} scenario(s) x {len(eras)} era(s) x {args.repeats} repeat(s) x "
         f"{len(args.concurrency)} concurrency level(s); pinning: {pin.describe()}; "
@@ -265,9 +253,7 @@ def _run_scenario(scn: Scenario, eras: list[str], args: Any, env: Env, doc: dict
     active: list[Target] = []
     try:
         for t in targets:
-            entry = doc["targets"].setdefault(
-                t.name, {"role": t.role, "status": "ok", "runs": {}, "info": {}}
-            )
+            entry = doc["targets"].setdefault(t.name, {"role": t.role, "status": "ok", "runs": {}, "info": {}})
             log(f"   starting {t.name} ...")
             try:
                 t.start(scn, pool)
@@ -293,11 +279,7 @@ def _run_scenario(scn: Scenario, eras: list[str], args: Any, env: Env, doc: dict
                 entry = doc["targets"][t.name]
                 key = f"{scn.name}/{era}"
                 if "fatal" in probe or probe.get("ok", 0) == 0 or probe.get("failed", 0) > 0:
-                    why = (
-                        probe.get("fatal")
-                        or "; ".join(probe.get("error_samples", [])[:2])
-                        or "no successful request"
-                    )
+                    why = probe.get("fatal") or "; ".join(probe.get("error_samples", [])[:2]) or "no successful request"
                     entry["runs"][key] = f"failed probe: {why}"
                     entry["status"] = "partial" if entry["status"] == "ok" else entry["status"]
                     log(f"   !! {t.name} {era}: probe failed, skipping: {why[:300]}")
@@ -316,9 +298,7 @@ def _run_scenario(scn: Scenario, eras: list[str], args: Any, env: Env, doc: dict
             if args.profile:
                 for t in era_targets:
                     log(f"   profiling {t.name} ({era}, concurrency {max(args.concurrency)}) with py-spy ...")
-                    prof = profile_once(
-                        t, scn, era, max(args.concurrency), args.duration, args.warmup, args, env.pin
-                    )
+                    prof = profile_once(t, scn, era, max(args.concurrency), args.duration, args.warmup, args, env.pin)
                     doc["profiles"].append(prof)
                     log(f"   profile: {prof.get('svg') or prof.get('reason')}")
     finally:

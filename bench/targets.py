@@ -153,9 +153,7 @@ class Stile(Target):
 
         exe = Path(self.env.stile_exe)
         if not exe.exists():
-            raise Unavailable(
-                f"{exe} does not exist (the gateway's `stile` entry point is not installed yet)"
-            )
+            raise Unavailable(f"{exe} does not exist (the gateway's `stile` entry point is not installed yet)")
         ups = pool.get(scn.stile_tools, scn.stile_upstreams)
         cfg_path = self.env.workdir / f"stile-{scn.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(self.config(scn, ups), sort_keys=False), encoding="utf-8")
@@ -169,7 +167,7 @@ class Stile(Target):
             self.stop()
             raise Unavailable(f"stile did not become healthy: {exc}") from exc
         self.url = f"http://127.0.0.1:{port}/mcp/bench"
-        self.info = {"config": str(cfg_path), "argv": argv, "policies": self.env.policies}
+        self.info = {"config": str(cfg_path), "policies": self.env.policies, "tree": _git_describe()}
 
 
 class ReferenceProxy(Target):
@@ -187,6 +185,13 @@ class ReferenceProxy(Target):
         self.env.procs.wait_http(proc, f"http://127.0.0.1:{port}/healthz", timeout=15)
         self.url = f"http://127.0.0.1:{port}/mcp/bench"
         self.info = {"what": "uvicorn raw ASGI + aiohttp pass-through (bench/proxy_ref.py)"}
+
+
+def _git_describe() -> str:
+    """The source Stile ran from: HEAD plus '+dirty' when src/ has uncommitted changes."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=REPO)
+    return (rev.stdout.strip() or "?") + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,9 +248,7 @@ class FastMCPProxy(Target):
         argv = [str(venv / "bin" / "python"), str(REPO / "bench" / "peer_fastmcp.py"), "--port", str(port)]
         for n, u in zip(names, ups, strict=True):
             argv += ["--upstream", f"{n}={u.url}"]
-        proc = self.env.procs.start(
-            "fastmcp", taskset(self.env.pin.server, argv), env={"FASTMCP_LOG_LEVEL": "WARNING"}
-        )
+        proc = self.env.procs.start("fastmcp", taskset(self.env.pin.server, argv), env={"FASTMCP_LOG_LEVEL": "WARNING"})
         self.proc, self.upstreams = proc, ups
         try:
             self.env.procs.wait_http(proc, f"http://127.0.0.1:{port}/healthz", timeout=60)
@@ -266,9 +269,7 @@ def _python312() -> str:
         path = cand if os.path.isabs(cand) else shutil.which(cand)
         if path and os.path.exists(path):
             return path
-    raise Unavailable(
-        "no Python >= 3.12 found (ContextForge needs it); looked for " + ", ".join(PY312_CANDIDATES)
-    )
+    raise Unavailable("no Python >= 3.12 found (ContextForge needs it); looked for " + ", ".join(PY312_CANDIDATES))
 
 
 class ContextForge(Target):
@@ -343,9 +344,7 @@ class ContextForge(Target):
                 )
                 if status not in (200, 201) or not isinstance(body, dict):
                     raise Unavailable(f"POST /gateways -> {status}: {str(body)[:300]}")
-                status, tools = http_json(
-                    "GET", f"{base}/tools?limit=0&gateway_id={body['id']}", None, auth, 60
-                )
+                status, tools = http_json("GET", f"{base}/tools?limit=0&gateway_id={body['id']}", None, auth, 60)
                 if status != 200 or not isinstance(tools, list):
                     raise Unavailable(f"GET /tools -> {status}: {str(tools)[:300]}")
                 for t in tools:

@@ -26,9 +26,7 @@ def make_asgi(app: App) -> Any:
         if scope["type"] != "http":
             return
         if scope["path"] == "/healthz":
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"ok"})
             return
         if scope["path"] != "/mcp":

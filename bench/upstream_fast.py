@@ -113,9 +113,7 @@ class App:
         tools = _tool_defs(n_tools)
         self.tool_names = frozenset(t["name"] for t in tools)
         self.list_legacy = orjson.dumps({"tools": tools})
-        self.list_modern = orjson.dumps(
-            {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "public"}
-        )
+        self.list_modern = orjson.dumps({"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "public"})
         big = {"content": [{"type": "text", "text": _big_text()}], "isError": False}
         self.big_legacy = orjson.dumps(big)
         self.big_modern = orjson.dumps({**big, "resultType": "complete"})
@@ -416,16 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.upstream_fast", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = pick a free port (printed as READY <port>)")
-    p.add_argument(
-        "--tools", type=int, default=3, help="number of tools in tools/list (>= 3 keeps all real ones)"
-    )
-    p.add_argument(
-        "--strict-headers", action="store_true", help="require MCP-Protocol-Version/Mcp-Method/Mcp-Name"
-    )
+    p.add_argument("--tools", type=int, default=3, help="number of tools in tools/list (>= 3 keeps all real ones)")
+    p.add_argument("--strict-headers", action="store_true", help="require MCP-Protocol-Version/Mcp-Method/Mcp-Name")
     p.add_argument("--sse", action="store_true", help="answer every request with a one-event SSE stream")
-    p.add_argument(
-        "--server", choices=["raw", "uvicorn"], default="raw", help="socket layer (raw = httptools)"
-    )
+    p.add_argument("--server", choices=["raw", "uvicorn"], default="raw", help="socket layer (raw = httptools)")
     return p
 
 

@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tools", type=int, default=3)
     args = p.parse_args(argv)
-    build(args.tools).run(
-        transport="streamable-http", host="127.0.0.1", port=args.port, streamable_http_path="/mcp"
-    )
+    build(args.tools).run(transport="streamable-http", host="127.0.0.1", port=args.port, streamable_http_path="/mcp")
     return 0
 
 

@@ -47,7 +47,7 @@ async def hang() -> str:
     return "unreachable"
 
 
-@app.custom_route("/stats", methods=["GET"])
+@app.custom_route("/stats", methods=["GET"])  # type: ignore[untyped-decorator]
 async def stats(request: Request) -> Response:
     return JSONResponse(dict(counts))
 

@@ -78,10 +78,10 @@ def everything_upstream() -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, cwd=EVERYTHING_DIR,
     )
     try:
-        wait_port(port, proc)  # type: ignore[arg-type]
+        wait_port(port, proc)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
-        stop(proc)  # type: ignore[arg-type]
+        stop(proc)
 
 
 async def upstream_counts(base: str) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -110,19 +111,15 @@ def test_parse_error_message_does_not_echo_the_body() -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=256))
 def test_parse_and_validate_raise_only_parse_error_or_invalid_request_on_arbitrary_bytes(body: bytes) -> None:
-    try:
+    with contextlib.suppress(ParseError, InvalidRequest):
         jsonrpc.validate_message(jsonrpc.parse_body(body))
-    except (ParseError, InvalidRequest):
-        pass
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet='{}[]":,0123456789.eE+-tfnrul\\ adbcx', max_size=80))
 def test_parse_body_raises_only_parse_error_on_json_like_text(text: str) -> None:
-    try:
+    with contextlib.suppress(ParseError):
         jsonrpc.parse_body(text.encode())
-    except ParseError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)

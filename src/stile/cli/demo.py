@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def demo_environment(notes_port: int) -> dict[str, str]:
     }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_demo(port: int, config: Path | None) -> None:
     from stile.server import run
 
@@ -55,6 +60,9 @@ def run_demo(port: int, config: Path | None) -> None:
         loaded = load_config(path)
     except ConfigError as exc:
         raise SystemExit("\n".join(exc.problems)) from exc
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that unwind through `finally` below
+    # (the default action would kill this process and orphan the notes upstream)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     notes = subprocess.Popen(  # the HTTP example upstream; the stdio one is spawned by Stile itself
         [sys.executable, "-m", "stile.examples_servers.notes_server", "--port", str(notes_port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

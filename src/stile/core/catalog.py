@@ -52,9 +52,13 @@ class View:
     resources: list[Item]
     templates: list[Item]
     problems: list[str]
+    # exposed URI -> (upstream, original URI) of every listed resource; an unprefixed view over several
+    # upstreams cannot tell the owner from the URI itself
+    resource_index: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def resolve_uri(self, uri: str) -> tuple[str, str] | None:
-        return self.namer.split_uri(uri, self.upstreams)
+        hit = self.resource_index.get(uri)
+        return hit if hit is not None else self.namer.split_uri(uri, self.upstreams)
 
 
 @lru_cache(maxsize=4096)
@@ -119,6 +123,7 @@ def build_view(name: str, vs: VirtualServerConfig, cfg: GatewayConfig, inv: dict
     resources: list[Item] = []
     templates: list[Item] = []
     seen_uri: dict[str, str] = {}
+    resource_index: dict[str, tuple[str, str]] = {}
     for up in ups:
         got = inv.get(up, Inventory())
         for key, out, src in (("uri", resources, got.resources), ("uriTemplate", templates, got.templates)):
@@ -132,11 +137,14 @@ def build_view(name: str, vs: VirtualServerConfig, cfg: GatewayConfig, inv: dict
                                     f"keeping {seen_uri[exposed]!r}")
                     continue
                 seen_uri[exposed] = up
+                if key == "uri":
+                    resource_index[exposed] = (up, uri)
                 out.append({**item, key: exposed} if exposed != uri else item)
     live = {u for u in ups if inv.get(u, Inventory()).ok}
     for f in (rfilter,):
         problems.extend(f.unused(live))
-    return View(name, ups, namer, tools, tool_index, prompts, prompt_index, resources, templates, problems)
+    return View(name, ups, namer, tools, tool_index, prompts, prompt_index, resources, templates, problems,
+                resource_index)
 
 
 def _named(

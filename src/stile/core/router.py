@@ -176,11 +176,12 @@ class Router:
 
     async def _set_level(self, ctx: CallContext) -> Reply:
         view = self._view(ctx)
+        legacy = CallOptions(client_era="legacy")
         for name in view.upstreams:
             up = self.gw.upstreams[name]
-            if up.era == "legacy" and "logging" in up.capabilities:
-                try:
-                    await up.request("logging/setLevel", dict(ctx.params))
+            if "logging" in up.capabilities:
+                try:  # best effort, on the upstream's (shared) legacy session; modern-only upstreams refuse it
+                    await up.request("logging/setLevel", dict(ctx.params), legacy)
                 except StileError:
                     continue
         return {"result": {}}

@@ -1,4 +1,4 @@
-"""Streamable HTTP upstream (both eras) on a keep-alive aiohttp pool.
+"""Streamable HTTP upstream (both eras) on a keep-alive HTTP/1.1 pool (`upstreams/h1.py`).
 
 Era is detected once (a modern `server/discover`; anything else means legacy, which gets one
 long-lived `initialize`d session, re-created only if the upstream forgets it). Notifications not
@@ -14,8 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from stile.config.model import UpstreamConfig
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
@@ -29,6 +27,7 @@ from stile.upstreams.base import (
     initialize_params,
     is_modern_discover,
 )
+from stile.upstreams.h1 import H1Error, H1Pool, H1Response
 from stile.upstreams.tasks import spawn
 from stile.wire import eras, jsonrpc, sse
 from stile.wire import headers as mcp_headers
@@ -54,7 +53,7 @@ class HttpUpstream:
         self._ids = IdSource()
         self._session_id: str | None = None
         self._version = eras.LATEST_LEGACY
-        self._http: aiohttp.ClientSession | None = None
+        self._http: H1Pool | None = None
         self._ready_lock = asyncio.Lock()
         self._ready = False
         self._listener: asyncio.Task[None] | None = None
@@ -67,11 +66,14 @@ class HttpUpstream:
     def healthy(self) -> bool:
         return self._ready and self._last_error is None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self) -> H1Pool:
         if self._http is None:
-            conn = aiohttp.TCPConnector(limit=self.cfg.max_connections, keepalive_timeout=60)
-            self._http = aiohttp.ClientSession(connector=conn, auto_decompress=True)
+            self._http = H1Pool(self.url, max_connections=self.cfg.max_connections,
+                                connect_timeout=self.cfg.connect_timeout, keepalive_timeout=60.0)
         return self._http
+
+    async def _send(self, method: str, headers: dict[str, str], body: bytes = b"") -> H1Response:
+        return await self._client().request(method, headers, body)
 
     async def start(self) -> None:
         await self._ensure_ready()
@@ -84,12 +86,12 @@ class HttpUpstream:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._session_id is not None and self._http is not None:
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            with contextlib.suppress(H1Error, TimeoutError):
                 hdrs = self._headers(era="legacy")
-                async with self._http.delete(self.url, headers=hdrs, timeout=aiohttp.ClientTimeout(2)):
+                async with asyncio.timeout(2), await self._send("DELETE", hdrs):
                     pass
         if self._http is not None:
-            await self._http.close()
+            await self._http.aclose()
 
     def _headers(self, method: str | None = None, name: str | None = None, era: Era | None = None) -> dict[str, str]:
         h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
@@ -159,7 +161,7 @@ class HttpUpstream:
         body = jsonrpc.dumps(jsonrpc.request(self._ids.next(), method, params))
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
-                async with self._client().post(self.url, data=body, headers=h) as resp:
+                async with await self._send("POST", h, body) as resp:
                     if keep_session and "mcp-session-id" in resp.headers:
                         self._session_id = resp.headers["mcp-session-id"]
                     async for msg in self._messages(resp):
@@ -168,14 +170,14 @@ class HttpUpstream:
                     return {"error": {"code": -32603, "message": f"HTTP {resp.status}"}}
         except TimeoutError as exc:
             raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout}s") from exc
-        except aiohttp.ClientError as exc:
+        except H1Error as exc:
             raise UpstreamUnavailable(self.name, f"cannot reach upstream ({type(exc).__name__})") from exc
 
-    async def _messages(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Message]:
+    async def _messages(self, resp: H1Response) -> AsyncIterator[Message]:
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("text/event-stream"):
             dec = sse.Decoder()
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 for ev in dec.feed(chunk):
                     if ev.data:
                         try:
@@ -201,9 +203,9 @@ class HttpUpstream:
         body = jsonrpc.dumps(jsonrpc.notification(method, params))
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
-                async with self._client().post(self.url, data=body, headers=self._headers(era="legacy")) as resp:
+                async with await self._send("POST", self._headers(era="legacy"), body) as resp:
                     await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, H1Error) as exc:
             log.warning("upstream %s: notification %s not delivered: %s", self.name, method, type(exc).__name__)
 
     async def _pick_era(self, opts: CallOptions) -> Era:
@@ -229,13 +231,19 @@ class HttpUpstream:
         era = await self._pick_era(opts)
         for attempt in (1, 2):
             try:
-                return await self._request_once(method, params, opts, era)
+                msg = await self._request_once(method, params, opts, era)
+            except UpstreamUnavailable as exc:
+                self._last_error = exc.message  # readiness shows the upstream as lost until it answers again
+                raise
             except _SessionLost:
                 if attempt == 2:
                     break
                 log.info("upstream %s forgot our session; re-initializing", self.name)
                 async with self._ready_lock:
                     await self._initialize()
+            else:
+                self._last_error = None
+                return msg
         raise UpstreamUnavailable(self.name, "upstream session could not be re-established")
 
     async def _request_once(self, method: str, params: dict[str, Any], opts: CallOptions, era: Era) -> Message:
@@ -249,7 +257,7 @@ class HttpUpstream:
         body = jsonrpc.dumps(jsonrpc.request(rid, method, sent))
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                async with self._client().post(self.url, data=body, headers=h) as resp:
+                async with await self._send("POST", h, body) as resp:
                     if resp.status == 404 and era == "legacy" and self._session_id is not None:
                         await resp.read()
                         raise _SessionLost
@@ -269,7 +277,7 @@ class HttpUpstream:
         except asyncio.CancelledError:
             self._cancel_later(rid, era)
             raise
-        except aiohttp.ClientError as exc:
+        except H1Error as exc:
             raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
 
     def _cancel_later(self, rid: str, era: Era) -> None:
@@ -291,9 +299,9 @@ class HttpUpstream:
             reply = {"jsonrpc": "2.0", "id": msg["id"], "error": exc.to_error()}
         body = jsonrpc.dumps(reply)
         try:
-            async with self._client().post(self.url, data=body, headers=self._headers(era="legacy")) as resp:
+            async with await self._send("POST", self._headers(era="legacy"), body) as resp:
                 await resp.read()
-        except aiohttp.ClientError as exc:
+        except H1Error as exc:
             log.warning("upstream %s: could not deliver answer: %s", self.name, type(exc).__name__)
 
     async def _listen(self, era: Era) -> None:
@@ -306,8 +314,10 @@ class HttpUpstream:
                 else:
                     await self._listen_legacy()
                 delay = 0.5
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except (H1Error, TimeoutError, ValueError) as exc:
                 log.debug("upstream %s listener: %s", self.name, type(exc).__name__)
+                if isinstance(exc, H1Error):
+                    self._last_error = f"cannot reach upstream ({type(exc).__name__})"
             except _NoStream:
                 return
             await asyncio.sleep(delay)
@@ -316,10 +326,10 @@ class HttpUpstream:
     async def _listen_legacy(self) -> None:
         h = self._headers(era="legacy")
         h["Accept"] = "text/event-stream"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
-        async with self._client().get(self.url, headers=h, timeout=timeout) as resp:
+        async with await self._send("GET", h) as resp:
             if resp.status in (405, 400, 406):
                 raise _NoStream
+            self._last_error = None  # reachable again
             if resp.status == 404:
                 async with self._ready_lock:
                     await self._initialize()
@@ -338,11 +348,10 @@ class HttpUpstream:
             raise _NoStream
         params = {"notifications": wanted, **discover_params()}
         body = jsonrpc.dumps(jsonrpc.request(self._ids.next(), "subscriptions/listen", params))
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
-        async with self._client().post(self.url, data=body, headers=self._headers("subscriptions/listen"),
-                                       timeout=timeout) as resp:
+        async with await self._send("POST", self._headers("subscriptions/listen"), body) as resp:
             if resp.status >= 400:
                 raise _NoStream
+            self._last_error = None  # reachable again
             async for msg in self._messages(resp):
                 if "method" in msg and "id" not in msg:
                     self.on_notification(msg["method"], msg)
