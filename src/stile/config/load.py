@@ -66,7 +66,9 @@ def check_references(cfg: GatewayConfig, where: str) -> list[str]:
         for section in ("tools", "prompts"):
             for ref in getattr(vs, section):
                 up = _split_ref(ref)[0]
-                if up not in known:
+                if "." not in ref:
+                    problems.append(f"{base}.{section}.{ref}: must be written upstream.name")
+                elif up not in known:
                     problems.append(f"{base}.{section}.{ref}: unknown upstream {up!r}")
     return problems
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from stile import __version__
 from stile.core.context import ClientEra, Reply
-from stile.wire.eras import MODERN_ONLY_RESULT_KEYS
+from stile.wire.eras import META_SERVER_INFO, MODERN_ONLY_RESULT_KEYS
 from stile.wire.errors import INVALID_PARAMS, RESOURCE_NOT_FOUND_LEGACY
+
+STILE_INFO = {"name": "stile", "version": __version__}
 
 if TYPE_CHECKING:
     from stile.core.catalog import View
@@ -22,6 +25,16 @@ def adapt_reply(reply: Reply, client_era: ClientEra, upstream_era: str | None) -
         reply = {"error": {"code": -32603, "message": "upstream sent neither result nor error"}}
     res = reply.get("result")
     if isinstance(res, dict):
+        meta = res.get("_meta")
+        if isinstance(meta, dict) and META_SERVER_INFO in meta:
+            # the client talks to Stile: the upstream's self-description stays behind the gateway
+            rest = {k: v for k, v in meta.items() if k != META_SERVER_INFO}
+            if client_era == "modern":
+                rest[META_SERVER_INFO] = STILE_INFO
+            res = {k: v for k, v in res.items() if k != "_meta"}
+            if rest:
+                res["_meta"] = rest
+            reply = {"result": res}
         if client_era == "legacy":
             if any(k in res for k in MODERN_ONLY_RESULT_KEYS) and res.get("resultType", "complete") == "complete":
                 res = {k: v for k, v in res.items() if k not in MODERN_ONLY_RESULT_KEYS}

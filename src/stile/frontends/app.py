@@ -158,6 +158,6 @@ class StileApp:
         status: dict[str, Any] = {}
         for name, up in self.gw.upstreams.items():
             inv = self.gw.inventories[name]
-            status[name] = {"ready": up.healthy and inv.ok, "era": up.era, "error": inv.error}
+            status[name] = {"ready": up.healthy and inv.ok, "era": up.era, "error": up.last_error or inv.error}
         ok = all(s["ready"] for s in status.values())
         await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})

@@ -78,6 +78,9 @@ class Upstream(Protocol):
     @property
     def healthy(self) -> bool: ...
 
+    @property
+    def last_error(self) -> str | None: ...
+
 
 class IdSource:
     """Upstream request ids: unique per upstream connection, never reused."""

@@ -63,6 +63,10 @@ class HttpUpstream:
         self._legacy_listener: asyncio.Task[None] | None = None
 
     @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
     def healthy(self) -> bool:
         return self._ready and self._last_error is None
 

@@ -50,6 +50,11 @@ class SseUpstream:
         self._reader: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         self._closed = False
+        self._last_error: str | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
 
     @property
     def healthy(self) -> bool:
@@ -94,6 +99,7 @@ class SseUpstream:
                     for ev in dec.feed(chunk):
                         self._on_event(ev)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._last_error = f"SSE stream failed ({type(exc).__name__})"
             log.warning("upstream %s: SSE stream failed: %s", self.name, type(exc).__name__)
         finally:
             self._ready.clear()

@@ -60,6 +60,10 @@ class StdioUpstream:
         self._last_error: str | None = None
 
     @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
     def healthy(self) -> bool:
         return self._ready.is_set()
 
