@@ -53,8 +53,11 @@ class LegacySession:
 
 
 class SessionSealer:
+    CACHE_SIZE = 4096  # recently opened ids: a legacy client sends the same id on every request
+
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        self._opened: dict[str, LegacySession] = {}
 
     def mint(self, version: str, virtual_server: str, caps: dict[str, Any],
              info: dict[str, Any] | None) -> tuple[str, LegacySession]:
@@ -66,6 +69,17 @@ class SessionSealer:
         return base64.urlsafe_b64encode(sealed).decode().rstrip("="), sess
 
     def open(self, token: str, virtual_server: str) -> LegacySession | None:
+        cached = self._opened.get(token)
+        if cached is not None:
+            return cached if cached.virtual_server == virtual_server else None
+        session = self._open(token, virtual_server)
+        if session is not None:
+            if len(self._opened) >= self.CACHE_SIZE:
+                self._opened.pop(next(iter(self._opened)))
+            self._opened[token] = session
+        return session
+
+    def _open(self, token: str, virtual_server: str) -> LegacySession | None:
         if not token or len(token) > 16384:
             return None
         try:

@@ -7,6 +7,7 @@ HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +65,10 @@ class StileApp:
             if msg["type"] == "lifespan.startup":
                 if self._start_gateway:
                     await self.gw.start()
+                # Everything allocated so far lives for the process: keep it out of the collector's scans,
+                # and collect young objects less often (fewer pauses in the p99 tail under load).
+                gc.freeze()
+                gc.set_threshold(20_000, 20, 20)
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 if self._start_gateway:
