@@ -14,20 +14,19 @@ from stile.frontends.protocol import http_protocol
 log = logging.getLogger("stile")
 
 
-def build_app(cfg: GatewayConfig, host: str = "127.0.0.1") -> StileApp:
+def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None = None) -> StileApp:
     gw = Gateway(cfg)
     for name, vs in cfg.virtual_servers.items():
         if vs.auth is None:
-            log.warning("virtual server %s has no `auth` setting; it is open to anyone who can reach it "
-                        "(set `auth: none` to make that explicit)", name)
+            log.info("virtual server %s requires authentication (API key or bearer token)", name)
         elif vs.auth == "none":
             log.warning("virtual server %s: auth: none (anonymous access)", name)
     log.info("session key: %s", gw.key_source)
-    return StileApp(gw, bind_host=host)
+    return StileApp(gw, bind_host=host, state_url=state_url)
 
 
-def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info") -> None:
-    app = build_app(cfg, host)
+def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
+    app = build_app(cfg, host, state_url)
     config = uvicorn.Config(app, host=host, port=port, loop="auto", http=http_protocol(cfg.limits), lifespan="on",
                             log_level=log_level, access_log=False, timeout_keep_alive=30,
                             timeout_graceful_shutdown=5)

@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from stile import __version__
-from stile.config.load import ConfigError, LoadedConfig, load_config
+from stile.cli.keys import keys_app
+from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
 
 app = typer.Typer(help="Stile: a governed, dual-era MCP gateway.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
 out = Console()
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
+app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
 
 
 def _load(path: Path) -> LoadedConfig:
@@ -53,7 +55,7 @@ def serve(
 
     loaded = _load(config)
     _logging(log_level)
-    run(loaded.config, host=host, port=port, log_level=log_level)
+    run(loaded.config, host=host, port=port, log_level=log_level, state_url=state_url_for(loaded))
 
 
 @app.command()

@@ -117,10 +117,34 @@ def parse_config(data: Any, where: str = "<config>") -> GatewayConfig:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             problems.append(f"{where}: {loc}: {err['msg']}")
         raise ConfigError(problems) from exc
-    problems = check_references(cfg, where)
+    problems = check_references(cfg, where) + check_identity(cfg, where)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def check_identity(cfg: GatewayConfig, where: str) -> list[str]:
+    """Roles name existing virtual servers and upstreams; rules compile (CEL)."""
+    from stile.policies.rules import RuleError, compile_rules
+
+    problems: list[str] = []
+    for name, role in cfg.roles.items():
+        for i, vs in enumerate(role.virtual_servers or []):
+            if vs not in cfg.virtual_servers:
+                problems.append(f"{where}: roles.{name}.virtual_servers[{i}]: unknown virtual server {vs!r}")
+        for key in ("allow_tools", "deny_tools"):
+            for i, pattern in enumerate(getattr(role, key)):
+                up = _glob_upstream(pattern)
+                if "." not in pattern:
+                    problems.append(f"{where}: roles.{name}.{key}[{i}]: {pattern!r} must be written upstream.name")
+                elif not any(ch in up for ch in "*?[") and up not in cfg.upstreams:
+                    problems.append(f"{where}: roles.{name}.{key}[{i}]: unknown upstream {up!r} in {pattern!r}")
+    for i, rule in enumerate(cfg.rules):
+        try:
+            compile_rules([rule])
+        except RuleError as exc:
+            problems.append(f"{where}: rules[{i}] ({rule.name}): {str(exc).split(': ', 1)[-1]}")
+    return problems
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -158,3 +182,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         at = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         raise ConfigError([f"{p}:{at}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     return LoadedConfig(path=p, config=parse_config(data, str(p)))
+
+
+def state_url_for(loaded: LoadedConfig) -> str:
+    """The state store URL: `state` from config, else stile.db beside the config file."""
+    if loaded.config.state:
+        return loaded.config.state
+    base = loaded.path.parent if loaded.path is not None else Path.cwd()
+    return f"sqlite:///{(base / 'stile.db').resolve()}"

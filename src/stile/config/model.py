@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -90,6 +92,11 @@ class GatewayConfig(_Strict):
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    state: str | None = None  # state store URL; default sqlite:///stile.db beside the config
+    public_url: str | None = None  # canonical base URL clients use (token audience); default http://HOST:PORT
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    roles: dict[str, RoleConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
 
     @field_validator("upstreams", "virtual_servers")
     @classmethod

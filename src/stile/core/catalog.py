@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -55,6 +56,8 @@ class View:
     # exposed URI -> (upstream, original URI) of every listed resource; an unprefixed view over several
     # upstreams cannot tell the owner from the URI itself
     resource_index: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # extra admission for (upstream, original URI) reads, set when access control narrows the view
+    resource_filter: Callable[[str, str], bool] | None = None
 
     def resolve_uri(self, uri: str) -> tuple[str, str] | None:
         hit = self.resource_index.get(uri)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from stile.wire.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from stile.core.catalog import View
 
 ClientEra = Literal["legacy", "modern"]
 
@@ -38,10 +41,18 @@ class NullChannel:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling: the agent (key name, token client id) and the user it acts for (token subject)."""
+
     agent: str | None = None
     user: str | None = None
     roles: tuple[str, ...] = ()
-    method: str = "none"
+    method: str = "none"  # none | api_key | jwt
+    email: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_cel(self) -> dict[str, Any]:
+        return {"agent": self.agent or "", "user": self.user or "", "roles": list(self.roles),
+                "method": self.method, "email": self.email or "", "claims": self.claims}
 
 
 ANONYMOUS = Principal()
@@ -62,6 +73,7 @@ class CallContext:
     channel: ClientChannel = field(default_factory=NullChannel)
     headers: Mapping[str, str] = field(default_factory=dict)
     session_id: str | None = None
+    view: View | None = None  # the caller's view when access control narrowed it (else the virtual server's)
 
 
 Reply = Message  # a JSON-RPC response body: {"result": ...} or {"error": ...} (id added by the frontend)

@@ -41,7 +41,7 @@ _CHANGED = {
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] = ()) -> None:
+    def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None) -> None:
         from stile.core.router import Router
 
         self.cfg = cfg
@@ -55,6 +55,11 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
         self.router = Router(self)
+        if policies is None:
+            from stile.policies.access import AccessControl
+            from stile.policies.rules import Rules
+
+            policies = [AccessControl(self), Rules(self)]
         self.handle: CallNext = build(policies, self.router.handle)
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}

@@ -60,7 +60,7 @@ class Router:
         }
 
     def _view(self, ctx: CallContext) -> View:
-        view = self.gw.view(ctx.virtual_server)
+        view = ctx.view or self.gw.view(ctx.virtual_server)
         if view is None:
             raise MethodNotFound(f"unknown virtual server {ctx.virtual_server!r}")
         return view
@@ -73,7 +73,9 @@ class Router:
 
     # --- lists ---------------------------------------------------------------------------
     async def _list(self, ctx: CallContext) -> Reply:
-        view = await self.gw.ensure_discovered(self._view(ctx))
+        view = self._view(ctx)
+        if ctx.view is None:
+            view = await self.gw.ensure_discovered(view)
         key, items = {
             "tools/list": ("tools", view.tools), "prompts/list": ("prompts", view.prompts),
             "resources/list": ("resources", view.resources),
@@ -127,6 +129,8 @@ class Router:
 
         vs = self.gw.cfg.virtual_servers[view.name]
         ref = f"{upstream}.{uri}"
+        if view.resource_filter is not None and not view.resource_filter(upstream, uri):
+            return False
         if _matches(ref, vs.deny_resources):
             return False
         return vs.allow_resources is None or _matches(ref, vs.allow_resources)

@@ -50,6 +50,14 @@ class LegacySession:
     client_info: dict[str, Any] | None
     issued: int
     nonce: str
+    owner: str = ""  # the principal the session is bound to ("" for anonymous)
+
+
+def owner_of(principal: Any) -> str:
+    """A stable identity for binding sessions: auth method, agent and user."""
+    if principal is None or getattr(principal, "method", "none") == "none":
+        return ""
+    return f"{principal.method}:{principal.agent or ''}:{principal.user or ''}"
 
 
 class SessionSealer:
@@ -60,10 +68,10 @@ class SessionSealer:
         self._opened: dict[str, LegacySession] = {}
 
     def mint(self, version: str, virtual_server: str, caps: dict[str, Any],
-             info: dict[str, Any] | None) -> tuple[str, LegacySession]:
-        sess = LegacySession(version, virtual_server, caps, info, int(time.time()), secrets.token_hex(8))
+             info: dict[str, Any] | None, owner: str = "") -> tuple[str, LegacySession]:
+        sess = LegacySession(version, virtual_server, caps, info, int(time.time()), secrets.token_hex(8), owner)
         payload = orjson.dumps({"v": version, "s": virtual_server, "c": caps, "i": info,
-                                "t": sess.issued, "n": sess.nonce})
+                                "t": sess.issued, "n": sess.nonce, "o": owner})
         nonce = secrets.token_bytes(12)
         sealed = nonce + self._aead.encrypt(nonce, payload, _AAD)
         return base64.urlsafe_b64encode(sealed).decode().rstrip("="), sess
@@ -92,4 +100,4 @@ class SessionSealer:
         if not isinstance(data, dict) or data.get("s") != virtual_server:
             return None
         return LegacySession(str(data["v"]), virtual_server, data.get("c") or {}, data.get("i"),
-                             int(data.get("t", 0)), str(data.get("n", "")))
+                             int(data.get("t", 0)), str(data.get("n", "")), str(data.get("o", "")))

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from stile.core.context import ANONYMOUS, Principal
 from stile.core.gateway import Gateway
 from stile.frontends.asgi import (
     BodyTooLarge,
@@ -25,18 +26,22 @@ from stile.frontends.asgi import (
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
 from stile.frontends.streamable import StreamableEndpoint, error_body
+from stile.identity.authn import Authenticator, AuthRequired
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 
 log = logging.getLogger("stile.app")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 class StileApp:
-    def __init__(self, gw: Gateway, *, bind_host: str = "127.0.0.1", start_gateway: bool = True) -> None:
+    def __init__(self, gw: Gateway, *, bind_host: str = "127.0.0.1", start_gateway: bool = True,
+                 state_url: str | None = None) -> None:
         self.gw = gw
         self.mcp = StreamableEndpoint(gw)
         self.sse = LegacySseEndpoint(gw, self.mcp)
+        self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
@@ -73,6 +78,7 @@ class StileApp:
             elif msg["type"] == "lifespan.shutdown":
                 if self._start_gateway:
                     await self.gw.stop()
+                await self.authn.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -106,6 +112,9 @@ class StileApp:
             await self._ready(send)
             return
         headers = header_map(scope)
+        if path.startswith(WELL_KNOWN):
+            await self._resource_metadata(path, headers, send)
+            return
         if sum(len(k) + len(v) for k, v in headers.items()) > self.max_header:
             await send_text(send, 431, "Request header fields too large")
             return
@@ -120,23 +129,31 @@ class StileApp:
         if kind not in ("mcp", "sse") or not vs or vs not in self.gw.views or (kind == "mcp" and tail):
             await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path}"))
             return
+        principal = ANONYMOUS
+        if self.gw.cfg.virtual_servers[vs].auth != "none":
+            try:
+                principal = await self.authn.authenticate(headers, self.resource_url(headers, vs))
+            except AuthRequired as exc:
+                await self._challenge(send, headers, vs, exc)
+                return
         if kind == "sse":
-            await self.sse.handle(scope, vs, tail, headers, receive, send)
+            await self.sse.handle(scope, vs, tail, headers, receive, send, principal)
             return
         try:
             if method == "POST":
-                await self._post(vs, headers, receive, send)
+                await self._post(vs, headers, receive, send, principal)
             elif method == "GET":
-                await self.mcp.get(vs, headers, receive, send)
+                await self.mcp.get(vs, headers, receive, send, principal)
             elif method == "DELETE":
-                await self.mcp.delete(vs, headers, send)
+                await self.mcp.delete(vs, headers, send, principal)
             else:
                 await send_json(send, 405, jsonrpc.error(None, -32600, "method not allowed"),
                                 [(b"allow", b"GET, POST, DELETE")])
         except StileError as exc:
             await send_json(send, exc.http_status if exc.http_status >= 400 else 400, error_body(None, exc))
 
-    async def _post(self, vs: str, headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def _post(self, vs: str, headers: dict[str, str], receive: Receive, send: Send,
+                    principal: Principal) -> None:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await send_json(send, 413, jsonrpc.error(None, -32600, f"body larger than {self.max_body} bytes"))
@@ -155,9 +172,49 @@ class StileApp:
             return
         rid = msg.get("id") if isinstance(msg, dict) and jsonrpc.is_valid_id(msg.get("id")) else None
         try:
-            await self.mcp.post(vs, msg, headers, receive, send)
+            await self.mcp.post(vs, msg, headers, receive, send, principal)
         except StileError as exc:
             await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc))
+
+    # --- OAuth 2.1 resource server (RFC 9728) -------------------------------------------------
+    def base_url(self, headers: dict[str, str]) -> str:
+        if self.gw.cfg.public_url:
+            return self.gw.cfg.public_url.rstrip("/")
+        return f"http://{headers.get('host', '127.0.0.1')}"
+
+    def resource_url(self, headers: dict[str, str], vs: str) -> str:
+        """The virtual server's canonical URL: the audience its tokens must carry."""
+        return f"{self.base_url(headers)}/mcp/{vs}"
+
+    def _metadata_url(self, headers: dict[str, str], vs: str) -> str:
+        return f"{self.base_url(headers)}{WELL_KNOWN}/mcp/{vs}"
+
+    async def _challenge(self, send: Send, headers: dict[str, str], vs: str, exc: AuthRequired) -> None:
+        value = f'Bearer resource_metadata="{self._metadata_url(headers, vs)}"'
+        scopes = self.gw.cfg.auth.scopes_supported
+        if scopes:
+            value += f', scope="{" ".join(scopes)}"'
+        if headers.get("authorization"):
+            value += ', error="invalid_token"'
+        await send_json(send, 401, jsonrpc.error(None, -32600, exc.message),
+                        [(b"www-authenticate", value.encode())])
+
+    async def _resource_metadata(self, path: str, headers: dict[str, str], send: Send) -> None:
+        rest = path[len(WELL_KNOWN):]
+        auth = self.gw.cfg.auth
+        servers = auth.authorization_servers or [j.issuer for j in auth.jwt]
+        if rest in ("", "/"):
+            resource = self.base_url(headers)
+        elif rest.startswith("/mcp/") and rest[5:] in self.gw.views:
+            resource = self.resource_url(headers, rest[5:])
+        else:
+            await send_json(send, 404, {"error": "not_found"})
+            return
+        body: dict[str, Any] = {"resource": resource, "authorization_servers": servers,
+                                "bearer_methods_supported": ["header"], "resource_name": "Stile MCP gateway"}
+        if auth.scopes_supported:
+            body["scopes_supported"] = auth.scopes_supported
+        await send_json(send, 200, body)
 
     async def _ready(self, send: Send) -> None:
         status: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from stile.core.context import CallContext
+from stile.core.context import ANONYMOUS, CallContext, Principal
 from stile.core.router import server_capabilities, server_info
 from stile.frontends.asgi import (
     SSE_HEADERS,
@@ -46,6 +46,7 @@ class _Conn:
     caps: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] | None = None
     pending: dict[str, asyncio.Future[Message]] = field(default_factory=dict)
+    principal: Principal = ANONYMOUS
 
     def put(self, msg: Message) -> None:
         self.queue.put_nowait(msg)
@@ -86,23 +87,23 @@ class LegacySseEndpoint:
         self.conns: dict[str, _Conn] = {}
 
     async def handle(self, scope: Scope, vs: str, tail: str, headers: dict[str, str], receive: Receive,
-                     send: Send) -> None:
+                     send: Send, principal: Principal = ANONYMOUS) -> None:
         if scope["method"] == "GET" and tail == "":
-            await self._stream(vs, receive, send)
+            await self._stream(vs, receive, send, principal)
         elif scope["method"] == "POST" and tail == "messages":
             qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             cid = (qs.get("session_id") or [""])[0]
             conn = self.conns.get(cid)
-            if conn is None or conn.vs != vs:
+            if conn is None or conn.vs != vs or conn.principal != principal:
                 await send_json(send, 404, jsonrpc.error(None, -32600, "Session not found"))
                 return
             await self._message(conn, receive, send)
         else:
             await send_json(send, 405, jsonrpc.error(None, -32600, "method not allowed"))
 
-    async def _stream(self, vs: str, receive: Receive, send: Send) -> None:
+    async def _stream(self, vs: str, receive: Receive, send: Send, principal: Principal) -> None:
         cid = secrets.token_urlsafe(18)
-        conn = self.conns[cid] = _Conn(vs)
+        conn = self.conns[cid] = _Conn(vs, principal=principal)
         watcher = spawn(self._watch(receive, conn), name="sse-disconnect")
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -160,7 +161,7 @@ class LegacySseEndpoint:
             return
         channel = _QueueChannel(conn, 60.0)
         ctx = CallContext(conn.vs, msg["method"], params, msg["id"], "legacy", conn.version, conn.caps, conn.info,
-                          channel=channel)
+                          principal=conn.principal, channel=channel)
         try:
             reply = await self.gw.handle(ctx)
             conn.put({"jsonrpc": "2.0", "id": msg["id"], **reply})

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from stile.core.context import CallContext
+from stile.core.context import ANONYMOUS, CallContext, Principal
 from stile.core.router import server_capabilities, server_info
-from stile.core.sessions import LegacySession
+from stile.core.sessions import LegacySession, owner_of
 from stile.frontends.asgi import Receive, Send, send_empty, send_json
 from stile.frontends.channel import Relay, ResponseChannel
 from stile.frontends.listen import serve_get_stream, serve_listen
@@ -60,57 +60,60 @@ class StreamableEndpoint:
         self.inflight: dict[tuple[str, Any], Callable[[], None]] = {}
 
     # --- entry points per HTTP method -----------------------------------------------------
-    async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send,
+                   principal: Principal = ANONYMOUS) -> None:
         if isinstance(msg, list):
-            await self._batch(vs, msg, headers, send)
+            await self._batch(vs, msg, headers, send, principal)
             return
         msg = jsonrpc.validate_message(msg)
         params = msg.get("params") or {}
         meta = params.get("_meta") if isinstance(params, dict) else None
         sid = headers.get("mcp-session-id")
         if sid is not None:
-            session = self._open_session(sid, vs)
-            await self._legacy(vs, msg, session, sid, headers, receive, send)
+            session = self._open_session(sid, vs, principal)
+            await self._legacy(vs, msg, session, sid, headers, receive, send, principal)
         elif msg.get("method") == "initialize" and not (isinstance(meta, dict) and eras.META_VERSION in meta):
-            await self._initialize(vs, msg, send)
+            await self._initialize(vs, msg, send, principal)
         elif isinstance(meta, dict) and eras.META_VERSION in meta:
-            await self._modern(vs, msg, meta, headers, receive, send)
+            await self._modern(vs, msg, meta, headers, receive, send, principal)
         elif headers.get("mcp-protocol-version") in eras.MODERN_VERSIONS:
             raise InvalidParams("modern requests must carry _meta io.modelcontextprotocol/protocolVersion "
                                 "and clientCapabilities", http_status=400)
         else:
             raise InvalidRequest("Bad Request: Missing session ID (send initialize first)")
 
-    async def get(self, vs: str, headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def get(self, vs: str, headers: dict[str, str], receive: Receive, send: Send,
+                  principal: Principal = ANONYMOUS) -> None:
         sid = headers.get("mcp-session-id")
         if sid is None:
             if headers.get("mcp-protocol-version") in eras.MODERN_VERSIONS:
                 await send_empty(send, 405, [(b"allow", b"POST")])
                 return
             raise InvalidRequest("Bad Request: Missing session ID")
-        session = self._open_session(sid, vs)
+        session = self._open_session(sid, vs, principal)
         await serve_get_stream(self.gw, vs, session, receive, send)
 
-    async def delete(self, vs: str, headers: dict[str, str], send: Send) -> None:
+    async def delete(self, vs: str, headers: dict[str, str], send: Send, principal: Principal = ANONYMOUS) -> None:
         sid = headers.get("mcp-session-id")
         if sid is None:
             await send_empty(send, 405, [(b"allow", b"POST")])
             return
-        session = self._open_session(sid, vs)
+        session = self._open_session(sid, vs, principal)
         self.gw.closed_sessions.add(session.nonce)
         self.gw.subscriptions.pop(session.nonce, None)
         await send_empty(send, 200)
 
-    def _open_session(self, sid: str, vs: str) -> LegacySession:
+    def _open_session(self, sid: str, vs: str, principal: Principal) -> LegacySession:
         session = self.gw.sealer.open(sid, vs)
-        if session is None or session.nonce in self.gw.closed_sessions:
+        if session is None or session.nonce in self.gw.closed_sessions or session.owner != owner_of(principal):
             raise SessionNotFound("Session not found")
         return session
 
-    async def _batch(self, vs: str, msgs: list[Any], headers: dict[str, str], send: Send) -> None:
+    async def _batch(self, vs: str, msgs: list[Any], headers: dict[str, str], send: Send,
+                     principal: Principal) -> None:
         """JSON-RPC batches exist only in 2025-03-26 sessions; every other era refuses them."""
         sid = headers.get("mcp-session-id")
-        session = self._open_session(sid, vs) if sid is not None else None
+        session = self._open_session(sid, vs, principal) if sid is not None else None
         if session is None or session.version != "2025-03-26" or not msgs or len(msgs) > MAX_BATCH:
             raise InvalidRequest("batch requests are not supported in this protocol version")
         out: list[Message] = []
@@ -124,7 +127,7 @@ class StreamableEndpoint:
                 self.relay.answer(msg)
             elif jsonrpc.is_request(msg) and msg["method"] != "initialize":
                 ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
-                                  session.client_caps, session.client_info, headers=headers,
+                                  session.client_caps, session.client_info, principal=principal, headers=headers,
                                   session_id=session.nonce)
                 try:
                     out.append({"jsonrpc": "2.0", "id": msg["id"], **(await self.gw.handle(ctx))})
@@ -136,7 +139,7 @@ class StreamableEndpoint:
         await send_json(send, 200, out, [(SESSION_HEADER, sid.encode())] if sid else None)
 
     # --- legacy ---------------------------------------------------------------------------
-    async def _initialize(self, vs: str, msg: Message, send: Send) -> None:
+    async def _initialize(self, vs: str, msg: Message, send: Send, principal: Principal) -> None:
         if "id" not in msg:
             raise InvalidRequest("initialize must be a request")
         params = msg.get("params") or {}
@@ -144,7 +147,7 @@ class StreamableEndpoint:
         raw_caps = params.get("capabilities")
         caps: dict[str, Any] = raw_caps if isinstance(raw_caps, dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
-        sid, _ = self.gw.sealer.mint(version, vs, caps, info)
+        sid, _ = self.gw.sealer.mint(version, vs, caps, info, owner_of(principal))
         view = self.gw.views[vs]
         result: dict[str, Any] = {"protocolVersion": version, "capabilities": server_capabilities(view),
                                   "serverInfo": server_info(view)}
@@ -156,7 +159,7 @@ class StreamableEndpoint:
         await send_json(send, 200, jsonrpc.result(msg["id"], result), [(SESSION_HEADER, sid.encode())])
 
     async def _legacy(self, vs: str, msg: Message, session: LegacySession, sid: str, headers: dict[str, str],
-                      receive: Receive, send: Send) -> None:
+                      receive: Receive, send: Send, principal: Principal) -> None:
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in eras.LEGACY_VERSIONS:
             raise InvalidRequest(f"Unsupported MCP-Protocol-Version: {version}")
@@ -175,13 +178,14 @@ class StreamableEndpoint:
         if msg["method"] == "initialize":
             raise InvalidRequest("session already initialized")
         ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
-                          session.client_caps, session.client_info, None, headers=headers, session_id=session.nonce)
+                          session.client_caps, session.client_info, None, principal=principal, headers=headers,
+                          session_id=session.nonce)
         sess_hdr = [(SESSION_HEADER, sid.encode())]
         await self._run(ctx, receive, send, sess_hdr, self.relay, key=(session.nonce, msg["id"]))
 
     # --- modern ---------------------------------------------------------------------------
     async def _modern(self, vs: str, msg: Message, meta: dict[str, Any], headers: dict[str, str],
-                      receive: Receive, send: Send) -> None:
+                      receive: Receive, send: Send, principal: Principal) -> None:
         version = meta.get(eras.META_VERSION)
         if headers.get("mcp-protocol-version") != version:
             raise HeaderMismatch("MCP-Protocol-Version header does not match _meta protocolVersion")
@@ -205,7 +209,7 @@ class StreamableEndpoint:
         level = meta.get(eras.META_LOG_LEVEL)
         ctx = CallContext(vs, method, params, msg["id"], "modern", version, caps,
                           info if isinstance(info, dict) else None, level if isinstance(level, str) else None,
-                          headers=headers)
+                          principal=principal, headers=headers)
         if method == "subscriptions/listen":
             await serve_listen(self.gw, ctx, receive, send)
             return

@@ -1,0 +1,174 @@
+"""`stile keys create | list | revoke`: manage API keys in the state store (SQLite file or PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from stile.config.load import ConfigError, load_config, state_url_for
+from stile.stores.keys import ApiKeyRecord, KeyStore, KeyStoreError, open_key_store
+
+DEFAULT_STATE = "sqlite:///stile.db"
+_DURATION_RE = re.compile(r"(\d+)([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+T = TypeVar("T")
+
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True, add_completion=False)
+StateOpt = Annotated[
+    str,
+    typer.Option("--state", envvar="STILE_STATE", help="state store URL (sqlite:///path.db or postgresql://...)"),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="gateway config: use its `state` (default: stile.db beside it)"),
+]
+
+
+def _state(state: str, config: Path | None) -> str:
+    """The store: --config's `state` (or stile.db beside the config) wins over --state."""
+    if config is None:
+        return state
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        raise _fail("; ".join(exc.problems), 2) from exc
+    return state_url_for(loaded)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d`` / ``12h`` / ``90m`` -> timedelta; ValueError for anything else (including zero)."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"bad duration {text!r}: use a positive whole number followed by d, h or m (30d, 12h, 90m)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _describe(state: str, exc: BaseException) -> str:
+    """One line naming the store (password hidden) and the driver's own message."""
+    try:
+        where = make_url(state).render_as_string(hide_password=True)
+    except (ValueError, SQLAlchemyError):
+        where = "(unparseable URL)"
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"cannot use state store {where}: {detail}"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _run(state: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = open_key_store(state)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:  # bad URL, bad argument
+        raise _fail(str(exc), 2) from exc
+    except KeyStoreError as exc:
+        raise _fail(str(exc)) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(_describe(state, exc)) from exc
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _status(record: ApiKeyRecord, now: datetime) -> str:
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _as_json(record: ApiKeyRecord, now: datetime) -> dict[str, object]:
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat()
+
+    return {
+        "id": record.id,
+        "name": record.name,
+        "roles": list(record.roles),
+        "prefix": record.prefix,
+        "created_at": iso(record.created_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+        "status": _status(record, now),
+    }
+
+
+@keys_app.command()
+def create(
+    name: Annotated[str, typer.Option("--name", help="unique name for the key")],
+    roles: Annotated[str, typer.Option("--roles", help="comma-separated roles, e.g. reader,writer")],
+    expires: Annotated[str | None, typer.Option("--expires", help="lifetime: 30d, 12h or 90m (default: never)")] = None,
+    state: StateOpt = DEFAULT_STATE,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key. The key is printed once, as the last line; store it now."""
+    try:
+        lifetime = None if expires is None else parse_duration(expires)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    role_list = [role.strip() for role in roles.split(",") if role.strip()]
+    expires_at = None if lifetime is None else datetime.now(UTC) + lifetime
+    key, record = _run(_state(state, config), lambda store: store.create(name, role_list, expires_at))
+    typer.echo(f"created key {record.name!r} (id {record.id}, roles {','.join(record.roles) or '-'}, "
+               f"expires {_when(record.expires_at)})")
+    typer.echo("this is the only time the key is shown:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def list_keys(
+    state: StateOpt = DEFAULT_STATE,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List keys (never their secrets)."""
+    records = _run(_state(state, config), lambda store: store.list())
+    now = datetime.now(UTC)
+    if as_json:
+        typer.echo(json.dumps([_as_json(record, now) for record in records], indent=2))
+        return
+    if not records:
+        typer.echo("no keys")
+        return
+    header = ("NAME", "ID", "PREFIX", "ROLES", "CREATED", "EXPIRES", "STATUS")
+    rows = [header] + [
+        (r.name, r.id, r.prefix, ",".join(r.roles) or "-", _when(r.created_at), _when(r.expires_at), _status(r, now))
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@keys_app.command()
+def revoke(
+    name_or_id: Annotated[str, typer.Argument(help="key name or id")],
+    state: StateOpt = DEFAULT_STATE,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key by name or id; it stops verifying immediately."""
+    if not _run(_state(state, config), lambda store: store.revoke(name_or_id)):
+        raise _fail(f"no active key named or with id {name_or_id!r}")
+    typer.echo(f"revoked {name_or_id}")

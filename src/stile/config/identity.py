@@ -1,0 +1,66 @@
+"""Identity and access-control config: `state`, `auth`, `roles`, `rules` (public keys; keep them working)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JwtIssuerConfig(_Strict):
+    issuer: str
+    jwks_url: str | None = None
+    jwks: dict[str, object] | None = Field(default=None, description="static keys, as a JWKS document")
+    audience: str | list[str] | None = None  # default: the virtual server's canonical URL
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    roles_claim: str | None = "groups"
+    leeway: int = Field(default=30, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _keys(self) -> JwtIssuerConfig:
+        if (self.jwks_url is None) == (self.jwks is None):
+            raise ValueError("set exactly one of `jwks_url` or `jwks`")
+        return self
+
+
+class DeclaredKey(_Strict):
+    """An API key declared in config (GitOps): only its hash, as printed by `stile keys hash`."""
+
+    name: str
+    hash: str
+    roles: list[str] = Field(default_factory=list)
+
+
+class AuthConfig(_Strict):
+    api_keys: bool = True
+    keys: list[DeclaredKey] = Field(default_factory=list)
+    jwt: list[JwtIssuerConfig] = Field(default_factory=list)
+    scopes_supported: list[str] = Field(default_factory=list)
+    authorization_servers: list[str] = Field(default_factory=list)  # default: the JWT issuers
+
+
+class RoleConfig(_Strict):
+    virtual_servers: list[str] | None = None  # None: every virtual server
+    allow_tools: list[str] = Field(default_factory=list)
+    deny_tools: list[str] = Field(default_factory=list)
+    allow_resources: list[str] | None = None  # None: every resource the view offers
+    allow_prompts: list[str] | None = None
+    read_only: bool = False  # only tools annotated readOnlyHint: true
+
+
+class RuleConfig(_Strict):
+    name: str
+    allow: str | None = None
+    deny: str | None = None
+    reason: str = "denied by policy"
+    mode: Literal["enforce", "shadow"] = "enforce"
+
+    @model_validator(mode="after")
+    def _one(self) -> RuleConfig:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("set exactly one of `allow` or `deny` (a CEL expression)")
+        return self

@@ -1,0 +1,95 @@
+"""Authentication at the front door, failing closed: who is calling, or 401/403.
+
+Credentials: `Authorization: Bearer <token>` (a Stile API key `stile_...`, else a JWT from a configured
+issuer) or `X-API-Key: <key>`. API keys come from the state store (hashed) or are declared hashed in
+config. The client's token never travels further than this module: upstream requests are built from
+scratch. A 401 carries `WWW-Authenticate: Bearer resource_metadata=...` (RFC 9728) so OAuth clients can
+discover the authorization server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from stile.config.model import GatewayConfig
+from stile.core.context import Principal
+from stile.identity.jwt import IssuerConfig, JwtVerifier, TokenError
+from stile.stores.keys import KeyStore, open_key_store, verify_against_hash
+from stile.wire.errors import ClientError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+log = logging.getLogger("stile.authn")
+API_KEY_PREFIX = "stile_"
+KEY_CACHE_SECONDS = 2.0  # a revocation made by another process takes effect within this
+
+
+class AuthRequired(ClientError):
+    """No usable credential (HTTP 401 with a WWW-Authenticate challenge)."""
+
+    jsonrpc_code = -32600
+    http_status = 401
+
+
+class Authenticator:
+    def __init__(self, cfg: GatewayConfig, state_url: str) -> None:
+        self.cfg = cfg
+        self.state_url = state_url
+        self._store: KeyStore | None = None
+        issuers = [
+            IssuerConfig(issuer=j.issuer, audience=j.audience or "", algorithms=tuple(j.algorithms),
+                         jwks_url=j.jwks_url, static_keys=j.jwks, roles_claim=j.roles_claim, leeway=j.leeway)
+            for j in cfg.auth.jwt
+        ]
+        self.jwt = JwtVerifier(issuers) if issuers else None
+
+    @property
+    def store(self) -> KeyStore:
+        if self._store is None:
+            self._store = open_key_store(self.state_url, cache_ttl=KEY_CACHE_SECONDS)
+        return self._store
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+
+    async def authenticate(self, headers: Mapping[str, str], audience: str) -> Principal:
+        token = _credential(headers)
+        if token is None:
+            raise AuthRequired("authentication required")
+        if token.startswith(API_KEY_PREFIX):
+            return await self._api_key(token)
+        if self.jwt is None:
+            raise AuthRequired("invalid credential")
+        try:
+            got = await self.jwt.verify(token, audience=audience)
+        except TokenError as exc:
+            log.info("bearer token refused: %s", exc.reason)
+            raise AuthRequired("invalid or expired token") from exc
+        # When an agent presents a user's token, the user is the principal and the agent the actor.
+        return Principal(agent=got.client_id, user=got.subject, roles=got.roles, method="jwt", email=got.email,
+                         claims=got.claims)
+
+    async def _api_key(self, key: str) -> Principal:
+        if not self.cfg.auth.api_keys:
+            raise AuthRequired("API keys are disabled")
+        for declared in self.cfg.auth.keys:
+            if verify_against_hash(key, declared.hash):
+                return Principal(agent=declared.name, roles=tuple(declared.roles), method="api_key")
+        record = await self.store.verify(key)
+        if record is None:
+            raise AuthRequired("invalid, revoked or expired API key")
+        return Principal(agent=record.name, roles=record.roles, method="api_key")
+
+
+def _credential(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    key = headers.get("x-api-key")
+    return key.strip() if key else None

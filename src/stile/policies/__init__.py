@@ -1,0 +1,1 @@
+"""Request-pipeline policies: one hook signature (`stile.core.pipeline.Policy`), one concern per module."""

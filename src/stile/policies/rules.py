@@ -1,0 +1,136 @@
+"""Per-argument policy rules in CEL, evaluated on named requests (tools/call, prompts/get, resources/read).
+
+Variables: `principal` (agent, user, roles, method, email, claims), `tool` (upstream, name as
+`upstream.tool`, exposed, annotations), `arguments`, `request` (virtual_server, method, time). A `deny`
+rule denies when its expression is true; an `allow` rule denies when its expression is false. An
+expression that errors (a missing key, a type mismatch) fails closed: it denies. `mode: shadow` rules
+only log what they would have decided. The caller sees the rule's `reason`, never its expression.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cel_expr_python import cel
+
+from stile.config.identity import RuleConfig
+from stile.core.context import CallContext, CallNext, Reply
+from stile.wire.errors import ClientError
+
+if TYPE_CHECKING:
+    from stile.core.gateway import Gateway
+
+log = logging.getLogger("stile.rules")
+_VARIABLES = {"principal": cel.Type.DYN, "tool": cel.Type.DYN, "arguments": cel.Type.DYN, "request": cel.Type.DYN}
+_ENV = cel.NewEnv(variables=_VARIABLES)
+POLICY_DENIED = -32010
+
+
+class PolicyDenied(ClientError):
+    jsonrpc_code = POLICY_DENIED
+    http_status = 200
+
+
+class RuleError(ValueError):
+    """A rule that does not compile; the message names the rule and the position."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: str | None = None
+    reason: str | None = None
+    shadow: list[tuple[str, bool]] | None = None  # (rule, would have allowed) for shadow rules
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    cfg: RuleConfig
+    program: Any
+
+    def denies(self, data: dict[str, Any]) -> bool:
+        try:
+            value = self.program.eval(data=data)
+        except RuntimeError:
+            return True
+        result = value.value() if value.type() == cel.Type.BOOL else None
+        if result is None:  # an evaluation error or a non-boolean: fail closed
+            return True
+        return bool(result) if self.cfg.deny is not None else not bool(result)
+
+
+def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
+    out = []
+    for i, rule in enumerate(rules):
+        text = rule.deny if rule.deny is not None else rule.allow
+        assert text is not None
+        try:
+            out.append(_Compiled(rule, _ENV.compile(text)))
+        except RuntimeError as exc:
+            raise RuleError(f"rules[{i}] ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
+    return out
+
+
+def decide(rules: list[_Compiled], data: dict[str, Any]) -> Decision:
+    shadow: list[tuple[str, bool]] = []
+    for rule in rules:
+        denied = rule.denies(data)
+        if rule.cfg.mode == "shadow":
+            shadow.append((rule.cfg.name, not denied))
+            continue
+        if denied:
+            return Decision(False, rule.cfg.name, rule.cfg.reason, shadow or None)
+    return Decision(True, shadow=shadow or None)
+
+
+class Rules:
+    """The pipeline policy; runs after access control, on the request the caller is allowed to see."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.rules = compile_rules(gw.cfg.rules)
+
+    def context_data(self, ctx: CallContext) -> dict[str, Any] | None:
+        view = ctx.view or self.gw.view(ctx.virtual_server)
+        if view is None:
+            return None
+        params = ctx.params
+        if ctx.method == "tools/call":
+            target = view.tool_index.get(params.get("name", ""))
+            items = view.tools
+        elif ctx.method == "prompts/get":
+            target = view.prompt_index.get(params.get("name", ""))
+            items = view.prompts
+        else:
+            return None
+        if target is None:
+            return None  # unknown: the router answers it
+        exposed = params.get("name")
+        item = next((i for i in items if i.get("name") == exposed), {})
+        args = params.get("arguments")
+        return {
+            "principal": ctx.principal.as_cel(),
+            "tool": {"upstream": target.upstream, "name": f"{target.upstream}.{target.original}",
+                     "exposed": exposed, "annotations": item.get("annotations") or {}},
+            "arguments": args if isinstance(args, dict) else {},
+            "request": {"virtual_server": ctx.virtual_server, "method": ctx.method, "time": int(time.time())},
+        }
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
+        if not self.rules or ctx.method not in ("tools/call", "prompts/get"):
+            return await call_next(ctx)
+        data = self.context_data(ctx)
+        if data is None:
+            return await call_next(ctx)
+        decision = decide(self.rules, data)
+        for name, would_allow in decision.shadow or ():
+            log.info("shadow rule %s would %s %s for %s", name, "allow" if would_allow else "deny",
+                     data["tool"]["name"], ctx.principal.agent or ctx.principal.user or "anonymous")
+        if not decision.allowed:
+            log.info("rule %s denied %s for %s", decision.rule, data["tool"]["name"],
+                     ctx.principal.agent or ctx.principal.user or "anonymous")
+            raise PolicyDenied(f"denied by policy: {decision.reason}", data={"rule": decision.rule})
+        return await call_next(ctx)
