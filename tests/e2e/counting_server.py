@@ -1,6 +1,7 @@
 """Test-only HTTP upstream (official `mcp` SDK) that counts the JSON-RPC methods it receives.
 
-`GET /stats` answers `{"<method>": count, ...}` for every POSTed message, so tests can check from
+`GET /stats` answers `{"<method>": count, ...}` for every POSTed message (and `header:<name>` counts
+of credential headers that reached it: authorization, x-api-key, cookie), so tests can check from
 the upstream's side how often Stile ran `initialize` or `server/discover`. Tools: `echo` (returns
 its text) and `hang` (never answers until cancelled: a stand-in for a slow upstream).
 
@@ -69,6 +70,9 @@ class CountingMiddleware:
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
+        for name, _ in scope["headers"]:
+            if name.lower() in (b"authorization", b"x-api-key", b"cookie"):
+                counts["header:" + name.decode("latin-1").lower()] += 1
         with contextlib.suppress(ValueError):
             value = json.loads(body)
             if isinstance(value, dict) and isinstance(value.get("method"), str):

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from stile.config.load import ConfigError, load_config, state_url_for
-from stile.stores.keys import ApiKeyRecord, KeyStore, KeyStoreError, open_key_store
+from stile.stores.keys import ApiKeyRecord, KeyStore, KeyStoreError, hash_for_config, open_key_store
 
 DEFAULT_STATE = "sqlite:///stile.db"
 _DURATION_RE = re.compile(r"(\d+)([dhm])")
@@ -172,3 +172,14 @@ def revoke(
     if not _run(_state(state, config), lambda store: store.revoke(name_or_id)):
         raise _fail(f"no active key named or with id {name_or_id!r}")
     typer.echo(f"revoked {name_or_id}")
+
+
+@keys_app.command("hash")
+def hash_key(
+    key: Annotated[str, typer.Option("--key", prompt=True, hide_input=True, help="the key to hash (prompted)")],
+) -> None:
+    """Print a salted hash of a key, to declare it in config (`auth.keys[].hash`) instead of the key."""
+    try:
+        typer.echo(hash_for_config(key.strip()))
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc

@@ -37,6 +37,7 @@ class DeclaredKey(_Strict):
 
 class AuthConfig(_Strict):
     api_keys: bool = True
+    key_cache_seconds: float = Field(default=2.0, ge=0, le=60)  # a revocation elsewhere takes effect within this
     keys: list[DeclaredKey] = Field(default_factory=list)
     jwt: list[JwtIssuerConfig] = Field(default_factory=list)
     scopes_supported: list[str] = Field(default_factory=list)

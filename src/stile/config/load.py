@@ -139,6 +139,14 @@ def check_identity(cfg: GatewayConfig, where: str) -> list[str]:
                     problems.append(f"{where}: roles.{name}.{key}[{i}]: {pattern!r} must be written upstream.name")
                 elif not any(ch in up for ch in "*?[") and up not in cfg.upstreams:
                     problems.append(f"{where}: roles.{name}.{key}[{i}]: unknown upstream {up!r} in {pattern!r}")
+    if cfg.auth.jwt:
+        from stile.identity.authn import issuer_configs
+        from stile.identity.jwt import JwtVerifier
+
+        try:
+            JwtVerifier(issuer_configs(cfg))
+        except ValueError as exc:
+            problems.append(f"{where}: auth.jwt: {exc}")
     for i, rule in enumerate(cfg.rules):
         try:
             compile_rules([rule])

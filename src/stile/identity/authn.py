@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stile.authn")
 API_KEY_PREFIX = "stile_"
-KEY_CACHE_SECONDS = 2.0  # a revocation made by another process takes effect within this
 
 
 class AuthRequired(ClientError):
@@ -38,17 +37,13 @@ class Authenticator:
         self.cfg = cfg
         self.state_url = state_url
         self._store: KeyStore | None = None
-        issuers = [
-            IssuerConfig(issuer=j.issuer, audience=j.audience or "", algorithms=tuple(j.algorithms),
-                         jwks_url=j.jwks_url, static_keys=j.jwks, roles_claim=j.roles_claim, leeway=j.leeway)
-            for j in cfg.auth.jwt
-        ]
+        issuers = issuer_configs(cfg)
         self.jwt = JwtVerifier(issuers) if issuers else None
 
     @property
     def store(self) -> KeyStore:
         if self._store is None:
-            self._store = open_key_store(self.state_url, cache_ttl=KEY_CACHE_SECONDS)
+            self._store = open_key_store(self.state_url, cache_ttl=self.cfg.auth.key_cache_seconds)
         return self._store
 
     async def aclose(self) -> None:
@@ -82,6 +77,14 @@ class Authenticator:
         if record is None:
             raise AuthRequired("invalid, revoked or expired API key")
         return Principal(agent=record.name, roles=record.roles, method="api_key")
+
+
+def issuer_configs(cfg: GatewayConfig) -> list[IssuerConfig]:
+    return [
+        IssuerConfig(issuer=j.issuer, audience=j.audience or "", algorithms=tuple(j.algorithms),
+                     jwks_url=j.jwks_url, static_keys=j.jwks, roles_claim=j.roles_claim, leeway=j.leeway)
+        for j in cfg.auth.jwt
+    ]
 
 
 def _credential(headers: Mapping[str, str]) -> str | None:
