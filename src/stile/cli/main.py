@@ -14,6 +14,7 @@ from rich.table import Table
 
 from stile import __version__
 from stile.cli.keys import keys_app
+from stile.cli.policy import policy_app
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
 
 app = typer.Typer(help="Stile: a governed, dual-era MCP gateway.", no_args_is_help=True, add_completion=False)
@@ -21,6 +22,7 @@ err = Console(stderr=True)
 out = Console()
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
 app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
+app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
 
 
 def _load(path: Path) -> LoadedConfig:
