@@ -45,7 +45,14 @@ import httptools
 import orjson
 from aiohttp import ClientError
 
-from bench.scenarios import SCENARIOS, Scenario, initialize_request, initialized_notification, request
+from bench.scenarios import (
+    EXTRA_HEADERS,
+    SCENARIOS,
+    Scenario,
+    initialize_request,
+    initialized_notification,
+    request,
+)
 
 Response = tuple[int, str, str | None, bytes]  # status, content-type, mcp-session-id, body
 
@@ -442,7 +449,8 @@ async def run(spec: Spec) -> dict[str, Any]:
             sid = sessions[i]
             if sid is not None:
                 with contextlib.suppress(Exception):
-                    await conns[i].send("DELETE", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}, b"")
+                    end_headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25", **EXTRA_HEADERS}
+                    await conns[i].send("DELETE", end_headers, b"")
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):

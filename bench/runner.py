@@ -75,7 +75,7 @@ def load_once(
     for pid in server + ups:
         argv += ["--watch-pid", str(pid)]
     timeout = warmup + duration + 120
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **target.load_env}
     try:
         out = subprocess.run(taskset(pin.client, argv), capture_output=True, timeout=timeout, env=env, cwd=REPO)
     except subprocess.TimeoutExpired:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +74,10 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+# Credentials for a gateway with authentication on (`--policies on`), set by the harness.
+EXTRA_HEADERS: dict[str, str] = json.loads(os.environ.get("STILE_BENCH_HEADERS", "{}"))
+
+
 def request(scn: Scenario, era: str, req_id: int, session_id: str | None) -> tuple[dict[str, str], bytes]:
     """Headers and body for one request of ``scn`` in ``era``."""
     params: dict[str, Any] = {}
@@ -81,7 +87,7 @@ def request(scn: Scenario, era: str, req_id: int, session_id: str | None) -> tup
     meta: dict[str, Any] = {}
     if scn.progress_steps:
         meta["progressToken"] = req_id
-    headers = {"Content-Type": "application/json", "Accept": ACCEPT}
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, **EXTRA_HEADERS}
     if era == "modern":
         meta["io.modelcontextprotocol/protocolVersion"] = MODERN
         meta["io.modelcontextprotocol/clientCapabilities"] = {}
@@ -112,11 +118,11 @@ def initialize_request() -> tuple[dict[str, str], bytes]:
             },
         }
     )
-    return {"Content-Type": "application/json", "Accept": ACCEPT}, body
+    return {"Content-Type": "application/json", "Accept": ACCEPT, **EXTRA_HEADERS}, body
 
 
 def initialized_notification(session_id: str | None) -> tuple[dict[str, str], bytes]:
-    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "MCP-Protocol-Version": LEGACY}
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "MCP-Protocol-Version": LEGACY, **EXTRA_HEADERS}
     if session_id is not None:
         headers["Mcp-Session-Id"] = session_id
     return headers, b'{"jsonrpc":"2.0","method":"notifications/initialized"}'

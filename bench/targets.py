@@ -12,6 +12,7 @@ Upstreams with the same tool count are shared between targets (runs are sequenti
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -25,10 +26,23 @@ from typing import Any
 from bench.procs import PEERS_DIR, PY, REPO, Pinning, Proc, Procs, Unavailable, free_port, http_json, taskset
 from bench.scenarios import Scenario
 
-# PENDING: Stile's policy configuration schema does not exist yet. With ``--policies on`` the harness
-# adds this placeholder to the virtual server; replace it with the real authn/authz/ratelimit/audit
-# stack (and give the load generator the credentials it needs) once the pipeline lands.
-POLICIES_ON_PLACEHOLDER: dict[str, Any] = {"policies": ["authn", "authz", "ratelimit", "audit"]}
+
+def policies_on(upstreams: list[str]) -> tuple[dict[str, Any], str]:
+    """`--policies on`: API-key authentication, a role granting every tool, and one CEL rule on arguments.
+
+    Returns the config additions and the key the load generator sends (X-API-Key). Rate limits, audit
+    and metrics join this stack as they land.
+    """
+    from stile.stores.keys import hash_for_config
+
+    key = "stile_bench_" + secrets.token_urlsafe(32)
+    extra = {
+        "auth": {"api_keys": True, "keys": [{"name": "bench", "hash": hash_for_config(key), "roles": ["bench"]}]},
+        "roles": {"bench": {"allow_tools": [f"{u}.*" for u in upstreams]}},
+        "rules": [{"name": "no-forbidden-text", "deny": 'has(arguments.text) && arguments.text == "forbidden"',
+                   "reason": "forbidden text"}],
+    }
+    return extra, key
 
 FASTMCP_SPEC = ["fastmcp==4.2.3", "mcp==2.3.0"]  # 4.2.3 installs beside mcp 2.3.0 (checked 2026-11-24)
 CONTEXTFORGE_SPEC = ["mcp-contextforge-gateway==1.1.0"]  # needs Python >= 3.12
@@ -99,6 +113,7 @@ class Target:
     upstreams: list[Upstream] = field(default_factory=list)
     tool_names: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    load_env: dict[str, str] = field(default_factory=dict)  # extra environment for the load generator
 
     def start(self, scn: Scenario, pool: UpstreamPool) -> None:
         raise NotImplementedError
@@ -141,12 +156,17 @@ class Stile(Target):
         vs: dict[str, Any] = {"upstreams": names, "auth": "none"}
         if scn.stile_prefix is not None:
             vs["prefix"] = scn.stile_prefix
-        if self.env.policies == "on":
-            vs.update(POLICIES_ON_PLACEHOLDER)
-        return {
+        cfg: dict[str, Any] = {
             "upstreams": {n: {"url": u.url} for n, u in zip(names, ups, strict=True)},
             "virtual_servers": {"bench": vs},
         }
+        if self.env.policies == "on":
+            extra, key = policies_on(names)
+            del vs["auth"]
+            cfg.update(extra)
+            cfg["state"] = f"sqlite:///{self.env.workdir / 'stile-bench-state.db'}"
+            self.load_env = {"STILE_BENCH_HEADERS": json.dumps({"X-API-Key": key})}
+        return cfg
 
     def start(self, scn: Scenario, pool: UpstreamPool) -> None:
         import yaml

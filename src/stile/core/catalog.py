@@ -39,6 +39,7 @@ class Target:
     upstream: str
     original: str
     header_map: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def _named(
                 new["description"] = ov.description
             items.append(new if new != item else item)
             hmap = header_params(item) if kind == "tools" else {}
-            index[exposed] = Target(up, orig, hmap)
+            ann = item.get("annotations")
+            index[exposed] = Target(up, orig, hmap, ann if isinstance(ann, dict) else {})
     live = {u for u in ups if inv.get(u, Inventory()).ok}
     problems.extend(filt.unused(live))
     return items, index

@@ -75,6 +75,17 @@ class CallContext:
     session_id: str | None = None
     view: View | None = None  # the caller's view when access control narrowed it (else the virtual server's)
 
+    # Hot-path copies: dataclasses.replace costs ~3.5 µs a call; these plain constructors ~1 µs.
+    def with_view(self, view: View) -> CallContext:
+        return CallContext(self.virtual_server, self.method, self.params, self.request_id, self.era,
+                           self.protocol_version, self.client_caps, self.client_info, self.log_level, self.principal,
+                           self.channel, self.headers, self.session_id, view)
+
+    def with_channel(self, channel: ClientChannel) -> CallContext:
+        return CallContext(self.virtual_server, self.method, self.params, self.request_id, self.era,
+                           self.protocol_version, self.client_caps, self.client_info, self.log_level, self.principal,
+                           channel, self.headers, self.session_id, self.view)
+
 
 Reply = Message  # a JSON-RPC response body: {"result": ...} or {"error": ...} (id added by the frontend)
 CallNext = Callable[[CallContext], Awaitable[Reply]]

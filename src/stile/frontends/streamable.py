@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from stile.core.context import ANONYMOUS, CallContext, Principal
@@ -225,7 +224,7 @@ class StreamableEndpoint:
         """
         channel = ResponseChannel(send, headers, relay, self._timeout(ctx))
         channel.prefer_sse = ctx.headers.get("accept", "").lstrip().startswith("text/event-stream")
-        ctx = replace(ctx, channel=channel)
+        ctx = ctx.with_channel(channel)
         current = asyncio.current_task()
         assert current is not None
         stopped = False

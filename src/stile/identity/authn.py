@@ -9,7 +9,10 @@ discover the authorization server.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from stile.config.model import GatewayConfig
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stile.authn")
 API_KEY_PREFIX = "stile_"
+CACHE_SIZE = 10_000
+JWT_CACHE_SECONDS = 60.0
 
 
 class AuthRequired(ClientError):
@@ -37,13 +42,14 @@ class Authenticator:
         self.cfg = cfg
         self.state_url = state_url
         self._store: KeyStore | None = None
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
         issuers = issuer_configs(cfg)
         self.jwt = JwtVerifier(issuers) if issuers else None
 
     @property
     def store(self) -> KeyStore:
         if self._store is None:
-            self._store = open_key_store(self.state_url, cache_ttl=self.cfg.auth.key_cache_seconds)
+            self._store = open_key_store(self.state_url)
         return self._store
 
     async def aclose(self) -> None:
@@ -54,6 +60,21 @@ class Authenticator:
         token = _credential(headers)
         if token is None:
             raise AuthRequired("authentication required")
+        # Verified credentials are cached by their SHA-256 (never the token itself): a cached principal
+        # costs one hash and a dict lookup. Declared keys live as long as the config; store keys for
+        # `key_cache_seconds` (a revocation elsewhere takes effect within it); JWTs until `exp` (<= 60 s).
+        digest = hashlib.sha256(f"{audience}\n{token}".encode()).digest()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        principal, ttl = await self._verify(token, audience)
+        if ttl > 0:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[digest] = (principal, time.monotonic() + ttl)
+        return principal
+
+    async def _verify(self, token: str, audience: str) -> tuple[Principal, float]:
         if token.startswith(API_KEY_PREFIX):
             return await self._api_key(token)
         if self.jwt is None:
@@ -61,22 +82,27 @@ class Authenticator:
         try:
             got = await self.jwt.verify(token, audience=audience)
         except TokenError as exc:
-            log.info("bearer token refused: %s", exc.reason)
+            log.info("bearer token refused: %s (%s)", exc.reason, exc.detail)
             raise AuthRequired("invalid or expired token") from exc
+        exp = got.claims.get("exp")
+        ttl = min(JWT_CACHE_SECONDS, float(exp) - time.time()) if isinstance(exp, int | float) else 0.0
         # When an agent presents a user's token, the user is the principal and the agent the actor.
         return Principal(agent=got.client_id, user=got.subject, roles=got.roles, method="jwt", email=got.email,
-                         claims=got.claims)
+                         claims=got.claims), ttl
 
-    async def _api_key(self, key: str) -> Principal:
+    async def _api_key(self, key: str) -> tuple[Principal, float]:
         if not self.cfg.auth.api_keys:
             raise AuthRequired("API keys are disabled")
         for declared in self.cfg.auth.keys:
             if verify_against_hash(key, declared.hash):
-                return Principal(agent=declared.name, roles=tuple(declared.roles), method="api_key")
+                return Principal(agent=declared.name, roles=tuple(declared.roles), method="api_key"), float("inf")
         record = await self.store.verify(key)
         if record is None:
             raise AuthRequired("invalid, revoked or expired API key")
-        return Principal(agent=record.name, roles=record.roles, method="api_key")
+        ttl = self.cfg.auth.key_cache_seconds
+        if record.expires_at is not None:
+            ttl = min(ttl, (record.expires_at - datetime.now(UTC)).total_seconds())
+        return Principal(agent=record.name, roles=record.roles, method="api_key"), ttl
 
 
 def issuer_configs(cfg: GatewayConfig) -> list[IssuerConfig]:

@@ -109,7 +109,7 @@ class AccessControl:
         key = (ctx.virtual_server, ctx.principal.roles)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is view:
-            return await call_next(replace(ctx, view=cached[1]))
+            return await call_next(ctx.with_view(cached[1]))
         roles = self.roles_for(ctx.virtual_server, ctx.principal.roles)
         if not roles:
             raise Forbidden(f"no role grants access to virtual server {ctx.virtual_server!r}")
@@ -117,4 +117,4 @@ class AccessControl:
             self._cache.clear()
         narrowed = narrow(view, roles)
         self._cache[key] = (view, narrowed)
-        return await call_next(replace(ctx, view=narrowed))
+        return await call_next(ctx.with_view(narrowed))

@@ -100,21 +100,18 @@ class Rules:
         params = ctx.params
         if ctx.method == "tools/call":
             target = view.tool_index.get(params.get("name", ""))
-            items = view.tools
         elif ctx.method == "prompts/get":
             target = view.prompt_index.get(params.get("name", ""))
-            items = view.prompts
         else:
             return None
         if target is None:
             return None  # unknown: the router answers it
         exposed = params.get("name")
-        item = next((i for i in items if i.get("name") == exposed), {})
         args = params.get("arguments")
         return {
             "principal": ctx.principal.as_cel(),
             "tool": {"upstream": target.upstream, "name": f"{target.upstream}.{target.original}",
-                     "exposed": exposed, "annotations": item.get("annotations") or {}},
+                     "exposed": exposed, "annotations": target.annotations},
             "arguments": args if isinstance(args, dict) else {},
             "request": {"virtual_server": ctx.virtual_server, "method": ctx.method, "time": int(time.time())},
         }
