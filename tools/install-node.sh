@@ -5,6 +5,7 @@
 #   tools/conf-legacy  @modelcontextprotocol/conformance@0.1.16
 #   tools/conf-modern  @modelcontextprotocol/conformance@0.2.0-alpha.12
 #   tools/everything   @modelcontextprotocol/server-everything@2026.8.31 (+ loopback.mjs)
+#   tools/oauth        oauth2-mock-server@9.3.0 (authorization server for tests/e2e/test_oauth.py)
 #
 # Each step is skipped when its package is already installed at the pinned version.
 set -euo pipefail
@@ -16,6 +17,7 @@ NODE_SPEC="node@22"
 LEGACY_VERSION="0.1.16"
 MODERN_VERSION="0.2.0-alpha.12"
 EVERYTHING_VERSION="2026.8.31"
+OAUTH_MOCK_VERSION="9.3.0"
 
 log() { printf '[install-node] %s\n' "$*" >&2; }
 
@@ -77,5 +79,17 @@ if ! cmp -s "$TOOLS_DIR/loopback.mjs" "$EV_DIR/loopback.mjs"; then
   cp "$TOOLS_DIR/loopback.mjs" "$EV_DIR/loopback.mjs"
   log "copied loopback.mjs into $EV_DIR"
 fi
+
+# 5. oauth2-mock-server (a real authorization server for the OAuth end-to-end test)
+OAUTH_DIR="$TOOLS_DIR/oauth"
+have="$(installed_version "$OAUTH_DIR" oauth2-mock-server)"
+if [[ "$have" == "$OAUTH_MOCK_VERSION" ]]; then
+  log "oauth present: oauth2-mock-server@$have"
+else
+  log "installing oauth2-mock-server@$OAUTH_MOCK_VERSION into $OAUTH_DIR"
+  npm_install "$OAUTH_DIR" oauth2-mock-server "$OAUTH_MOCK_VERSION"
+fi
+# keep the installed tree out of git (the repo's .gitignore predates this directory)
+[[ -f "$OAUTH_DIR/.gitignore" ]] || printf '*\n' > "$OAUTH_DIR/.gitignore"
 
 log "done (node: $("$NODE_BIN" --version))"

@@ -247,3 +247,22 @@ async def test_the_client_credentials_never_reach_an_upstream(tmp_path: Path) ->
                     stats = await r.json()
     assert stats.get("tools/call", 0) >= 1
     assert not [k for k in stats if k.startswith("header:")], stats
+
+
+async def test_a_configured_issuer_audience_replaces_the_canonical_url(tmp_path: Path) -> None:
+    signing = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    with notes_upstream() as notes_url:
+        config = {
+            "state": f"sqlite:///{tmp_path / 'state.db'}",
+            "auth": {"jwt": [{"issuer": ISSUER, "audience": "api://stile",
+                              "jwks": {"keys": [signing.as_dict(private=False)]}}]},
+            "roles": {"support": {"allow_tools": ["notes.*"]}},
+            "upstreams": {"notes": {"url": notes_url}},
+            "virtual_servers": {"scoped": {}},
+        }
+        with stile_server(config) as base:
+            env = Env(base, tmp_path / "unused.yaml", "", "", signing)
+            good = _token(env, aud="api://stile")
+            default = _token(env)  # aud = the canonical URL, which the configured audience replaces
+            assert (await _call(env, "tools/list", {}, bearer=good))[0] == 200
+            assert (await _call(env, "tools/list", {}, bearer=default))[0] == 401

@@ -9,7 +9,10 @@ discover the authorization server.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -45,6 +48,7 @@ class Authenticator:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         issuers = issuer_configs(cfg)
         self.jwt = JwtVerifier(issuers) if issuers else None
+        self._fixed_audience = {j.issuer for j in cfg.auth.jwt if j.audience}
 
     @property
     def store(self) -> KeyStore:
@@ -79,8 +83,12 @@ class Authenticator:
             return await self._api_key(token)
         if self.jwt is None:
             raise AuthRequired("invalid credential")
+        # An issuer with a configured `audience` is checked against it; otherwise the audience is the
+        # virtual server's canonical URL. The unverified `iss` only routes: the verifier checks it again.
+        if _unverified_issuer(token) in self._fixed_audience:
+            audience = ""
         try:
-            got = await self.jwt.verify(token, audience=audience)
+            got = await self.jwt.verify(token, audience=audience or None)
         except TokenError as exc:
             log.info("bearer token refused: %s (%s)", exc.reason, exc.detail)
             raise AuthRequired("invalid or expired token") from exc
@@ -111,6 +119,18 @@ def issuer_configs(cfg: GatewayConfig) -> list[IssuerConfig]:
                      jwks_url=j.jwks_url, static_keys=j.jwks, roles_claim=j.roles_claim, leeway=j.leeway)
         for j in cfg.auth.jwt
     ]
+
+
+def _unverified_issuer(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    iss = claims.get("iss") if isinstance(claims, dict) else None
+    return iss if isinstance(iss, str) else None
 
 
 def _credential(headers: Mapping[str, str]) -> str | None:
