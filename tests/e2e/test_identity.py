@@ -68,7 +68,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 {"name": "watch-reads", "deny": 'tool.name == "notes.get_note"', "mode": "shadow"},
             ],
             "virtual_servers": {"scoped": {"upstreams": ["notes", "files"]},
-                                "open": {"upstreams": ["notes"], "auth": "none"}},
+                                "open": {"upstreams": ["notes"], "auth": "none"},
+                                "stepup": {"upstreams": ["notes"], "scopes": ["mcp:tools", "notes:write"]}},
         }
         path = tmp / "stile.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -190,6 +191,19 @@ async def test_a_jwt_for_another_audience_or_expired_or_foreign_is_refused(env: 
     status, headers, _ = await _call(env, "tools/list", {}, bearer=_token(env, **claims))
     assert status == 401
     assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+
+
+async def test_a_token_without_the_required_scopes_gets_403_insufficient_scope(env: Env) -> None:
+    aud = f"{env.base}/mcp/stepup"
+    status, headers, _ = await _call(env, "tools/list", {}, vs="stepup",
+                                     bearer=_token(env, aud=aud, scope="mcp:tools"))
+    assert status == 403
+    challenge = headers["WWW-Authenticate"]
+    assert 'error="insufficient_scope"' in challenge and 'scope="mcp:tools notes:write"' in challenge
+    assert f'resource_metadata="{env.base}/.well-known/oauth-protected-resource/mcp/stepup"' in challenge
+    status, _, _ = await _call(env, "tools/list", {}, vs="stepup",
+                               bearer=_token(env, aud=aud, scope="mcp:tools notes:write", groups=["reader"]))
+    assert status == 200
 
 
 async def test_a_principal_without_a_role_for_the_virtual_server_gets_403(env: Env) -> None:

@@ -75,6 +75,7 @@ class VirtualServerConfig(_Strict):
     prompts: dict[str, Override] = Field(default_factory=dict)
     instructions: str | None = None
     page_size: int = Field(default=1000, ge=1)
+    scopes: list[str] = Field(default_factory=list)  # OAuth scopes a bearer token needs here (403 step-up)
 
 
 class LimitsConfig(_Strict):

@@ -26,7 +26,7 @@ from stile.frontends.asgi import (
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
 from stile.frontends.streamable import StreamableEndpoint, error_body
-from stile.identity.authn import Authenticator, AuthRequired
+from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 
@@ -136,6 +136,10 @@ class StileApp:
             except AuthRequired as exc:
                 await self._challenge(send, headers, vs, exc)
                 return
+            missing = missing_scopes(principal, self.gw.cfg.virtual_servers[vs].scopes)
+            if missing:
+                await self._insufficient_scope(send, headers, vs)
+                return
         if kind == "sse":
             await self.sse.handle(scope, vs, tail, headers, receive, send, principal)
             return
@@ -197,6 +201,14 @@ class StileApp:
         if headers.get("authorization"):
             value += ', error="invalid_token"'
         await send_json(send, 401, jsonrpc.error(None, -32600, exc.message),
+                        [(b"www-authenticate", value.encode())])
+
+    async def _insufficient_scope(self, send: Send, headers: dict[str, str], vs: str) -> None:
+        """403 step-up (MCP authorization): the challenge names every scope this virtual server needs."""
+        needed = " ".join(self.gw.cfg.virtual_servers[vs].scopes)
+        value = (f'Bearer error="insufficient_scope", scope="{needed}", '
+                 f'resource_metadata="{self._metadata_url(headers, vs)}"')
+        await send_json(send, 403, jsonrpc.error(None, -32600, "insufficient scope"),
                         [(b"www-authenticate", value.encode())])
 
     async def _resource_metadata(self, path: str, headers: dict[str, str], send: Send) -> None:

@@ -121,6 +121,20 @@ def issuer_configs(cfg: GatewayConfig) -> list[IssuerConfig]:
     ]
 
 
+def missing_scopes(principal: Principal, required: list[str]) -> list[str]:
+    """Required scopes a bearer token lacks (`scope` space-separated, or an `scp` list). Keys carry none:
+    API keys are authorized by their roles, so scopes apply to tokens only."""
+    if not required or principal.method != "jwt":
+        return []
+    raw = principal.claims.get("scope", principal.claims.get("scp", ""))
+    granted: set[str] = set()
+    if isinstance(raw, str):
+        granted = set(raw.split())
+    elif isinstance(raw, list):
+        granted = {s for s in raw if isinstance(s, str)}
+    return [s for s in required if s not in granted]
+
+
 def _unverified_issuer(token: str) -> str | None:
     parts = token.split(".")
     if len(parts) != 3 or len(parts[1]) > 8192:

@@ -10,6 +10,7 @@ only log what they would have decided. The caller sees the rule's `reason`, neve
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,10 +51,11 @@ class Decision:
 class _Compiled:
     cfg: RuleConfig
     program: Any
+    variables: tuple[str, ...]  # the variables the expression mentions: only those are converted to CEL
 
     def denies(self, data: dict[str, Any]) -> bool:
         try:
-            value = self.program.eval(data=data)
+            value = self.program.eval(data={k: data[k] for k in self.variables})
         except RuntimeError:
             return True
         result = value.value() if value.type() == cel.Type.BOOL else None
@@ -67,8 +69,9 @@ def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
     for i, rule in enumerate(rules):
         text = rule.deny if rule.deny is not None else rule.allow
         assert text is not None
+        used = tuple(v for v in _VARIABLES if re.search(rf"\b{v}\b", text))
         try:
-            out.append(_Compiled(rule, _ENV.compile(text)))
+            out.append(_Compiled(rule, _ENV.compile(text), used))
         except RuntimeError as exc:
             raise RuleError(f"rules[{i}] ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
     return out
