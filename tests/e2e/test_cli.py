@@ -189,6 +189,7 @@ async def test_demo_starts_prints_its_endpoints_and_serves_a_client(demo: Demo) 
     assert f"{base}/mcp/everything" in printed
     assert f"{base}/mcp/reader" in printed
     assert "from mcp import Client" in printed
+    assert "print([t.name for t in (await c.list_tools()).tools])" in printed  # the snippet survives rich markup
     assert {"notes__list_notes", "notes__count_slowly", "files__read_file", "files__read_env"} <= everything
     assert reader == {"notes", "notes__get_note", "files__read_file", "files__list_files"}
     assert "demo.yaml" in (listed.structured_content or {})["result"]

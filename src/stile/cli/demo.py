@@ -72,14 +72,15 @@ def run_demo(port: int, config: Path | None) -> None:
         base = f"http://127.0.0.1:{port}"
         out.print(f"[bold]Stile demo[/bold] on {base}  (config {path})")
         for name in loaded.config.virtual_servers:
-            out.print(f"  virtual server [cyan]{name}[/cyan]: {base}/mcp/{name}   (legacy SSE: {base}/sse/{name})")
+            out.print(f"  virtual server [cyan]{name}[/cyan]: {base}/mcp/{name}   (legacy SSE: {base}/sse/{name})",
+                      soft_wrap=True)
         first = next(iter(loaded.config.virtual_servers))
         out.print("\nPaste into Python (pip install mcp==2.3.0):\n")
         out.print(
             "import asyncio\nfrom mcp import Client\n\nasync def main():\n"
             f'    async with Client("{base}/mcp/{first}") as c:\n'
             "        print([t.name for t in (await c.list_tools()).tools])\n\nasyncio.run(main())\n",
-            highlight=False,
+            highlight=False, markup=False, soft_wrap=True,
         )
         run(loaded.config, host="127.0.0.1", port=port)
     finally:
