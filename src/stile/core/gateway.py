@@ -55,11 +55,14 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
         self.router = Router(self)
+        from stile.observe.metrics import Metrics
+
+        self.metrics = Metrics(self)
         if policies is None:
             from stile.policies.access import AccessControl
             from stile.policies.rules import Rules
 
-            policies = [AccessControl(self), Rules(self)]
+            policies = [self.metrics, AccessControl(self), Rules(self)]
         self.handle: CallNext = build(policies, self.router.handle)
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}

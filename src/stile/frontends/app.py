@@ -21,12 +21,14 @@ from stile.frontends.asgi import (
     Send,
     header_map,
     read_body,
+    send_bytes,
     send_json,
     send_text,
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
 from stile.frontends.streamable import StreamableEndpoint, error_body
 from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
+from stile.observe.metrics import CONTENT_TYPE
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 
@@ -110,6 +112,9 @@ class StileApp:
             return
         if path == "/readyz":
             await self._ready(send)
+            return
+        if path == "/metrics":
+            await send_bytes(send, 200, self.gw.metrics.render(), content_type=CONTENT_TYPE.encode())
             return
         headers = header_map(scope)
         if path.startswith(WELL_KNOWN):

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (audit trail and traces follow in issue #5)."""
