@@ -28,6 +28,9 @@ log = logging.getLogger("stile.rules")
 _VARIABLES = {"principal": cel.Type.DYN, "tool": cel.Type.DYN, "arguments": cel.Type.DYN, "request": cel.Type.DYN}
 _ENV = cel.NewEnv(variables=_VARIABLES)
 POLICY_DENIED = -32010
+# A leading `tool.name == "literal" &&` conjunct (the common shape): evaluating CEL costs 6-18 µs a call,
+# so rules about other tools are decided without it. Only a plain literal qualifies (no escapes).
+_TOOL_GUARD = re.compile(r'^\s*tool\.name\s*==\s*"([A-Za-z0-9_.\-]+)"\s*&&')
 
 
 class PolicyDenied(ClientError):
@@ -52,8 +55,11 @@ class _Compiled:
     cfg: RuleConfig
     program: Any
     variables: tuple[str, ...]  # the variables the expression mentions: only those are converted to CEL
+    tool_guard: str | None = None  # `tool.name == "X" && ...`: false for every other tool, without CEL
 
     def denies(self, data: dict[str, Any]) -> bool:
+        if self.tool_guard is not None and data["tool"]["name"] != self.tool_guard:
+            return self.cfg.deny is None  # the expression is false: a deny rule passes, an allow rule denies
         try:
             value = self.program.eval(data={k: data[k] for k in self.variables})
         except RuntimeError:
@@ -70,8 +76,9 @@ def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
         text = rule.deny if rule.deny is not None else rule.allow
         assert text is not None
         used = tuple(v for v in _VARIABLES if re.search(rf"\b{v}\b", text))
+        guard = _TOOL_GUARD.match(text)
         try:
-            out.append(_Compiled(rule, _ENV.compile(text), used))
+            out.append(_Compiled(rule, _ENV.compile(text), used, guard.group(1) if guard else None))
         except RuntimeError as exc:
             raise RuleError(f"rules[{i}] ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
     return out

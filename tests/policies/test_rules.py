@@ -1,0 +1,51 @@
+"""CEL rules: compile errors name the rule; the tool-name fast path decides exactly as CEL would."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from stile.config.identity import RuleConfig
+from stile.policies.rules import RuleError, compile_rules, decide
+
+RULES = [
+    RuleConfig(name="deny-closed", deny='tool.name == "crm.update_ticket" && !(arguments.status in ["open"])'),
+    RuleConfig(name="allow-only-small", allow='tool.name == "warehouse.query" && arguments.limit < 100'),
+    RuleConfig(name="no-guard", deny='arguments.text == "forbidden"'),
+]
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("crm.update_ticket", {"status": "closed"}), ("crm.update_ticket", {"status": "open"}),
+    ("crm.update_ticket", {}), ("warehouse.query", {"limit": 5}), ("warehouse.query", {"limit": 500}),
+    ("other.tool", {"text": "forbidden"}), ("other.tool", {"text": "fine"}), ("other.tool", {}),
+]
+
+
+def _data(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"principal": {"roles": []}, "tool": {"name": tool, "upstream": tool.split(".")[0]},
+            "arguments": args, "request": {"method": "tools/call"}}
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+@pytest.mark.parametrize(("tool", "args"), CASES)
+def test_the_tool_name_fast_path_agrees_with_cel(rule: RuleConfig, tool: str, args: dict[str, Any]) -> None:
+    (compiled,) = compile_rules([rule])
+    slow = replace(compiled, tool_guard=None)
+    assert decide([compiled], _data(tool, args)).allowed == decide([slow], _data(tool, args)).allowed
+
+
+def test_only_a_leading_literal_tool_comparison_is_a_guard() -> None:
+    guards = [c.tool_guard for c in compile_rules(RULES)]
+    assert guards == ["crm.update_ticket", "warehouse.query", None]
+
+
+def test_a_rule_that_does_not_compile_is_named_with_its_position() -> None:
+    with pytest.raises(RuleError, match=r"rules\[0\] \(broken\)"):
+        compile_rules([RuleConfig(name="broken", deny="tool.name ==")])
+
+
+def test_an_erroring_expression_fails_closed() -> None:
+    (compiled,) = compile_rules([RULES[0]])
+    decision = decide([compiled], _data("crm.update_ticket", {}))  # arguments.status is missing
+    assert not decision.allowed and decision.rule == "deny-closed"
