@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from stile import __version__
+from stile.config.model import UpstreamConfig
 from stile.wire import eras
 from stile.wire.jsonrpc import Message
 
@@ -80,6 +81,40 @@ class Upstream(Protocol):
 
     @property
     def last_error(self) -> str | None: ...
+
+
+class UpstreamBase:
+    """State every transport keeps: identity, negotiated surface, health."""
+
+    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.era: Era | None = None if cfg.era == "auto" else cfg.era
+        self.server_info: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.instructions: str | None = None
+        self.on_notification: OnNotification = ignore_notification
+        self.initialize_count = 0
+        self._closed = False
+        self._last_error: str | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def adopt_initialize(self, result: dict[str, Any]) -> None:
+        """Record what a legacy `initialize` answered."""
+        self.capabilities = result.get("capabilities") or {}
+        self.server_info = result.get("serverInfo") or {}
+        self.instructions = result.get("instructions")
+        self.initialize_count += 1
+
+    def adopt_discover(self, result: dict[str, Any]) -> None:
+        """Record what a modern `server/discover` answered."""
+        self.era = "modern"
+        self.capabilities = result.get("capabilities") or {}
+        self.server_info = (result.get("_meta") or {}).get(eras.META_SERVER_INFO) or {}
+        self.instructions = result.get("instructions")
 
 
 class IdSource:

@@ -20,10 +20,9 @@ from stile.upstreams.base import (
     CallOptions,
     Era,
     IdSource,
-    OnNotification,
+    UpstreamBase,
     adapt_params,
     discover_params,
-    ignore_notification,
     initialize_params,
     is_modern_discover,
 )
@@ -38,18 +37,11 @@ log = logging.getLogger("stile.upstream.http")
 _ACCEPT = "application/json, text/event-stream"
 
 
-class HttpUpstream:
+class HttpUpstream(UpstreamBase):
     def __init__(self, name: str, cfg: UpstreamConfig) -> None:
         assert cfg.url is not None
-        self.name = name
+        super().__init__(name, cfg)
         self.url = cfg.url
-        self.cfg = cfg
-        self.era: Era | None = None if cfg.era == "auto" else cfg.era
-        self.server_info: dict[str, Any] = {}
-        self.capabilities: dict[str, Any] = {}
-        self.instructions: str | None = None
-        self.on_notification: OnNotification = ignore_notification
-        self.initialize_count = 0
         self._ids = IdSource()
         self._session_id: str | None = None
         self._version = eras.LATEST_LEGACY
@@ -57,14 +49,8 @@ class HttpUpstream:
         self._ready_lock = asyncio.Lock()
         self._ready = False
         self._listener: asyncio.Task[None] | None = None
-        self._closed = False
-        self._last_error: str | None = None
         self._legacy_ok: bool | None = None  # None: not tried yet (dual-era upstreams)
         self._legacy_listener: asyncio.Task[None] | None = None
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     @property
     def healthy(self) -> bool:
@@ -120,11 +106,7 @@ class HttpUpstream:
                 if self.era in (None, "modern"):
                     msg = await self._post_raw("server/discover", discover_params(), force_modern=True)
                     if is_modern_discover(msg):
-                        res = msg["result"]
-                        self.era = "modern"
-                        self.capabilities = res.get("capabilities") or {}
-                        self.server_info = (res.get("_meta") or {}).get(eras.META_SERVER_INFO) or {}
-                        self.instructions = res.get("instructions")
+                        self.adopt_discover(msg["result"])
                     elif self.era == "modern":
                         raise UpstreamUnavailable(self.name, "upstream does not speak 2026-07-28")
                     else:
@@ -140,7 +122,7 @@ class HttpUpstream:
             self._ready = True
             self._last_error = None
             if self._listener is None and not self._closed:
-                self._listener = spawn(self._listen(self.era), name=f"listen-{self.name}")
+                self._listener = spawn(self._listen(self.era or "legacy"), name=f"listen-{self.name}")
 
     async def _initialize(self) -> None:
         self._session_id = None
@@ -149,10 +131,7 @@ class HttpUpstream:
             raise UpstreamUnavailable(self.name, f"initialize failed: {msg['error'].get('message')}")
         res = msg["result"]
         self._version = res.get("protocolVersion", eras.LATEST_LEGACY)
-        self.capabilities = res.get("capabilities") or {}
-        self.server_info = res.get("serverInfo") or {}
-        self.instructions = res.get("instructions")
-        self.initialize_count += 1
+        self.adopt_initialize(res)
         await self._notify_legacy("notifications/initialized", {})
 
     async def _post_raw(

@@ -15,10 +15,8 @@ from stile.config.model import UpstreamConfig
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
     CallOptions,
-    Era,
-    OnNotification,
+    UpstreamBase,
     adapt_params,
-    ignore_notification,
     initialize_params,
 )
 from stile.upstreams.correlate import Correlator
@@ -30,18 +28,12 @@ from stile.wire.jsonrpc import Message
 log = logging.getLogger("stile.upstream.sse")
 
 
-class SseUpstream:
+class SseUpstream(UpstreamBase):
     def __init__(self, name: str, cfg: UpstreamConfig) -> None:
         assert cfg.url is not None
-        self.name = name
+        super().__init__(name, cfg)
+        self.era = "legacy"
         self.url = cfg.url
-        self.cfg = cfg
-        self.era: Era | None = "legacy"
-        self.server_info: dict[str, Any] = {}
-        self.capabilities: dict[str, Any] = {}
-        self.instructions: str | None = None
-        self.on_notification: OnNotification = ignore_notification
-        self.initialize_count = 0
         self._http: aiohttp.ClientSession | None = None
         self._endpoint: str | None = None
         self._rpc = Correlator(name, self._post, lambda: self.on_notification, "e")
@@ -49,12 +41,6 @@ class SseUpstream:
         self._endpoint_seen = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
-        self._closed = False
-        self._last_error: str | None = None
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     @property
     def healthy(self) -> bool:
@@ -77,11 +63,7 @@ class SseUpstream:
             msg = await self._rpc.call("initialize", initialize_params(), timeout=self.cfg.connect_timeout)
             if "result" not in msg:
                 raise UpstreamUnavailable(self.name, "initialize failed")
-            res = msg["result"]
-            self.capabilities = res.get("capabilities") or {}
-            self.server_info = res.get("serverInfo") or {}
-            self.instructions = res.get("instructions")
-            self.initialize_count += 1
+            self.adopt_initialize(msg["result"])
             await self._post(jsonrpc.notification("notifications/initialized", {}))
             self._ready.set()
 

@@ -19,11 +19,9 @@ from stile.config.model import UpstreamConfig
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
     CallOptions,
-    Era,
-    OnNotification,
+    UpstreamBase,
     adapt_params,
     discover_params,
-    ignore_notification,
     initialize_params,
     is_modern_discover,
 )
@@ -38,17 +36,10 @@ PROBE_TIMEOUT = 5.0
 MAX_LINE = 64 * 1024 * 1024
 
 
-class StdioUpstream:
+class StdioUpstream(UpstreamBase):
     def __init__(self, name: str, cfg: UpstreamConfig) -> None:
         assert cfg.command is not None
-        self.name = name
-        self.cfg = cfg
-        self.era: Era | None = None if cfg.era == "auto" else cfg.era
-        self.server_info: dict[str, Any] = {}
-        self.capabilities: dict[str, Any] = {}
-        self.instructions: str | None = None
-        self.on_notification: OnNotification = ignore_notification
-        self.initialize_count = 0
+        super().__init__(name, cfg)
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._rpc = Correlator(name, self._write, lambda: self.on_notification, "p")
@@ -56,12 +47,6 @@ class StdioUpstream:
         self._start_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._closed = False
-        self._last_error: str | None = None
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     @property
     def healthy(self) -> bool:
@@ -128,11 +113,7 @@ class StdioUpstream:
             except UpstreamTimeout:
                 msg = {}
             if is_modern_discover(msg):
-                res = msg["result"]
-                self.era = "modern"
-                self.capabilities = res.get("capabilities") or {}
-                self.server_info = (res.get("_meta") or {}).get("io.modelcontextprotocol/serverInfo") or {}
-                self.instructions = res.get("instructions")
+                self.adopt_discover(msg["result"])
                 return
             if self.era == "modern":
                 raise UpstreamUnavailable(self.name, "process does not speak 2026-07-28")
@@ -140,11 +121,7 @@ class StdioUpstream:
         msg = await self._call("initialize", initialize_params(), timeout=self.cfg.connect_timeout)
         if "result" not in msg:
             raise UpstreamUnavailable(self.name, "initialize failed")
-        res = msg["result"]
-        self.capabilities = res.get("capabilities") or {}
-        self.server_info = res.get("serverInfo") or {}
-        self.instructions = res.get("instructions")
-        self.initialize_count += 1
+        self.adopt_initialize(msg["result"])
         await self._write(jsonrpc.notification("notifications/initialized", {}))
 
     async def _write(self, msg: Message) -> None:
