@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stile import __version__
+from stile.cli.audit import audit_app
 from stile.cli.keys import keys_app
 from stile.cli.policy import policy_app
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
@@ -23,6 +24,7 @@ out = Console()
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
 app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
 app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
+app.add_typer(audit_app, name="audit", help="Inspect the audit trail.")
 
 
 def _load(path: Path) -> LoadedConfig:

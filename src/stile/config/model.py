@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
+from stile.config.identity import AuditConfig, AuthConfig, RoleConfig, RuleConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -98,6 +98,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     roles: dict[str, RoleConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("upstreams", "virtual_servers")
     @classmethod

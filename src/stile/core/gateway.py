@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from stile.config.model import GatewayConfig
@@ -55,9 +56,13 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
         self.router = Router(self)
+        from stile.observe.audit import AuditLog
         from stile.observe.metrics import Metrics
 
-        self.metrics = Metrics(self)
+        audit = cfg.audit
+        self.audit = AuditLog(Path(audit.jsonl) if audit.jsonl else None, stdout=audit.stdout,
+                              arguments=audit.arguments)
+        self.metrics = Metrics(self, audit=self.audit)
         if policies is None:
             from stile.policies.access import AccessControl
             from stile.policies.rules import Rules
@@ -69,6 +74,7 @@ class Gateway:
         self._rebuild_views()
 
     async def start(self) -> None:
+        self.audit.start()
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
         await asyncio.gather(*(self.refresh(n) for n in self.upstreams))
@@ -78,6 +84,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
+        await self.audit.aclose()
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from stile.core.context import CallContext, CallNext, Reply
+from stile.observe.audit import AuditLog
 from stile.wire.errors import StileError
 
 if TYPE_CHECKING:
@@ -77,11 +78,18 @@ class _RequestCollector:
         yield denied
         yield GaugeMetricFamily("stile_listen_streams", "open notification streams (legacy GET, listen)",
                                 value=float(self.m.gw.hub.count()))
+        audit = self.m.audit
+        if audit is not None and audit.enabled:
+            yield GaugeMetricFamily("stile_audit_queue_depth", "audit events waiting to be written",
+                                    value=float(audit.depth))
+            yield CounterMetricFamily("stile_audit_dropped", "audit events not written (queue full or sink error)",
+                                      value=float(audit.dropped))
 
 
 class Metrics:
-    def __init__(self, gw: Gateway, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, gw: Gateway, registry: CollectorRegistry | None = None, audit: AuditLog | None = None) -> None:
         self.gw = gw
+        self.audit = audit
         self.registry = registry or CollectorRegistry()
         self.counts: dict[tuple[str, ...], int] = {}
         self.hists: dict[tuple[str, str], _Hist] = {}
@@ -103,8 +111,10 @@ class Metrics:
             return "(unknown)", ""
         return ctx.params[key], target.upstream
 
-    def _record(self, ctx: CallContext, outcome: str, seconds: float) -> None:
+    def _record(self, ctx: CallContext, outcome: str, seconds: float, code: int | None = None) -> None:
         tool, upstream = self._target(ctx)
+        if self.audit is not None:
+            self.audit.record(ctx, outcome, code, seconds, tool, upstream)
         key = (ctx.virtual_server, ctx.method, tool, upstream, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
         hkey = (ctx.virtual_server, ctx.method)
@@ -124,12 +134,15 @@ class Metrics:
             if outcome in ("PolicyDenied", "Forbidden"):
                 dkey = (ctx.virtual_server, outcome)
                 self.denied[dkey] = self.denied.get(dkey, 0) + 1
-            self._record(ctx, outcome, time.perf_counter() - start)
+            self._record(ctx, outcome, time.perf_counter() - start, exc.jsonrpc_code)
             raise
+        code = None
         if "error" in reply:
             outcome = "error"
+            err = reply["error"]
+            code = err.get("code") if isinstance(err, dict) else None
         else:
             result = reply.get("result")
             outcome = "is_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
-        self._record(ctx, outcome, time.perf_counter() - start)
+        self._record(ctx, outcome, time.perf_counter() - start, code)
         return reply
