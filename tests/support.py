@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +64,49 @@ def _tail(log: Path | None) -> str:
     return log.read_text(errors="replace")[-3000:]
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    """Forward a child's output lines into a queue; None marks EOF."""
+    try:
+        for line in stream:
+            lines.put(line)
+    finally:
+        lines.put(None)
+
+
+@contextmanager
+def ready_process(argv: list[str], what: str, *, deadline_s: float = 30.0, cwd: Path | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[int]:
+    """Run a server that binds port 0 and prints `READY <port>`; yield the port, stop it afterwards.
+
+    No pick-then-bind race; output (stdout and stderr) is drained by a thread, and quoted if startup fails.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, cwd=cwd or REPO, env=env)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        end = time.monotonic() + deadline_s
+        seen: list[str] = []
+        port: int | None = None
+        while port is None and (remaining := end - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise RuntimeError(f"{what} exited with {proc.wait()}: {''.join(seen)[-3000:]}")
+            seen.append(line)
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "READY" and parts[1].isdigit():
+                port = int(parts[1])
+        if port is None:
+            raise RuntimeError(f"{what} did not report READY within {deadline_s}s: {''.join(seen)[-3000:]}")
+        yield port
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import REPO, free_port, stop, wait_port
+from tests.support import REPO, free_port, ready_process, stop, wait_port
 
 E2E_DIR = Path(__file__).resolve().parent
 COUNTING_SERVER = E2E_DIR / "counting_server.py"
@@ -26,36 +23,12 @@ LOOPBACK_MJS = REPO / "tools" / "loopback.mjs"
 MODERN = "2026-07-28"
 
 
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    try:
-        for line in stream:
-            lines.put(line)
-    finally:
-        lines.put(None)
-
-
 @contextmanager
 def counting_upstream(deadline_s: float = 30.0) -> Iterator[str]:
     """Run tests/e2e/counting_server.py on a free port; yield its base URL (MCP at /mcp, counts at /stats)."""
-    proc = subprocess.Popen([sys.executable, "-u", str(COUNTING_SERVER), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        end = time.monotonic() + deadline_s
-        port: int | None = None
-        while port is None and (remaining := end - time.monotonic()) > 0:
-            line = lines.get(timeout=remaining)
-            if line is None:
-                raise RuntimeError(f"counting upstream exited with {proc.wait()}")
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "READY":
-                port = int(parts[1])
-        if port is None:
-            raise RuntimeError("counting upstream did not report READY in time")
+    with ready_process([sys.executable, "-u", str(COUNTING_SERVER), "--port", "0"], "counting upstream",
+                       deadline_s=deadline_s) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)  # type: ignore[arg-type]
 
 
 def everything_missing() -> str | None:

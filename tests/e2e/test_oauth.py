@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import queue
-import subprocess
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from tests.e2e.helpers import NODE, counting_upstream, modern_headers, modern_meta, upstream_counts
-from tests.support import REPO, free_port, notes_upstream, stile_server, stop
+from tests.support import REPO, free_port, notes_upstream, ready_process, stile_server
 
 OAUTH_SERVER_MJS = REPO / "tests" / "e2e" / "oauth_server.mjs"
 OAUTH_PACKAGE = REPO / "tools" / "oauth" / "node_modules" / "oauth2-mock-server" / "package.json"
@@ -47,38 +42,11 @@ def _oauth_missing() -> str | None:
     return None
 
 
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    try:
-        for line in stream:
-            lines.put(line)
-    finally:
-        lines.put(None)
-
-
 @contextmanager
 def oauth_server(deadline_s: float = 30.0) -> Iterator[str]:
     """Run tests/e2e/oauth_server.mjs on a free loopback port; yield its issuer URL."""
-    proc = subprocess.Popen([str(NODE), str(OAUTH_SERVER_MJS), "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, cwd=REPO)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        end = time.monotonic() + deadline_s
-        port: int | None = None
-        seen: list[str] = []
-        while port is None and (remaining := end - time.monotonic()) > 0:
-            line = lines.get(timeout=remaining)
-            if line is None:
-                raise RuntimeError(f"oauth server exited with {proc.wait()}: {''.join(seen)[-2000:]}")
-            seen.append(line)
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "READY":
-                port = int(parts[1])
-        if port is None:
-            raise RuntimeError("oauth server did not report READY in time")
+    with ready_process([str(NODE), str(OAUTH_SERVER_MJS), "0"], "oauth server", deadline_s=deadline_s) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -95,10 +63,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     missing = _oauth_missing()
-    if missing is not None:
-        if os.environ.get("STILE_REQUIRE_CONFORMANCE") == "1":  # `make test` and CI install the tools
-            pytest.fail(missing)
-        pytest.skip(missing)
+    if missing is not None:  # `make test` and CI install the tools: a missing one is a failure, not a skip
+        pytest.fail(missing)
     port = free_port()
     with oauth_server() as issuer, notes_upstream() as notes_url, counting_upstream() as counter:
         config = {

@@ -11,7 +11,7 @@ import typer
 
 from stile.config.load import ConfigError, load_config
 from stile.config.model import GatewayConfig
-from stile.core.catalog import _matches, upstreams_of
+from stile.core.catalog import matches, upstreams_of
 from stile.core.context import Principal
 from stile.policies.access import _Grant
 from stile.policies.rules import compile_rules, decide
@@ -37,7 +37,7 @@ def explain(cfg: GatewayConfig, vs_name: str | None, principal: Principal, call:
         if upstream not in upstreams_of(vs, cfg):
             steps.append(f"{where}: does not draw from upstream {upstream!r}")
             continue
-        if _matches(call, vs.deny_tools) or (vs.allow_tools is not None and not _matches(call, vs.allow_tools)):
+        if matches(call, vs.deny_tools) or (vs.allow_tools is not None and not matches(call, vs.allow_tools)):
             steps.append(f"{where}: {call} is not in the view (allow_tools/deny_tools)")
             continue
         if vs.auth != "none":

@@ -125,6 +125,7 @@ def parse_config(data: Any, where: str = "<config>") -> GatewayConfig:
 
 def check_identity(cfg: GatewayConfig, where: str) -> list[str]:
     """Roles name existing virtual servers and upstreams; rules compile (CEL)."""
+    # Imported here: config is the bottom layer, and these pull in the CEL runtime and the JWT stack.
     from stile.policies.rules import RuleError, compile_rules
 
     problems: list[str] = []

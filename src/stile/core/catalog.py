@@ -70,7 +70,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
-def _matches(ref: str, patterns: list[str]) -> bool:
+def matches(ref: str, patterns: list[str]) -> bool:
     return any(_glob(p).match(ref) for p in patterns)
 
 
@@ -99,7 +99,7 @@ class _Filter:
         self.used: set[str] = set()
 
     def admits(self, ref: str) -> bool:
-        if _matches(ref, self.deny):
+        if matches(ref, self.deny):
             return False
         if self.allow is None:
             return True

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from stile.wire.errors import MethodNotFound
 from stile.wire.jsonrpc import Message
 
 if TYPE_CHECKING:
@@ -34,9 +35,7 @@ class NullChannel:
         return None
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        from stile.wire.errors import MethodNotFound
-
-        raise MethodNotFound(f"client cannot answer {method} here")
+            raise MethodNotFound(f"client cannot answer {method} here")
 
 
 @dataclass(frozen=True, slots=True)

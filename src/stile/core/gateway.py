@@ -20,10 +20,15 @@ from stile.core.context import CallNext
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.pipeline import Policy, build
+from stile.core.router import Router
 from stile.core.sessions import SessionSealer, resolve_key
+from stile.observe.audit import AuditLog
+from stile.observe.metrics import Metrics
+from stile.policies.access import AccessControl
+from stile.policies.rules import Rules
+from stile.tasks import spawn
 from stile.upstreams.base import Upstream
 from stile.upstreams.factory import make_upstream
-from stile.upstreams.tasks import spawn
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError
 from stile.wire.jsonrpc import Message
@@ -43,8 +48,6 @@ _CHANGED = {
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None) -> None:
-        from stile.core.router import Router
-
         self.cfg = cfg
         self.upstreams: dict[str, Upstream] = {n: make_upstream(n, c) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
@@ -56,17 +59,11 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
         self.router = Router(self)
-        from stile.observe.audit import AuditLog
-        from stile.observe.metrics import Metrics
-
         audit = cfg.audit
         self.audit = AuditLog(Path(audit.jsonl) if audit.jsonl else None, stdout=audit.stdout,
                               arguments=audit.arguments)
         self.metrics = Metrics(self, audit=self.audit)
         if policies is None:
-            from stile.policies.access import AccessControl
-            from stile.policies.rules import Rules
-
             policies = [self.metrics, AccessControl(self), Rules(self)]
         self.handle: CallNext = build(policies, self.router.handle)
         self._last_try: dict[str, float] = {}

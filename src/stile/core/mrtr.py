@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stile.core.context import Reply
-from stile.upstreams.tasks import spawn
+from stile.tasks import spawn
 from stile.wire.errors import InvalidParams, StileError
 
 PENDING_TTL = 300.0

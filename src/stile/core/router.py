@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stile import __version__
-from stile.core.catalog import View
+from stile.core.catalog import View, matches
 from stile.core.context import CallContext, Reply
 from stile.core.results import adapt_reply, rewrite_uris
 from stile.upstreams.base import CallOptions, Upstream
@@ -125,15 +125,13 @@ class Router:
         return hit
 
     def _resource_allowed(self, view: View, upstream: str, uri: str) -> bool:
-        from stile.core.catalog import _matches
-
         vs = self.gw.cfg.virtual_servers[view.name]
         ref = f"{upstream}.{uri}"
         if view.resource_filter is not None and not view.resource_filter(upstream, uri):
             return False
-        if _matches(ref, vs.deny_resources):
+        if matches(ref, vs.deny_resources):
             return False
-        return vs.allow_resources is None or _matches(ref, vs.allow_resources)
+        return vs.allow_resources is None or matches(ref, vs.allow_resources)
 
     async def _by_uri(self, ctx: CallContext) -> Reply:
         view = self._view(ctx)

@@ -28,7 +28,7 @@ from stile.frontends.asgi import (
     send_json,
 )
 from stile.frontends.channel import ClientReplyError
-from stile.upstreams.tasks import spawn
+from stile.tasks import spawn
 from stile.wire import eras, jsonrpc, sse
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 from stile.wire.jsonrpc import Message
@@ -159,7 +159,7 @@ class LegacySseEndpoint:
                                                 "capabilities": server_capabilities(view),
                                                 "serverInfo": server_info(view)}))
             return
-        channel = _QueueChannel(conn, 60.0)
+        channel = _QueueChannel(conn, self.mcp.request_timeout)
         ctx = CallContext(conn.vs, msg["method"], params, msg["id"], "legacy", conn.version, conn.caps, conn.info,
                           principal=conn.principal, channel=channel)
         try:

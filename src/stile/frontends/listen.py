@@ -12,7 +12,7 @@ from stile.core.context import CallContext
 from stile.core.hub import Subscriber
 from stile.core.sessions import LegacySession
 from stile.frontends.asgi import SSE_HEADERS, Receive, Send
-from stile.upstreams.tasks import spawn
+from stile.tasks import spawn
 from stile.wire import eras, jsonrpc, sse
 from stile.wire.errors import StileError
 from stile.wire.jsonrpc import Message

@@ -17,7 +17,7 @@ from stile.core.sessions import LegacySession, owner_of
 from stile.frontends.asgi import Receive, Send, send_empty, send_json
 from stile.frontends.channel import Relay, ResponseChannel
 from stile.frontends.listen import serve_get_stream, serve_listen
-from stile.upstreams.tasks import spawn
+from stile.tasks import spawn
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import (
     INTERNAL_ERROR,
@@ -57,6 +57,8 @@ class StreamableEndpoint:
         self.gw = gw
         self.relay = Relay()
         self.inflight: dict[tuple[str, Any], Callable[[], None]] = {}
+        # how long a relayed server->client request may wait for the client: the longest upstream timeout
+        self.request_timeout = max((u.timeout for u in gw.cfg.upstreams.values()), default=60.0)
 
     # --- entry points per HTTP method -----------------------------------------------------
     async def post(self, vs: str, msg: Any, headers: dict[str, str], receive: Receive, send: Send,
@@ -222,7 +224,7 @@ class StreamableEndpoint:
         The disconnect watcher is only started for calls still running after WATCH_AFTER seconds,
         so quick calls pay for a timer handle instead of an extra task.
         """
-        channel = ResponseChannel(send, headers, relay, self._timeout(ctx))
+        channel = ResponseChannel(send, headers, relay, self.request_timeout)
         channel.prefer_sse = ctx.headers.get("accept", "").lstrip().startswith("text/event-stream")
         ctx = ctx.with_channel(channel)
         current = asyncio.current_task()
@@ -274,8 +276,6 @@ class StreamableEndpoint:
             body = jsonrpc.error(ctx.request_id, INTERNAL_ERROR, "internal error")
         await channel.finish(body, status)
 
-    def _timeout(self, ctx: CallContext) -> float:
-        return max((u.timeout for u in self.gw.cfg.upstreams.values()), default=60.0)
 
 
 async def _wait_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:

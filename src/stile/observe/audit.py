@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 
 from stile.core.context import CallContext
-from stile.upstreams.tasks import spawn
+from stile.tasks import spawn
 
 log = logging.getLogger("stile.audit")
 ArgumentsMode = Literal["none", "digest", "redacted", "full"]

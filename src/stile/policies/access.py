@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from stile.config.identity import RoleConfig
-from stile.core.catalog import Target, View, _matches
+from stile.core.catalog import Target, View, matches
 from stile.core.context import CallContext, CallNext, Reply
 from stile.wire.errors import ClientError
 
@@ -41,16 +41,16 @@ class _Grant:
         self.roles = roles
 
     def tool(self, ref: str, item: Mapping[str, Any]) -> bool:
-        if any(_matches(ref, r.deny_tools) for r in self.roles):
+        if any(matches(ref, r.deny_tools) for r in self.roles):
             return False
-        return any(_matches(ref, r.allow_tools) and (not r.read_only or _read_only(item)) for r in self.roles)
+        return any(matches(ref, r.allow_tools) and (not r.read_only or _read_only(item)) for r in self.roles)
 
     def prompt(self, ref: str) -> bool:
-        return any(r.allow_prompts is None or _matches(ref, r.allow_prompts) for r in self.roles)
+        return any(r.allow_prompts is None or matches(ref, r.allow_prompts) for r in self.roles)
 
     def resource(self, upstream: str, uri: str) -> bool:
         ref = f"{upstream}.{uri}"
-        return any(r.allow_resources is None or _matches(ref, r.allow_resources) for r in self.roles)
+        return any(r.allow_resources is None or matches(ref, r.allow_resources) for r in self.roles)
 
 
 def narrow(view: View, roles: list[RoleConfig]) -> View:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from stile import __version__
 from stile.config.model import UpstreamConfig
 from stile.wire import eras
+from stile.wire.errors import MethodNotFound
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream")
@@ -40,8 +41,6 @@ async def _no_message(msg: Message) -> None:
 
 
 async def _no_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    from stile.wire.errors import MethodNotFound
-
     raise MethodNotFound(f"the client cannot answer {method}")
 
 

@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from stile.tasks import spawn
 from stile.upstreams.base import DEFAULT_OPTIONS, CallOptions, IdSource, OnNotification
-from stile.upstreams.tasks import spawn
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable
 from stile.wire.jsonrpc import Message

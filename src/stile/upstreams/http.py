@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from stile.config.model import UpstreamConfig
+from stile.tasks import spawn
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
     CallOptions,
@@ -27,7 +28,6 @@ from stile.upstreams.base import (
     is_modern_discover,
 )
 from stile.upstreams.h1 import H1Error, H1Pool, H1Response
-from stile.upstreams.tasks import spawn
 from stile.wire import eras, jsonrpc, sse
 from stile.wire import headers as mcp_headers
 from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable

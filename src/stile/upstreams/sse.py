@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 import aiohttp
 
 from stile.config.model import UpstreamConfig
+from stile.tasks import spawn
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
     CallOptions,
@@ -20,7 +21,6 @@ from stile.upstreams.base import (
     initialize_params,
 )
 from stile.upstreams.correlate import Correlator
-from stile.upstreams.tasks import spawn
 from stile.wire import jsonrpc, sse
 from stile.wire.errors import StileError, UpstreamUnavailable
 from stile.wire.jsonrpc import Message

@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from stile.config.model import UpstreamConfig
+from stile.tasks import spawn
 from stile.upstreams.base import (
     DEFAULT_OPTIONS,
     CallOptions,
@@ -26,7 +27,6 @@ from stile.upstreams.base import (
     is_modern_discover,
 )
 from stile.upstreams.correlate import Correlator
-from stile.upstreams.tasks import spawn
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
