@@ -15,7 +15,7 @@ log = logging.getLogger("stile")
 
 
 def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None = None) -> StileApp:
-    gw = Gateway(cfg)
+    gw = Gateway(cfg, state_url=state_url)
     for name, vs in cfg.virtual_servers.items():
         if vs.auth is None:
             log.info("virtual server %s requires authentication (API key or bearer token)", name)

@@ -10,7 +10,7 @@ from mcp import Client
 from typer.testing import CliRunner
 
 from stile.cli.main import app
-from stile.observe.audit import verify
+from stile.observe.audit_sinks import verify_jsonl as verify
 from tests.support import notes_upstream, stile_server
 
 
@@ -41,8 +41,9 @@ def _events(path: Path) -> list[dict[str, object]]:
 def test_every_request_is_recorded_with_its_outcome_and_principal(trail: Path) -> None:
     calls = [e for e in _events(trail) if e["method"] == "tools/call"]
     assert [(e["tool"], e["outcome"]) for e in calls] == [
-        ("notes__add_note", "ok"), ("notes__get_note", "ok"), ("(unknown)", "InvalidParams")]
+        ("notes__add_note", "ok"), ("notes__get_note", "ok"), ("(unknown)", "error")]
     assert calls[0]["upstream"] == "notes" and calls[2]["error_code"] == -32602
+    assert calls[2]["error_type"] == "InvalidParams" and "Unknown tool" in calls[2]["reason"]
     assert calls[0]["principal"] == {"agent": None, "user": None, "roles": [], "auth": "none"}
     assert all(isinstance(e["latency_ms"], float) for e in calls)
 

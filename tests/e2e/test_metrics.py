@@ -45,7 +45,7 @@ async def test_calls_are_counted_by_tool_upstream_and_outcome(base: str) -> None
         return samples.get(("stile_requests_total", labels), 0.0)
     assert count("notes__list_notes", "notes", "ok") == 3
     assert count("notes__get_note", "notes", "is_error") == 1
-    assert count("(unknown)", "", "InvalidParams") == 1  # client-chosen names never become label values
+    assert count("(unknown)", "", "error") == 1  # client-chosen names never become label values
     hist = samples[("stile_request_seconds_count", (("method", "tools/call"), ("virtual_server", "v")))]
     assert hist == 5
     assert samples[("stile_upstream_up", (("era", "modern"), ("upstream", "notes")))] == 1.0

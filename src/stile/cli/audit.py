@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stile.config.load import ConfigError, load_config
-from stile.observe.audit import verify
+from stile.observe.audit_sinks import verify_jsonl as verify
 
 audit_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True, add_completion=False)
 

@@ -65,11 +65,3 @@ class RuleConfig(_Strict):
         if (self.allow is None) == (self.deny is None):
             raise ValueError("set exactly one of `allow` or `deny` (a CEL expression)")
         return self
-
-
-class AuditConfig(_Strict):
-    """Audit trail: hash-chained JSON lines (`stile audit verify` checks the chain)."""
-
-    jsonl: str | None = None  # file to append to
-    stdout: bool = False
-    arguments: Literal["none", "digest", "redacted", "full"] = "redacted"

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stile.config.identity import AuditConfig, AuthConfig, RoleConfig, RuleConfig
+from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
+from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, TracingConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -76,6 +77,7 @@ class VirtualServerConfig(_Strict):
     instructions: str | None = None
     page_size: int = Field(default=1000, ge=1)
     scopes: list[str] = Field(default_factory=list)  # OAuth scopes a bearer token needs here (403 step-up)
+    audit_arguments: ArgumentsMode | None = None  # how arguments are recorded here; default `audit.arguments`
 
 
 class LimitsConfig(_Strict):
@@ -99,6 +101,9 @@ class GatewayConfig(_Strict):
     roles: dict[str, RoleConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
 
     @field_validator("upstreams", "virtual_servers")
     @classmethod

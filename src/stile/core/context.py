@@ -57,6 +57,23 @@ class Principal:
 ANONYMOUS = Principal()
 
 
+class RequestStats:
+    """What one request measured on its way (mutable, unlike the context that carries it).
+
+    Set by the router (time spent waiting on upstreams) and tracing (trace context); read by metrics
+    and the audit trail when the request completes.
+    """
+
+    __slots__ = ("span", "trace_id", "traceparent", "tracestate", "upstream_seconds")
+
+    def __init__(self) -> None:
+        self.upstream_seconds = 0.0
+        self.traceparent: str | None = None  # W3C trace context of this request, as sent upstream
+        self.tracestate: str | None = None
+        self.trace_id: str | None = None
+        self.span: Any = None  # the server span when tracing is enabled
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     virtual_server: str
@@ -73,17 +90,18 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     session_id: str | None = None
     view: View | None = None  # the caller's view when access control narrowed it (else the virtual server's)
+    stats: RequestStats = field(default_factory=RequestStats)
 
     # Hot-path copies: dataclasses.replace costs ~3.5 µs a call; these plain constructors ~1 µs.
     def with_view(self, view: View) -> CallContext:
         return CallContext(self.virtual_server, self.method, self.params, self.request_id, self.era,
                            self.protocol_version, self.client_caps, self.client_info, self.log_level, self.principal,
-                           self.channel, self.headers, self.session_id, view)
+                           self.channel, self.headers, self.session_id, view, self.stats)
 
     def with_channel(self, channel: ClientChannel) -> CallContext:
         return CallContext(self.virtual_server, self.method, self.params, self.request_id, self.era,
                            self.protocol_version, self.client_caps, self.client_info, self.log_level, self.principal,
-                           channel, self.headers, self.session_id, self.view)
+                           channel, self.headers, self.session_id, self.view, self.stats)
 
 
 Reply = Message  # a JSON-RPC response body: {"result": ...} or {"error": ...} (id added by the frontend)

@@ -23,7 +23,10 @@ from stile.core.pipeline import Policy, build
 from stile.core.router import Router
 from stile.core.sessions import SessionSealer, resolve_key
 from stile.observe.audit import AuditLog
+from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
 from stile.observe.metrics import Metrics
+from stile.observe.policy import Observe
+from stile.observe.tracing import Tracing
 from stile.policies.access import AccessControl
 from stile.policies.rules import Rules
 from stile.tasks import spawn
@@ -47,7 +50,8 @@ _CHANGED = {
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None,
+                 state_url: str | None = None) -> None:
         self.cfg = cfg
         self.upstreams: dict[str, Upstream] = {n: make_upstream(n, c) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
@@ -59,19 +63,23 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
         self.router = Router(self)
-        audit = cfg.audit
-        self.audit = AuditLog(Path(audit.jsonl) if audit.jsonl else None, stdout=audit.stdout,
-                              arguments=audit.arguments)
+        self.state_url = state_url
+        self.audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
+                              per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
+                                          if vs.audit_arguments is not None},
+                              costs=cfg.costs, queue_size=cfg.audit.queue_size)
         self.metrics = Metrics(self, audit=self.audit)
+        self.tracing = Tracing(cfg.tracing)
+        self.observe = Observe(self, self.metrics, self.audit, self.tracing)
         if policies is None:
-            policies = [self.metrics, AccessControl(self), Rules(self)]
+            policies = [self.observe, AccessControl(self), Rules(self)]
         self.handle: CallNext = build(policies, self.router.handle)
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
         self._rebuild_views()
 
     async def start(self) -> None:
-        self.audit.start()
+        await self.audit.start()
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
         await asyncio.gather(*(self.refresh(n) for n in self.upstreams))
@@ -167,3 +175,14 @@ class Gateway:
                 exposed = view.namer.uri(name, uri)
                 out = jsonrpc.notification("notifications/resources/updated", {**params, "uri": exposed})
                 self.hub.publish(view.name, out, uri=exposed)
+
+
+def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
+    """The configured audit sinks (the state store one only when a state URL is known)."""
+    audit = cfg.audit
+    sinks: list[Sink] = []
+    if audit.jsonl:
+        sinks.append(JsonlSink(Path(audit.jsonl)))
+    if audit.stdout:
+        sinks.append(StdoutSink())
+    return sinks

@@ -13,6 +13,7 @@ import binascii
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +22,7 @@ from stile import __version__
 from stile.core.catalog import View, matches
 from stile.core.context import CallContext, Reply
 from stile.core.results import adapt_reply, rewrite_uris
+from stile.observe.tracing import Tracing
 from stile.upstreams.base import CallOptions, Upstream
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import InvalidParams, MethodNotFound, StileError
@@ -236,15 +238,25 @@ class Router:
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
-                           extra_headers=headers or {})
-        if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
-            return adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
+                           extra_headers=headers or {}, trace_headers=Tracing.upstream_headers(ctx))
+        stats = ctx.stats
+        started = perf_counter()
+        try:
+            if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
+                return adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
+            return await self._exchange(ctx, up, params, opts, on_request)
+        finally:
+            stats.upstream_seconds += perf_counter() - started
+
+    async def _exchange(self, ctx: CallContext, up: Upstream, params: dict[str, Any], opts: CallOptions,
+                        on_request: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
+        """One request upstream, plus the rounds a modern upstream's `input_required` takes for a legacy client."""
         reply = await up.request(ctx.method, params, opts)
         rounds = 0
         while ctx.era == "legacy" and _input_required(reply) and ctx.channel.can_request:
             rounds += 1
             if rounds > MAX_INPUT_ROUNDS:
-                raise StileError(f"upstream {upstream!r} asked for input more than {MAX_INPUT_ROUNDS} times")
+                raise StileError(f"upstream {up.name!r} asked for input more than {MAX_INPUT_ROUNDS} times")
             res = reply["result"]
             answers: dict[str, Any] = {}
             for key, req in (res.get("inputRequests") or {}).items():

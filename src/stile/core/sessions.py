@@ -63,9 +63,34 @@ def owner_of(principal: Any) -> str:
 class SessionSealer:
     CACHE_SIZE = 4096  # recently opened ids: a legacy client sends the same id on every request
 
+    ACTIVE_WINDOW = 300.0  # seconds a session counts as active after its last request
+    MAX_TRACKED = 100_000
+
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
         self._opened: dict[str, LegacySession] = {}
+        self._seen: dict[str, float] = {}  # nonce -> last use (monotonic), for the active-sessions gauge
+
+    def _touch(self, nonce: str) -> None:
+        seen = self._seen
+        seen.pop(nonce, None)  # re-insert: the dict stays ordered by last use
+        seen[nonce] = time.monotonic()
+        if len(seen) > self.MAX_TRACKED:
+            seen.pop(next(iter(seen)))
+
+    def forget(self, nonce: str) -> None:
+        self._seen.pop(nonce, None)
+
+    def active_count(self) -> int:
+        """Sessions used within ACTIVE_WINDOW on this replica (expired entries are pruned here)."""
+        horizon = time.monotonic() - self.ACTIVE_WINDOW
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] >= horizon:
+                break
+            del seen[oldest]
+        return len(seen)
 
     def mint(self, version: str, virtual_server: str, caps: dict[str, Any],
              info: dict[str, Any] | None, owner: str = "") -> tuple[str, LegacySession]:
@@ -74,14 +99,19 @@ class SessionSealer:
                                 "t": sess.issued, "n": sess.nonce, "o": owner})
         nonce = secrets.token_bytes(12)
         sealed = nonce + self._aead.encrypt(nonce, payload, _AAD)
+        self._touch(sess.nonce)
         return base64.urlsafe_b64encode(sealed).decode().rstrip("="), sess
 
     def open(self, token: str, virtual_server: str) -> LegacySession | None:
         cached = self._opened.get(token)
         if cached is not None:
-            return cached if cached.virtual_server == virtual_server else None
+            if cached.virtual_server != virtual_server:
+                return None
+            self._touch(cached.nonce)
+            return cached
         session = self._open(token, virtual_server)
         if session is not None:
+            self._touch(session.nonce)
             if len(self._opened) >= self.CACHE_SIZE:
                 self._opened.pop(next(iter(self._opened)))
             self._opened[token] = session

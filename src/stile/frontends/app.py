@@ -139,10 +139,12 @@ class StileApp:
             try:
                 principal = await self.authn.authenticate(headers, self.resource_url(headers, vs))
             except AuthRequired as exc:
+                self._refused(vs, headers, "unauthenticated", exc.message)
                 await self._challenge(send, headers, vs, exc)
                 return
             missing = missing_scopes(principal, self.gw.cfg.virtual_servers[vs].scopes)
             if missing:
+                self._refused(vs, headers, "denied", f"insufficient scope (missing {' '.join(sorted(missing))})")
                 await self._insufficient_scope(send, headers, vs)
                 return
         if kind == "sse":
@@ -184,6 +186,11 @@ class StileApp:
             await self.mcp.post(vs, msg, headers, receive, send, principal)
         except StileError as exc:
             await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc))
+
+    def _refused(self, vs: str, headers: dict[str, str], outcome: str, reason: str) -> None:
+        self.gw.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)
+        if self.gw.audit.enabled:
+            self.gw.audit.record_refused(vs, headers, outcome, reason)
 
     # --- OAuth 2.1 resource server (RFC 9728) -------------------------------------------------
     def base_url(self, headers: dict[str, str]) -> str:

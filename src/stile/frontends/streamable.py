@@ -101,6 +101,7 @@ class StreamableEndpoint:
             return
         session = self._open_session(sid, vs, principal)
         self.gw.closed_sessions.add(session.nonce)
+        self.gw.sealer.forget(session.nonce)
         self.gw.subscriptions.pop(session.nonce, None)
         await send_empty(send, 200)
 

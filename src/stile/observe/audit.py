@@ -1,12 +1,17 @@
-"""Audit trail (first slice of #5): one hash-chained JSON line per MCP request, written off the hot path.
+"""The audit trail: one event per MCP request (and per refused authentication), to every sink.
 
-Each event carries `seq` and the SHA-256 of its predecessor (`prev`); its own `hash` covers the
-canonical JSON of everything else, so `stile audit verify` finds a modified, deleted or reordered line
-and says where. Events go through a bounded queue to a background writer that appends in batches and
-flushes on shutdown. A full queue never blocks a request: the event is counted in
-`stile_audit_dropped_total` (never silently lost from view). Arguments are recorded per
-`audit.arguments`: `none`, `digest` (SHA-256 of their canonical JSON), `redacted` (default: values of
-secret-looking keys and known secret formats masked, structure kept) or `full`.
+The request path only captures references and a timestamp (`record`, ~1 µs) into a bounded queue;
+the writer task builds the events (argument redaction, sizes, costs) and hands each batch to every
+sink. Each sink keeps its own hash chain (`audit_chain`) and is wrapped in a spool, so an outage of
+one sink delays its events without losing them (`spool.py`).
+
+Queue policy: the queue holds `audit.queue_size` requests. When it is full the request is not slowed
+down; the event is counted in `stile_audit_dropped_total` and logged (once a minute), never dropped
+silently. Shutdown drains the queue through every sink before the process exits.
+
+Arguments are recorded per virtual server (`audit_arguments`, default `audit.arguments`): `none`,
+`digest` (SHA-256 of their canonical JSON), `redacted` (values of secret-looking keys and known secret
+formats masked, structure kept) or `full`.
 """
 
 from __future__ import annotations
@@ -14,23 +19,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
+import os
 import re
-import sys
+import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
+from stile.config.observe import ArgumentsMode
+from stile.core.catalog import matches
 from stile.core.context import CallContext
+from stile.observe.audit_sinks import Event, Sink, SinkError
 from stile.tasks import spawn
 
 log = logging.getLogger("stile.audit")
-ArgumentsMode = Literal["none", "digest", "redacted", "full"]
-QUEUE_SIZE = 10_000
 BATCH = 256
-GENESIS = "0" * 64
 MASK = "***"
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private[_-]?key|session", re.I)
 _SECRET_VALUE = re.compile(
@@ -41,6 +48,7 @@ _SECRET_VALUE = re.compile(
     r"|xox[abpr]-[A-Za-z0-9-]{10,}"  # Slack token
     r"|sk-[A-Za-z0-9_-]{20,})$"  # OpenAI-style key
 )
+_NAME_KEY = {"tools/call": "name", "prompts/get": "name"}
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -66,130 +74,169 @@ def arguments_for(mode: ArgumentsMode, args: Any) -> Any:
     return args
 
 
-def chain_hash(prev: str, event: dict[str, Any]) -> str:
-    body = orjson.dumps({k: v for k, v in event.items() if k != "hash"}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(prev.encode() + body).hexdigest()
+class CostTable:
+    """Cost units per call of `upstream.tool`, from `costs` globs (first match in config order; default 1)."""
+
+    def __init__(self, costs: Mapping[str, float]) -> None:
+        self.costs = list(costs.items())
+        self._cache: dict[str, float] = {}
+
+    def __call__(self, ref: str) -> float:
+        cost = self._cache.get(ref)
+        if cost is None:
+            cost = next((units for pattern, units in self.costs if matches(ref, [pattern])), 1.0)
+            if len(self._cache) < 10_000:
+                self._cache[ref] = cost
+        return cost
+
+
+class Outcome:
+    """What a request ended as (captured on the request path, turned into an event by the writer)."""
+
+    __slots__ = ("code", "error_type", "outcome", "reason", "reply", "seconds", "tool", "upstream", "upstream_name")
+
+    def __init__(self, outcome: str, seconds: float, *, tool: str = "", upstream: str = "", upstream_name: str = "",
+                 code: int | None = None, error_type: str | None = None, reason: str | None = None,
+                 reply: Any = None) -> None:
+        self.outcome = outcome
+        self.seconds = seconds
+        self.tool = tool
+        self.upstream = upstream
+        self.upstream_name = upstream_name
+        self.code = code
+        self.error_type = error_type
+        self.reason = reason
+        self.reply = reply
+
+
+_Item = tuple[float, CallContext | None, Outcome, dict[str, Any] | None]
 
 
 class AuditLog:
-    def __init__(self, path: Path | None, *, stdout: bool = False, arguments: ArgumentsMode = "redacted") -> None:
-        self.path = path
-        self.stdout = stdout
+    def __init__(self, sinks: Sequence[Sink], *, arguments: ArgumentsMode = "redacted",
+                 per_server: Mapping[str, ArgumentsMode] | None = None, costs: Mapping[str, float] | None = None,
+                 queue_size: int = 10_000) -> None:
+        self.sinks = list(sinks)
         self.arguments = arguments
+        self.per_server = dict(per_server or {})
+        self.cost = CostTable(costs or {})
+        self.queue_size = queue_size
         self.dropped = 0
         self.written = 0
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self.sink_errors: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self._queue: asyncio.Queue[_Item | None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._prev = GENESIS
-        self._seq = 0
+        self._ids = itertools.count(1)
+        self._boot = os.urandom(6).hex()
+        self._last_drop_log = 0.0
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
-        return self.path is not None or self.stdout
+        return bool(self.sinks)
 
     @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if not self.enabled:
             return
-        if self.path is not None and self.path.exists():
-            self._prev, self._seq = _tail_state(self.path)
-        self._queue = asyncio.Queue(QUEUE_SIZE)
+        for sink in self.sinks:
+            await sink.start()
+        self._queue = asyncio.Queue(self.queue_size)
         self._writer = spawn(self._write_loop(), name="audit-writer")
 
-    def record(self, ctx: CallContext, outcome: str, error_code: int | None, seconds: float,
-               tool: str, upstream: str) -> None:
-        if self._queue is None:
+    # --- the request path -------------------------------------------------------------------
+    def record(self, ctx: CallContext, outcome: Outcome) -> None:
+        self._put((time.time(), ctx, outcome, None))
+
+    def record_refused(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str) -> None:
+        """An HTTP request refused before the pipeline (authentication failed, insufficient scope)."""
+        extra = {"virtual_server": virtual_server, "method": headers.get("mcp-method"),
+                 "tool": headers.get("mcp-name"), "client_address": headers.get("x-forwarded-for")}
+        self._put((time.time(), None, Outcome(outcome, 0.0, reason=reason), extra))
+
+    def _put(self, item: _Item) -> None:
+        if self._queue is None or self._closing:
             return
-        p = ctx.principal
-        event = {
-            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "request_id": ctx.request_id, "virtual_server": ctx.virtual_server, "method": ctx.method,
-            "tool": tool or None, "upstream": upstream or None,
-            "principal": {"agent": p.agent, "user": p.user, "roles": list(p.roles), "auth": p.method},
-            "arguments": arguments_for(self.arguments, ctx.params.get("arguments")),
-            "outcome": outcome, "error_code": error_code, "latency_ms": round(seconds * 1000, 3),
-        }
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 60:
+                self._last_drop_log = now
+                log.error("audit queue full (%d): events are being dropped (%d so far)", self.queue_size, self.dropped)
+
+    # --- the writer -------------------------------------------------------------------------
+    def build(self, at: float, ctx: CallContext | None, o: Outcome, extra: dict[str, Any] | None) -> Event:
+        event: Event = {
+            "id": f"{self._boot}-{next(self._ids)}",
+            "time": datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds"),
+        }
+        if ctx is None:
+            event.update({"request_id": None, "trace_id": None, **(extra or {}),
+                          "principal": {"agent": None, "user": None, "roles": [], "auth": "none"}})
+        else:
+            p = ctx.principal
+            mode = self.per_server.get(ctx.virtual_server, self.arguments)
+            args = ctx.params.get("arguments") if ctx.method in ("tools/call", "prompts/get") else None
+            event.update({
+                "request_id": ctx.request_id, "trace_id": ctx.stats.trace_id, "virtual_server": ctx.virtual_server,
+                "method": ctx.method, "era": ctx.era,
+                "principal": {"agent": p.agent, "user": p.user, "roles": list(p.roles), "auth": p.method},
+            })
+            if ctx.method in _NAME_KEY:
+                event["tool"] = o.tool or None
+            elif isinstance(ctx.params.get("uri"), str):
+                event["uri"] = ctx.params["uri"]
+            event["arguments"] = arguments_for(mode, args)
+            event["bytes_in"] = len(orjson.dumps(ctx.params))
+            event["upstream_ms"] = round(ctx.stats.upstream_seconds * 1000, 3)
+        ref = f"{o.upstream}.{o.upstream_name}" if o.upstream and o.upstream_name else ""
+        event.update({
+            "upstream": o.upstream or None, "upstream_name": o.upstream_name or None,
+            "outcome": o.outcome, "error_code": o.code, "error_type": o.error_type, "reason": o.reason,
+            "latency_ms": round(o.seconds * 1000, 3),
+            "bytes_out": len(orjson.dumps(o.reply)) if o.reply is not None else 0,
+            "cache_hit": False,  # no response cache yet: recorded so consumers need not change when one lands
+            "cost": self.cost(ref) if ref and ctx is not None and ctx.method == "tools/call" else 0.0,
+        })
+        return event
 
     async def _write_loop(self) -> None:
+        """Write batches until the shutdown sentinel (None) arrives; never cancelled mid-batch."""
         assert self._queue is not None
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            self._write(batch)
-
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        lines = []
-        for event in batch:
-            self._seq += 1
-            event["seq"] = self._seq
-            event["prev"] = self._prev
-            event["hash"] = self._prev = chain_hash(self._prev, event)
-            lines.append(orjson.dumps(event) + b"\n")
-        data = b"".join(lines)
-        if self.path is not None:
-            try:
-                with self.path.open("ab") as f:
-                    f.write(data)
-            except OSError as exc:
-                log.error("audit: cannot write %s: %s (%d events lost)", self.path, exc, len(batch))
-                self.dropped += len(batch)
+            item = await self._queue.get()
+            batch: list[_Item] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= BATCH or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._write(batch)
+            if item is None:
                 return
-        if self.stdout:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-        self.written += len(batch)
+
+    async def _write(self, batch: list[_Item]) -> None:
+        events = [self.build(*item) for item in batch]
+        for sink in self.sinks:
+            try:
+                await sink.write(events)
+            except SinkError as exc:
+                self.sink_errors[sink.name] += 1
+                log.error("audit sink %s: %s (%d events not written)", sink.name, exc, len(events))
+        self.written += len(events)
 
     async def aclose(self) -> None:
-        """Flush everything queued, then stop the writer."""
-        if self._writer is not None:
-            self._writer.cancel()
+        """Write everything queued through every sink, then close the sinks."""
+        if self._queue is not None and self._writer is not None and not self._closing:
+            self._closing = True
+            await self._queue.put(None)  # behind every queued event; waits while the writer drains a full queue
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        if self._queue is not None and not self._queue.empty():
-            rest = []
-            while not self._queue.empty():
-                rest.append(self._queue.get_nowait())
-            self._write(rest)
-
-
-def _tail_state(path: Path) -> tuple[str, int]:
-    last = b""
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                last = line
-    if not last:
-        return GENESIS, 0
-    event = orjson.loads(last)
-    return str(event.get("hash", GENESIS)), int(event.get("seq", 0))
-
-
-def verify(path: Path) -> list[str]:
-    """Problems in the chain, one line each ("line N: ..."); empty when intact."""
-    problems: list[str] = []
-    prev, seq = GENESIS, 0
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                problems.append(f"line {n}: not JSON")
-                continue
-            if event.get("seq") != seq + 1:
-                problems.append(f"line {n}: seq {event.get('seq')} follows {seq} (a line was deleted or moved)")
-            if event.get("prev") != prev:
-                problems.append(f"line {n}: does not chain to the line before it (deleted, moved or inserted)")
-            if chain_hash(str(event.get("prev")), event) != event.get("hash"):
-                problems.append(f"line {n}: content does not match its hash (modified)")
-            prev, seq = str(event.get("hash")), int(event.get("seq") or 0)
-    return problems
+        for sink in self.sinks:
+            await sink.aclose()

@@ -1,7 +1,7 @@
-"""Prometheus metrics: requests, latency (total and upstream) and upstream health, per registry.
+"""Prometheus metrics: requests, latency (total, upstream, gateway overhead), health, audit, per registry.
 
-The `Metrics` policy sits first in the pipeline so it sees every outcome, denials included. Label
-values come from the gateway's own vocabulary (virtual server, method, exposed tool, upstream), never
+`Observe` (the first policy) reports every finished request here, denials included. Label values come
+from the gateway's own vocabulary (virtual server, method, exposed tool, upstream, outcome), never
 from free client input: an unknown tool name is recorded as `(unknown)` so a client cannot blow up
 the series count. The hot path only bumps plain integers (one event loop, no locks); the Prometheus
 families are built at scrape time. prometheus_client's own Counter/Histogram children cost ~10 µs a
@@ -10,25 +10,22 @@ call here (locks, per-observation bucket scan), this ~1 µs.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from stile.core.context import CallContext, CallNext, Reply
 from stile.observe.audit import AuditLog
-from stile.wire.errors import StileError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from stile.core.gateway import Gateway
 
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+           30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_NAMED = {"tools/call": "name", "prompts/get": "name"}
 
 
 class _UpstreamCollector:
@@ -52,38 +49,66 @@ class _Hist:
         self.count = 0
         self.sum = 0.0
 
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+
+def _histogram(name: str, doc: str, labels: list[str], hists: dict[tuple[str, ...], _Hist]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for key, h in list(hists.items()):
+        cumulative, acc = [], 0
+        for bound, n in zip((*BUCKETS, float("inf")), h.buckets, strict=True):
+            acc += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+        family.add_metric(list(key), cumulative, h.sum)
+    return family
+
+
+def _counter(name: str, doc: str, labels: list[str], counts: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in list(counts.items()):
+        family.add_metric(list(key), n)
+    return family
+
 
 class _RequestCollector:
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
     def collect(self) -> Iterator[Any]:
-        req = CounterMetricFamily("stile_requests", "MCP requests by outcome",
-                                  labels=["virtual_server", "method", "tool", "upstream", "outcome"])
-        for key, n in list(self.m.counts.items()):
-            req.add_metric(list(key), n)
-        yield req
-        hist = HistogramMetricFamily("stile_request_seconds", "time from request to answer, gateway included",
-                                     labels=["virtual_server", "method"])
-        for key, h in list(self.m.hists.items()):
-            cumulative, acc = [], 0
-            for bound, n in zip((*BUCKETS, float("inf")), h.buckets, strict=True):
-                acc += n
-                cumulative.append(('+Inf' if bound == float('inf') else repr(bound), acc))
-            hist.add_metric(list(key), cumulative, h.sum)
-        yield hist
-        denied = CounterMetricFamily("stile_denials", "requests denied by policy", labels=["virtual_server", "reason"])
-        for key, n in list(self.m.denied.items()):
-            denied.add_metric(list(key), n)
-        yield denied
+        m = self.m
+        yield _counter("stile_requests", "MCP requests by outcome (ok, is_error, error, denied)",
+                       ["virtual_server", "method", "tool", "upstream", "outcome"], m.counts)
+        yield _histogram("stile_request_seconds", "time from request to answer, gateway included",
+                         ["virtual_server", "method"], m.total)
+        yield _histogram("stile_upstream_seconds", "time spent waiting on the upstream, per request that reached one",
+                         ["upstream"], m.upstream)
+        yield _histogram("stile_overhead_seconds", "time the gateway itself added (total minus upstream)",
+                         ["virtual_server", "method"], m.overhead)
+        yield _counter("stile_denials", "requests denied by policy", ["virtual_server", "reason"], m.denied)
+        yield _counter("stile_auth_failures", "HTTP requests refused before the pipeline (401, 403 scope)",
+                       ["virtual_server", "reason"], m.auth_failures)
         yield GaugeMetricFamily("stile_listen_streams", "open notification streams (legacy GET, listen)",
-                                value=float(self.m.gw.hub.count()))
-        audit = self.m.audit
+                                value=float(m.gw.hub.count()))
+        yield GaugeMetricFamily("stile_sessions_active", "legacy sessions used in the last 5 minutes (this replica)",
+                                value=float(m.gw.sealer.active_count()))
+        audit = m.audit
         if audit is not None and audit.enabled:
             yield GaugeMetricFamily("stile_audit_queue_depth", "audit events waiting to be written",
                                     value=float(audit.depth))
-            yield CounterMetricFamily("stile_audit_dropped", "audit events not written (queue full or sink error)",
+            yield CounterMetricFamily("stile_audit_dropped", "audit events not queued because the queue was full",
                                       value=float(audit.dropped))
+            errors = CounterMetricFamily("stile_audit_sink_errors", "failed writes to an audit sink (then spooled)",
+                                         labels=["sink"])
+            spooled = GaugeMetricFamily("stile_audit_spooled_events", "audit events spooled, waiting for their sink",
+                                        labels=["sink"])
+            for sink in audit.sinks:
+                errors.add_metric([sink.name], float(getattr(sink, "errors", 0) + audit.sink_errors[sink.name]))
+                spooled.add_metric([sink.name], float(getattr(sink, "pending", 0)))
+            yield errors
+            yield spooled
 
 
 class Metrics:
@@ -92,57 +117,36 @@ class Metrics:
         self.audit = audit
         self.registry = registry or CollectorRegistry()
         self.counts: dict[tuple[str, ...], int] = {}
-        self.hists: dict[tuple[str, str], _Hist] = {}
-        self.denied: dict[tuple[str, str], int] = {}
+        self.total: dict[tuple[str, ...], _Hist] = {}
+        self.overhead: dict[tuple[str, ...], _Hist] = {}
+        self.upstream: dict[tuple[str, ...], _Hist] = {}
+        self.denied: dict[tuple[str, ...], int] = {}
+        self.auth_failures: dict[tuple[str, ...], int] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_UpstreamCollector(gw))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _target(self, ctx: CallContext) -> tuple[str, str]:
-        key = _NAMED.get(ctx.method)
-        if key is None:
-            return "", ""
-        view = ctx.view or self.gw.view(ctx.virtual_server)
-        index = None if view is None else (view.tool_index if ctx.method == "tools/call" else view.prompt_index)
-        target = None if index is None else index.get(ctx.params.get(key, ""))
-        if target is None:
-            return "(unknown)", ""
-        return ctx.params[key], target.upstream
-
-    def _record(self, ctx: CallContext, outcome: str, seconds: float, code: int | None = None) -> None:
-        tool, upstream = self._target(ctx)
-        if self.audit is not None:
-            self.audit.record(ctx, outcome, code, seconds, tool, upstream)
-        key = (ctx.virtual_server, ctx.method, tool, upstream, outcome)
+    def observe(self, vs: str, method: str, tool: str, upstream: str, outcome: str, seconds: float,
+                upstream_seconds: float) -> None:
+        key = (vs, method, tool, upstream, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        hkey = (ctx.virtual_server, ctx.method)
-        hist = self.hists.get(hkey)
-        if hist is None:
-            hist = self.hists[hkey] = _Hist()
-        hist.buckets[bisect_left(BUCKETS, seconds)] += 1
-        hist.count += 1
-        hist.sum += seconds
+        hkey = (vs, method)
+        total = self.total.get(hkey)
+        if total is None:
+            total = self.total[hkey] = _Hist()
+            self.overhead[hkey] = _Hist()
+        total.observe(seconds)
+        self.overhead[hkey].observe(max(seconds - upstream_seconds, 0.0))
+        if upstream and upstream_seconds:
+            up = self.upstream.get((upstream,))
+            if up is None:
+                up = self.upstream[(upstream,)] = _Hist()
+            up.observe(upstream_seconds)
 
-    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
-        start = time.perf_counter()
-        try:
-            reply = await call_next(ctx)
-        except StileError as exc:
-            outcome = type(exc).__name__
-            if outcome in ("PolicyDenied", "Forbidden"):
-                dkey = (ctx.virtual_server, outcome)
-                self.denied[dkey] = self.denied.get(dkey, 0) + 1
-            self._record(ctx, outcome, time.perf_counter() - start, exc.jsonrpc_code)
-            raise
-        code = None
-        if "error" in reply:
-            outcome = "error"
-            err = reply["error"]
-            code = err.get("code") if isinstance(err, dict) else None
-        else:
-            result = reply.get("result")
-            outcome = "is_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
-        self._record(ctx, outcome, time.perf_counter() - start, code)
-        return reply
+    def denial(self, vs: str, reason: str) -> None:
+        self.denied[(vs, reason)] = self.denied.get((vs, reason), 0) + 1
+
+    def auth_failure(self, vs: str, reason: str) -> None:
+        self.auth_failures[(vs, reason)] = self.auth_failures.get((vs, reason), 0) + 1

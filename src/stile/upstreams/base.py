@@ -53,7 +53,8 @@ class CallOptions:
     log_level: str | None = None
     client_era: Era | None = None  # the calling client's era; dual-era upstreams are spoken to in it
     progress_token: Any = None  # the upstream-side token, set by the router when the client asked
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    extra_headers: dict[str, str] = field(default_factory=dict)  # Mcp-Param-* for modern upstreams
+    trace_headers: dict[str, str] = field(default_factory=dict)  # W3C traceparent/tracestate of Stile's hop
 
 
 DEFAULT_OPTIONS = CallOptions()
@@ -149,7 +150,11 @@ def adapt_params(era: Era, params: dict[str, Any], opts: CallOptions) -> dict[st
     if era == "modern":
         new_meta = dict(meta) if isinstance(meta, dict) else {}
         new_meta.update(modern_meta(opts))
+        new_meta.update(opts.trace_headers)
         return {**params, "_meta": new_meta}
+    if opts.trace_headers:  # OpenTelemetry's MCP conventions carry trace context in _meta on every transport
+        meta = {**meta, **opts.trace_headers} if isinstance(meta, dict) else dict(opts.trace_headers)
+        params = {**params, "_meta": meta}
     if isinstance(meta, dict) and any(k.startswith("io.modelcontextprotocol/") for k in meta):
         kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
         out = {k: v for k, v in params.items() if k != "_meta"}

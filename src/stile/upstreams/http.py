@@ -237,6 +237,8 @@ class HttpUpstream(UpstreamBase):
         h = self._headers(method, name if isinstance(name, str) else None, era)
         if era == "modern" and opts.extra_headers:
             h.update(opts.extra_headers)
+        if opts.trace_headers:
+            h.update(opts.trace_headers)
         body = jsonrpc.dumps(jsonrpc.request(rid, method, sent))
         try:
             async with asyncio.timeout(self.cfg.timeout):

@@ -1,0 +1,39 @@
+"""The audit table in the state store (SQLite or Postgres), shared by the store sink and the queries.
+
+One row per sealed event. `event` holds the whole sealed event as JSON (what the hash covers); the
+other columns are copies for indexed search and usage reports, and `stile audit verify` checks that
+they still agree with `event`. Rows are keyed by (chain, seq): replicas may share one chain (the sink
+re-reads the head and re-seals on a conflict) or use one each (`audit.chain`).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+TABLE = "stile_audit_events"
+metadata = sa.MetaData()
+
+audit_events = sa.Table(
+    TABLE,
+    metadata,
+    sa.Column("chain", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),  # event id: replays never insert twice
+    sa.Column("ts", sa.Float, nullable=False),  # event time, seconds since the epoch (UTC)
+    sa.Column("agent", sa.String(256)),
+    sa.Column("principal_user", sa.String(256)),
+    sa.Column("virtual_server", sa.String(128)),
+    sa.Column("method", sa.String(128)),
+    sa.Column("tool", sa.String(256)),
+    sa.Column("upstream", sa.String(128)),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("upstream_ms", sa.Float),
+    sa.Column("cost", sa.Float),
+    sa.Column("event", sa.Text, nullable=False),  # the sealed event, JSON
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_stile_audit_ts", "ts"),
+    sa.Index("ix_stile_audit_agent_ts", "agent", "ts"),
+    sa.Index("ix_stile_audit_user_ts", "principal_user", "ts"),
+    sa.Index("ix_stile_audit_tool_ts", "tool", "ts"),
+)

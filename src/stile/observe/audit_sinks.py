@@ -1,0 +1,119 @@
+"""Audit sinks: where sealed events go. A JSONL file and stdout live here; the store in audit_store.
+
+Contract (every sink): `start()` reads its chain head; `write(events)` seals the (unsealed) events
+onto its own chain and persists all of them, or raises `SinkError` having persisted none and left its
+chain where it was; `aclose()` releases resources. Sinks run on the audit writer task, never on the
+request path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from stile.observe.audit_chain import GENESIS, Chain, verify_events
+
+Event = dict[str, Any]
+
+
+class SinkError(Exception):
+    """A sink could not persist a batch (nothing of the batch was persisted)."""
+
+
+class Sink(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def write(self, events: list[Event]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one sealed JSON line per event; the chain continues from the file's last line."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = f"jsonl:{path}"
+        self.path = path
+        self.chain = Chain()
+
+    async def start(self) -> None:
+        if self.path.exists():
+            self.chain = Chain(*tail_state(self.path))
+
+    async def write(self, events: list[Event]) -> None:
+        mark = self.chain.mark()
+        data = b"".join(orjson.dumps(e) + b"\n" for e in self.chain.seal(events))
+        try:
+            with self.path.open("ab") as f:
+                f.write(data)
+        except OSError as exc:
+            self.chain.rollback(mark)
+            raise SinkError(f"cannot append to {self.path}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+class StdoutSink:
+    """One sealed JSON line per event on standard output (for log shippers)."""
+
+    name = "stdout"
+
+    def __init__(self) -> None:
+        self.chain = Chain()
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, events: list[Event]) -> None:
+        mark = self.chain.mark()
+        data = b"".join(orjson.dumps(e) + b"\n" for e in self.chain.seal(events))
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:
+            self.chain.rollback(mark)
+            raise SinkError(f"cannot write to stdout: {exc}") from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+def tail_state(path: Path) -> tuple[str, int]:
+    """(hash, seq) of a JSONL trail's last event: where its chain continues."""
+    last = b""
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                last = line
+    if not last:
+        return GENESIS, 0
+    try:
+        event = orjson.loads(last)
+    except orjson.JSONDecodeError:
+        return GENESIS, 0
+    return str(event.get("hash", GENESIS)), int(event.get("seq", 0))
+
+
+def read_jsonl(path: Path) -> list[tuple[str, Event | None]]:
+    out: list[tuple[str, Event | None]] = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                event = None
+            out.append((f"line {n}", event if isinstance(event, dict) else None))
+    return out
+
+
+def verify_jsonl(path: Path) -> list[str]:
+    """Problems in a JSONL trail's chain, one line each ("line N: ..."); empty when intact."""
+    return verify_events(read_jsonl(path))

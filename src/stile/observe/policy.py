@@ -1,0 +1,84 @@
+"""The first policy: gives each request its trace context, times it, and reports how it ended.
+
+It sees every outcome (denials included, since it runs before access control) and feeds the three
+observers from one measurement: Prometheus counters, the audit trail and the trace span.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from stile.core.context import CallContext, CallNext, Reply
+from stile.observe.audit import AuditLog, Outcome
+from stile.observe.metrics import Metrics
+from stile.observe.tracing import Tracing
+from stile.wire.errors import StileError
+
+if TYPE_CHECKING:
+    from stile.core.catalog import Target
+    from stile.core.gateway import Gateway
+
+DENIALS = frozenset({"PolicyDenied", "Forbidden"})
+_INDEX = {"tools/call": "tool_index", "prompts/get": "prompt_index"}
+
+
+def outcome_of(exc: StileError) -> tuple[str, str | None]:
+    """(outcome, reason) for a request that ended in a gateway error."""
+    name = type(exc).__name__
+    if name in DENIALS:
+        rule = exc.data.get("rule") if isinstance(exc.data, dict) else None
+        return "denied", f"{rule}: {exc.message}" if rule else exc.message
+    return "error", exc.message
+
+
+class Observe:
+    def __init__(self, gw: Gateway, metrics: Metrics, audit: AuditLog, tracing: Tracing) -> None:
+        self.gw = gw
+        self.metrics = metrics
+        self.audit = audit
+        self.tracing = tracing
+
+    def _target(self, ctx: CallContext) -> tuple[str, Target | None]:
+        """(exposed name for labels, target) of a named request; `(unknown)` for names the view lacks."""
+        index_name = _INDEX.get(ctx.method)
+        if index_name is None:
+            return "", None
+        view = ctx.view or self.gw.view(ctx.virtual_server)
+        name = ctx.params.get("name")
+        target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
+        return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
+
+    async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
+        self.tracing.begin(ctx)
+        start = time.perf_counter()
+        try:
+            reply = await call_next(ctx)
+        except StileError as exc:
+            outcome, reason = outcome_of(exc)
+            self._finish(ctx, time.perf_counter() - start, outcome, exc.jsonrpc_code, type(exc).__name__, reason, None)
+            raise
+        if "error" in reply:
+            err = reply["error"]
+            code = err.get("code") if isinstance(err, dict) else None
+            msg = err.get("message") if isinstance(err, dict) else None
+            self._finish(ctx, time.perf_counter() - start, "error", code, "upstream", msg, reply)
+        else:
+            result = reply.get("result")
+            outcome = "is_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+            self._finish(ctx, time.perf_counter() - start, outcome, None, None, None, reply)
+        return reply
+
+    def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
+                reason: str | None, reply: Reply | None) -> None:
+        tool, target = self._target(ctx)
+        upstream = target.upstream if target is not None else ""
+        self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
+                             ctx.stats.upstream_seconds)
+        if outcome == "denied":
+            self.metrics.denial(ctx.virtual_server, error_type or "denied")
+        self.tracing.end(ctx, outcome, error_type)
+        if self.audit.enabled:
+            self.audit.record(ctx, Outcome(outcome, seconds, tool=tool, upstream=upstream,
+                                           upstream_name=target.original if target is not None else "",
+                                           code=code, error_type=error_type, reason=reason, reply=reply))
