@@ -70,6 +70,10 @@ def check_references(cfg: GatewayConfig, where: str) -> list[str]:
                     problems.append(f"{base}.{section}.{ref}: must be written upstream.name")
                 elif up not in known:
                     problems.append(f"{base}.{section}.{ref}: unknown upstream {up!r}")
+    for ref in cfg.costs:
+        up = _glob_upstream(ref)
+        if not any(ch in up for ch in "*?[") and up not in known:
+            problems.append(f"{where}: costs.{ref}: unknown upstream {up!r}")
     return problems
 
 

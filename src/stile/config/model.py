@@ -113,6 +113,16 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"name {name!r} must match {_NAME.pattern}")
         return value
 
+    @field_validator("costs")
+    @classmethod
+    def _costs(cls, value: dict[str, float]) -> dict[str, float]:
+        for ref, units in value.items():
+            if "." not in ref:
+                raise ValueError(f"costs key {ref!r} must name `upstream.tool` (globs allowed, e.g. `github.*`)")
+            if units < 0:
+                raise ValueError(f"costs[{ref!r}] must be >= 0, got {units}")
+        return value
+
     @field_validator("separator")
     @classmethod
     def _sep(cls, value: str) -> str:

@@ -49,6 +49,7 @@ _SECRET_VALUE = re.compile(
     r"|sk-[A-Za-z0-9_-]{20,})$"  # OpenAI-style key
 )
 _NAME_KEY = {"tools/call": "name", "prompts/get": "name"}
+_EXECUTED = frozenset({"ok", "is_error"})  # outcomes of calls the upstream ran: the ones that cost
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -75,16 +76,19 @@ def arguments_for(mode: ArgumentsMode, args: Any) -> Any:
 
 
 class CostTable:
-    """Cost units per call of `upstream.tool`, from `costs` globs (first match in config order; default 1)."""
+    """Cost units per call of `upstream.tool` from `costs`: an exact name, else the longest matching glob; else 1."""
 
     def __init__(self, costs: Mapping[str, float]) -> None:
-        self.costs = list(costs.items())
+        self.exact = {k: v for k, v in costs.items() if "*" not in k and "?" not in k}
+        self.globs = sorted(((k, v) for k, v in costs.items() if k not in self.exact), key=lambda kv: -len(kv[0]))
         self._cache: dict[str, float] = {}
 
     def __call__(self, ref: str) -> float:
         cost = self._cache.get(ref)
         if cost is None:
-            cost = next((units for pattern, units in self.costs if matches(ref, [pattern])), 1.0)
+            cost = self.exact.get(ref)
+            if cost is None:
+                cost = next((units for pattern, units in self.globs if matches(ref, [pattern])), 1.0)
             if len(self._cache) < 10_000:
                 self._cache[ref] = cost
         return cost
@@ -201,7 +205,8 @@ class AuditLog:
             "latency_ms": round(o.seconds * 1000, 3),
             "bytes_out": len(orjson.dumps(o.reply)) if o.reply is not None else 0,
             "cache_hit": False,  # no response cache yet: recorded so consumers need not change when one lands
-            "cost": self.cost(ref) if ref and ctx is not None and ctx.method == "tools/call" else 0.0,
+            "cost": self.cost(ref) if ref and o.outcome in _EXECUTED and ctx is not None
+            and ctx.method == "tools/call" else 0.0,
         })
         return event
 
