@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--upstream", choices=["fast", "sdk"], default="fast",
                    help="fast = bench/upstream_fast.py (default); sdk = official MCPServer")  # fmt: skip
     r.add_argument("--policies", choices=["off", "on"], default="off",
-                   help="Stile policy stack (on = PENDING placeholder config key)")  # fmt: skip
+                   help="Stile policy stack: on = API key + role + CEL rule")  # fmt: skip
+    r.add_argument("--observe", choices=["default", "off", "trace"], default="default",
+                   help="Stile observability: default = metrics + audit to SQLite; off = no audit; "
+                        "trace = default + OpenTelemetry spans exported to a local collector")  # fmt: skip
     r.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
                    help="load generator HTTP client (default raw: see README for why)")  # fmt: skip
     r.add_argument("--pin", choices=["auto", "off"], default="auto", help="taskset pinning (auto: needs >= 2 cores)")

@@ -121,7 +121,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- command: `{meta['command']}`",
         f"- machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, git {m['git_rev']}",
         f"- pinning: {meta['pinning']}",
-        f"- load client: {meta['client']}; upstream: {meta['upstream']}; policies: {meta['policies']}",
+        f"- load client: {meta['client']}; upstream: {meta['upstream']}; policies: {meta['policies']}; "
+        f"observe: {meta.get('observe', 'n/a')}",
         f"- {cfg['repeats']} repeat(s) x {cfg['duration_s']} s (+{cfg['warmup_s']} s warmup) per point; "
         f"cells are median (min{_DASH}max) over repeats; targets interleaved within each repeat",
         "",

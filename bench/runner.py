@@ -186,6 +186,7 @@ def run(args: Any) -> int:
         workdir=workdir,
         upstream_kind=args.upstream,
         policies=args.policies,
+        observe=args.observe,
         stile_exe=Path(args.stile_exe),
         log=log,
     )
@@ -201,8 +202,8 @@ def run(args: Any) -> int:
             "pinning": pin.describe(),
             "client": args.client,
             "upstream": args.upstream,
-            "policies": args.policies
-            + (" (PENDING: placeholder config key, see bench/targets.py)" if args.policies == "on" else ""),
+            "policies": args.policies,
+            "observe": args.observe,
         },
         "config": {
             "scenarios": args.scenarios,

@@ -30,8 +30,8 @@ from bench.scenarios import Scenario
 def policies_on(upstreams: list[str]) -> tuple[dict[str, Any], str]:
     """`--policies on`: API-key authentication, a role granting every tool, and one CEL rule on arguments.
 
-    Returns the config additions and the key the load generator sends (X-API-Key). Rate limits, audit
-    and metrics join this stack as they land.
+    Returns the config additions and the key the load generator sends (X-API-Key). Metrics and the
+    audit trail are on in every Stile run unless `--observe off`; rate limits join as they land.
     """
     from stile.stores.keys import hash_for_config
 
@@ -56,6 +56,8 @@ class Env:
     workdir: Path
     upstream_kind: str = "fast"  # fast | sdk
     policies: str = "off"
+    observe: str = "default"  # default (metrics + audit to the SQLite state store) | off (no audit) | trace
+    otlp_url: str | None = None  # the do-nothing collector of `--observe trace`, started once
     stile_exe: Path = REPO / ".venv" / "bin" / "stile"
     log: Any = print
 
@@ -160,6 +162,10 @@ class Stile(Target):
             "upstreams": {n: {"url": u.url} for n, u in zip(names, ups, strict=True)},
             "virtual_servers": {"bench": vs},
         }
+        if self.env.observe == "off":
+            cfg["audit"] = {"store": False}
+        elif self.env.observe == "trace":
+            cfg["tracing"] = {"enabled": True, "otlp_endpoint": self.env.otlp_url, "sample_ratio": 1.0}
         if self.env.policies == "on":
             extra, key = policies_on(names)
             del vs["auth"]
@@ -175,6 +181,9 @@ class Stile(Target):
         if not exe.exists():
             raise Unavailable(f"{exe} does not exist (the gateway's `stile` entry point is not installed yet)")
         ups = pool.get(scn.stile_tools, scn.stile_upstreams)
+        if self.env.observe == "trace" and self.env.otlp_url is None:
+            sink = self.env.procs.start("otlp-sink", taskset(self.env.pin.client, [PY, "-m", "bench.otlp_sink"]))
+            self.env.otlp_url = f"http://127.0.0.1:{self.env.procs.wait_ready_line(sink)}/v1/traces"
         cfg_path = self.env.workdir / f"stile-{scn.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(self.config(scn, ups), sort_keys=False), encoding="utf-8")
         port = free_port()
@@ -187,7 +196,8 @@ class Stile(Target):
             self.stop()
             raise Unavailable(f"stile did not become healthy: {exc}") from exc
         self.url = f"http://127.0.0.1:{port}/mcp/bench"
-        self.info = {"config": str(cfg_path), "policies": self.env.policies, "tree": _git_describe()}
+        self.info = {"config": str(cfg_path), "policies": self.env.policies, "observe": self.env.observe,
+                     "tree": _git_describe()}
 
 
 class ReferenceProxy(Target):

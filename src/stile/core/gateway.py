@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +25,10 @@ from stile.core.router import Router
 from stile.core.sessions import SessionSealer, resolve_key
 from stile.observe.audit import AuditLog
 from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
+from stile.observe.audit_store import StoreSink
 from stile.observe.metrics import Metrics
 from stile.observe.policy import Observe
+from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.access import AccessControl
 from stile.policies.rules import Rules
@@ -178,11 +181,22 @@ class Gateway:
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
-    """The configured audit sinks (the state store one only when a state URL is known)."""
+    """The configured audit sinks, each behind its own spool (the store one only when a state URL is known)."""
     audit = cfg.audit
-    sinks: list[Sink] = []
+    inner: list[Sink] = []
+    if audit.store and state_url:
+        inner.append(StoreSink(state_url, audit.chain))
     if audit.jsonl:
-        sinks.append(JsonlSink(Path(audit.jsonl)))
+        inner.append(JsonlSink(Path(audit.jsonl)))
     if audit.stdout:
-        sinks.append(StdoutSink())
-    return sinks
+        inner.append(StdoutSink())
+    spool_dir = Path(audit.spool_dir) if audit.spool_dir else default_spool_dir(state_url)
+    return [SpooledSink(sink, spool_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sink.name)}.spool",
+                        retry_seconds=audit.retry_seconds) for sink in inner]
+
+
+def default_spool_dir(state_url: str | None) -> Path:
+    """`audit-spool` beside a SQLite state database, else in the working directory."""
+    if state_url and state_url.startswith("sqlite:///"):
+        return Path(state_url.removeprefix("sqlite:///")).resolve().parent / "audit-spool"
+    return Path.cwd() / "audit-spool"

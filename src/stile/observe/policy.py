@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DENIALS = frozenset({"PolicyDenied", "Forbidden"})
 _INDEX = {"tools/call": "tool_index", "prompts/get": "prompt_index"}
+_BY_URI = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 
 
 def outcome_of(exc: StileError) -> tuple[str, str | None]:
@@ -49,6 +50,12 @@ class Observe:
         target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
         return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
 
+    def _resource_upstream(self, ctx: CallContext) -> str:
+        uri = ctx.params.get("uri") if ctx.method in _BY_URI else None
+        view = self.gw.view(ctx.virtual_server) if isinstance(uri, str) else None
+        hit = view.resolve_uri(uri) if view is not None and isinstance(uri, str) else None
+        return hit[0] if hit is not None else ""
+
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
         self.tracing.begin(ctx)
         start = time.perf_counter()
@@ -72,12 +79,12 @@ class Observe:
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
                 reason: str | None, reply: Reply | None) -> None:
         tool, target = self._target(ctx)
-        upstream = target.upstream if target is not None else ""
+        upstream = target.upstream if target is not None else self._resource_upstream(ctx)
         self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
                              ctx.stats.upstream_seconds)
         if outcome == "denied":
             self.metrics.denial(ctx.virtual_server, error_type or "denied")
-        self.tracing.end(ctx, outcome, error_type)
+        self.tracing.end(ctx, outcome, error_type, code, reason, upstream)
         if self.audit.enabled:
             self.audit.record(ctx, Outcome(outcome, seconds, tool=tool, upstream=upstream,
                                            upstream_name=target.original if target is not None else "",

@@ -1,0 +1,207 @@
+"""The audit sink for the state store (SQLite or Postgres): one row per sealed event in `stile_audit_events`.
+
+Each write is one transaction: read the chain's head (highest seq), skip events whose id is already
+stored (a spool replay after a crash), seal the rest onto the head and insert them. Replicas may share a
+chain: if another replica inserted the same (chain, seq) first, the insert conflicts, the transaction
+rolls back, and the sink re-reads the head and re-seals (bounded). Any other database error is a
+`SinkError` with nothing persisted. `verify_store` re-checks the chains and the indexed copies.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from stile.observe.audit_chain import GENESIS, Chain, verify_events
+from stile.observe.audit_schema import TABLE, audit_events, metadata
+from stile.observe.audit_sinks import Event, SinkError
+from stile.stores.keys import async_url
+
+log = logging.getLogger("stile.audit")
+ATTEMPTS = 20  # re-seals after a (chain, seq) conflict before giving up
+_IN_CHUNK = 500  # ids per IN (...) query
+DB_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_T = audit_events.c
+# Indexed copies verified against the event JSON (besides chain, which the event does not carry).
+CHECKED = ("id", "seq", "ts", "agent", "principal_user", "virtual_server", "method", "tool", "upstream",
+           "outcome", "latency_ms", "upstream_ms", "cost", "hash")
+
+
+def _text(value: Any, limit: int) -> str | None:
+    """A column copy of a string field: NULs dropped (Postgres refuses them) and cut to the column's length."""
+    return None if value is None else str(value).replace("\x00", "")[:limit]
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _ts(value: Any) -> float:
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def columns(event: Event) -> dict[str, Any]:
+    """The indexed column values of a sealed event (what is inserted, and what verify expects)."""
+    principal = event.get("principal")
+    p = principal if isinstance(principal, dict) else {}
+    return {
+        "id": str(event.get("id")), "seq": event.get("seq"), "ts": _ts(event.get("time")),
+        "agent": _text(p.get("agent"), 256), "principal_user": _text(p.get("user"), 256),
+        "virtual_server": _text(event.get("virtual_server"), 128), "method": _text(event.get("method"), 128),
+        "tool": _text(event.get("tool"), 256), "upstream": _text(event.get("upstream"), 128),
+        "outcome": _text(event.get("outcome"), 32) or "", "latency_ms": _num(event.get("latency_ms")),
+        "upstream_ms": _num(event.get("upstream_ms")), "cost": _num(event.get("cost")), "hash": event.get("hash"),
+    }
+
+
+def _engine(url: str) -> AsyncEngine:
+    if make_url(url).get_backend_name() == "sqlite":
+        return create_async_engine(async_url(url))
+    # Pre-ping so a connection broken by an outage is replaced rather than failing the next batch;
+    # timeouts so an unreachable database fails the write (and the spool takes over) instead of hanging.
+    return create_async_engine(async_url(url), pool_pre_ping=True,
+                               connect_args={"timeout": 10, "command_timeout": 30})
+
+
+class StoreSink:
+    """Writes sealed events to the state store's audit table, on chain `chain`."""
+
+    def __init__(self, url: str, chain: str = "default") -> None:
+        if not 0 < len(chain) <= 64:
+            raise ValueError("an audit chain name has 1 to 64 characters")
+        self.url = url
+        self.chain = chain
+        self.name = f"store:{make_url(url).get_backend_name()}"
+        self._engine: AsyncEngine | None = None
+        self._created = False
+
+    async def start(self) -> None:
+        """Create the engine and the table (if missing); `SinkError` if the database is unreachable."""
+        await self._ensure()
+
+    async def _ensure(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = _engine(self.url)
+        if not self._created:
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all, checkfirst=True)
+            except IntegrityError:
+                pass  # another process created the table (or an index) at the same moment
+            except DB_ERRORS as exc:
+                raise SinkError(f"cannot create {TABLE}: {exc}") from exc
+            self._created = True
+        return self._engine
+
+    async def write(self, events: list[Event]) -> None:
+        if not events:
+            return
+        engine = await self._ensure()
+        try:
+            for _ in range(ATTEMPTS):
+                try:
+                    async with engine.begin() as conn:
+                        await self._insert(conn, events)
+                    return
+                except IntegrityError as exc:  # a replica took these seqs (or ids) first: re-read and re-seal
+                    log.debug("audit store chain %s: conflict, re-sealing: %s", self.chain, exc)
+        except DB_ERRORS as exc:
+            raise SinkError(f"cannot write {len(events)} audit events to the store: {exc}") from exc
+        raise SinkError(f"chain {self.chain}: still conflicting after {ATTEMPTS} attempts")
+
+    async def _insert(self, conn: AsyncConnection, events: list[Event]) -> None:
+        head = (await conn.execute(sa.select(_T.seq, _T.hash).where(_T.chain == self.chain)
+                                   .order_by(_T.seq.desc()).limit(1))).first()
+        seen = await _stored_ids(conn, [str(e.get("id")) for e in events])
+        fresh = []
+        for event in events:
+            if str(event.get("id")) not in seen:
+                seen.add(str(event.get("id")))
+                fresh.append(event)
+        if not fresh:
+            return
+        chain = Chain(head.hash, head.seq) if head is not None else Chain(GENESIS, 0)
+        rows = [{**columns(e), "chain": self.chain, "event": orjson.dumps(e).decode()} for e in chain.seal(fresh)]
+        await conn.execute(audit_events.insert(), rows)
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+            self._created = False
+
+
+async def _stored_ids(conn: AsyncConnection, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), _IN_CHUNK):
+        rows = await conn.execute(sa.select(_T.id).where(_T.id.in_(ids[i:i + _IN_CHUNK])))
+        found.update(r.id for r in rows)
+    return found
+
+
+async def _has_table(conn: AsyncConnection) -> bool:
+    return bool(await conn.run_sync(lambda c: sa.inspect(c).has_table(TABLE)))
+
+
+async def chain_names(url: str) -> list[str]:
+    """The chains in the store's audit table, sorted (empty if there is no table)."""
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            if not await _has_table(conn):
+                return []
+            return list((await conn.execute(sa.select(_T.chain).distinct().order_by(_T.chain))).scalars())
+    finally:
+        await engine.dispose()
+
+
+def _check_row(where: str, row: Any, event: Event | None) -> list[str]:
+    """Problems where a row's indexed columns disagree with its event JSON."""
+    if event is None:
+        return []
+    expected = columns(event)
+    return [f"{where}: column {name} is {getattr(row, name)!r} but the event says {expected[name]!r} (modified)"
+            for name in CHECKED if getattr(row, name) != expected[name]]
+
+
+def _parse(text: str) -> Event | None:
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+async def verify_store(url: str, chain: str | None = None) -> list[str]:
+    """Problems in the store's audit chains (every chain if `chain` is None), one line each; empty when intact.
+
+    Checks each chain's links and hashes in seq order and that the indexed columns agree with the event JSON.
+    Database errors propagate (SQLAlchemyError / OSError).
+    """
+    names = [chain] if chain is not None else await chain_names(url)
+    engine = _engine(url)
+    problems: list[str] = []
+    try:
+        async with engine.connect() as conn:
+            if not await _has_table(conn):
+                return []
+            for name in names:
+                rows = (await conn.execute(sa.select(audit_events).where(_T.chain == name).order_by(_T.seq))).all()
+                pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
+                problems += verify_events(pairs)
+                for r, (where, event) in zip(rows, pairs, strict=True):
+                    problems += _check_row(where, r, event)
+    finally:
+        await engine.dispose()
+    return problems
