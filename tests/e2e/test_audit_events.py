@@ -67,7 +67,8 @@ async def _session(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     assert body["result"]["isError"] is True
     await _call(base, "none", "tools/call", {"name": "notes__list_notes", "arguments": {}}, key=DEV_KEY)
     await _call(base, "redacted", "tools/call",
-                {"name": "notes__add_note", "arguments": {"title": "t", "text": "AKIAIOSFODNN7EXAMPLE", "password": "p"}},
+                {"name": "notes__add_note",
+                 "arguments": {"title": "t", "text": "AKIAIOSFODNN7EXAMPLE", "password": "p"}},
                 key=DEV_KEY)
     return await _metrics(base)
 

@@ -93,6 +93,7 @@ class Gateway:
     async def stop(self) -> None:
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.audit.aclose()
+        await self.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)

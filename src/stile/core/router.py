@@ -235,18 +235,28 @@ class Router:
                 raise MethodNotFound(f"the client does not support {method}")
             return await ctx.channel.request(method, p)
 
+        tracing = self.gw.tracing
+        span = tracing.start_upstream(ctx, upstream, params) if tracing.spans else None  # the upstream's parent
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
-                           extra_headers=headers or {}, trace_headers=Tracing.upstream_headers(ctx))
+                           extra_headers=headers or {}, trace_headers=Tracing.upstream_headers(ctx, span))
         stats = ctx.stats
         started = perf_counter()
         try:
             if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
-                return adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
-            return await self._exchange(ctx, up, params, opts, on_request)
+                reply = adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
+            else:
+                reply = await self._exchange(ctx, up, params, opts, on_request)
+        except BaseException as exc:
+            if span is not None:
+                Tracing.end_upstream(span, None, exc)
+            raise
         finally:
             stats.upstream_seconds += perf_counter() - started
+        if span is not None:
+            Tracing.end_upstream(span, reply)
+        return reply
 
     async def _exchange(self, ctx: CallContext, up: Upstream, params: dict[str, Any], opts: CallOptions,
                         on_request: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
