@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port, stile_server, stop, wait_port
 
@@ -58,6 +59,20 @@ async def _until(http: aiohttp.ClientSession, url: str, key: str, value: int) ->
     assert data["result"]["structuredContent"][key] >= value, data
 
 
+async def _cancelled_calls(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(url.rsplit("/mcp/", 1)[0] + "/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "stile_requests_total" and s.labels.get("outcome") == "cancelled")
+
+
+async def _until_counted(http: aiohttp.ClientSession, url: str, value: float) -> None:
+    """The cancelled call is accounted for (metrics and audit share one report), within a deadline."""
+    async with asyncio.timeout(20):
+        while await _cancelled_calls(http, url) < value:  # each scrape awaits the server: no busy spin
+            pass
+
+
 async def _legacy_session(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
     init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
@@ -71,6 +86,7 @@ async def _legacy_session(http: aiohttp.ClientSession, url: str) -> dict[str, st
 async def test_a_disconnecting_client_cancels_the_upstream_call(endpoint: str, era: str) -> None:
     async with aiohttp.ClientSession() as http:
         before = await _stats(http, endpoint)
+        counted = await _cancelled_calls(http, endpoint)
         if era == "legacy":
             headers = await _legacy_session(http, endpoint)
             body: dict[str, Any] = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -82,11 +98,13 @@ async def test_a_disconnecting_client_cancels_the_upstream_call(endpoint: str, e
             await _until(http, endpoint, "started", before["started"] + 1)
             call.cancel()
         await _until(http, endpoint, "cancelled", before["cancelled"] + 1)
+        await _until_counted(http, endpoint, counted + 1)
 
 
 async def test_notifications_cancelled_from_a_legacy_client_cancels_the_upstream_call(endpoint: str) -> None:
     async with aiohttp.ClientSession() as http:
         before = await _stats(http, endpoint)
+        counted = await _cancelled_calls(http, endpoint)
         headers = await _legacy_session(http, endpoint)
         body = {"jsonrpc": "2.0", "id": "c1", "method": "tools/call", "params": {"name": "block", "arguments": {}}}
         call = asyncio.ensure_future(http.post(endpoint, json=body, headers=headers))
@@ -95,5 +113,6 @@ async def test_notifications_cancelled_from_a_legacy_client_cancels_the_upstream
         async with http.post(endpoint, json=note, headers=headers) as resp:
             assert resp.status == 202
         await _until(http, endpoint, "cancelled", before["cancelled"] + 1)
+        await _until_counted(http, endpoint, counted + 1)
         resp = await asyncio.wait_for(call, 20)
         resp.close()

@@ -6,6 +6,7 @@ observers from one measurement: Prometheus counters, the audit trail and the tra
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,10 @@ class Observe:
         except StileError as exc:
             outcome, reason = outcome_of(exc)
             self._finish(ctx, time.perf_counter() - start, outcome, exc.jsonrpc_code, type(exc).__name__, reason, None)
+            raise
+        except asyncio.CancelledError:  # the client went away or cancelled: still accounted for
+            self._finish(ctx, time.perf_counter() - start, "cancelled", None, "CancelledError",
+                         "cancelled by the client", None)
             raise
         if "error" in reply:
             err = reply["error"]
