@@ -1,37 +1,253 @@
-"""`stile audit verify`: check the audit trail's hash chain."""
+"""`stile audit verify | search | tail`: check and read the audit trail (state store or JSONL file).
+
+Every command reads one source: `--file PATH` (a JSONL trail), `--state URL` (the state store), or
+`--config FILE` (its state store when `audit.store` is on, else its `audit.jsonl`). Bad input (unknown
+source, unreadable time, unreachable database) exits 2 with one `error:` line.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
-from stile.config.load import ConfigError, load_config
+from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
+from stile.observe.audit_query import (
+    Event,
+    Filter,
+    QueryError,
+    Source,
+    check_store,
+    describe_error,
+    display_url,
+    parse_since,
+    search,
+    tail,
+)
 from stile.observe.audit_sinks import verify_jsonl as verify
 
+T = TypeVar("T")
 audit_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True, add_completion=False)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="gateway config: its state store if audit.store, else its audit.jsonl")]
+StateOpt = Annotated[str | None, typer.Option("--state", help="state store URL (sqlite:///path.db or postgresql://...)")]
+FileOpt = Annotated[Path | None, typer.Option("--file", help="audit JSONL file")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object per line")]
+AgentOpt = Annotated[str | None, typer.Option("--agent", help="agent (API key name, token client id)")]
+UserOpt = Annotated[str | None, typer.Option("--user", help="user (token subject)")]
+ToolOpt = Annotated[str | None, typer.Option("--tool", help="exposed tool name; * and ? match any characters")]
+UpstreamOpt = Annotated[str | None, typer.Option("--upstream", help="upstream name")]
+OutcomeOpt = Annotated[str | None, typer.Option(
+    "--outcome", help="ok, is_error, error, denied, unauthenticated (several: comma-separated)")]
+ServerOpt = Annotated[str | None, typer.Option("--server", help="virtual server")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="from: 24h, 90m, 7d ago, ISO 8601 or epoch seconds")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="before: same forms as --since")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def load(config: Path) -> LoadedConfig:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        raise fail("; ".join(exc.problems)) from exc
+
+
+def resolve_source(config: Path | None, state: str | None, file: Path | None) -> Source:
+    """The one source named by --config, --state or --file (exit 2 unless exactly one usable is given)."""
+    given = [name for name, value in (("--config", config), ("--state", state), ("--file", file)) if value]
+    if len(given) != 1:
+        raise fail("pass exactly one of --config, --state or --file" + (f" (got {', '.join(given)})" if given else ""))
+    if file is not None:
+        return file
+    if state is not None:
+        return state
+    assert config is not None
+    loaded = load(config)
+    if loaded.config.audit.store:
+        return state_url_for(loaded)
+    if loaded.config.audit.jsonl:
+        return Path(loaded.config.audit.jsonl)
+    raise fail(f"{config}: no audit source (audit.store is off and audit.jsonl is not set)")
+
+
+def parse_time(option: str, value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_since(value)
+    except ValueError as exc:
+        raise fail(f"{option}: {exc}") from exc
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a query; QueryError and bad values become exit 2 with their message."""
+    try:
+        return asyncio.run(coro)
+    except (QueryError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def _filter(agent: str | None, user: str | None, tool: str | None, upstream: str | None, outcome: str | None,
+            server: str | None, since: str | None, until: str | None, limit: int | None) -> Filter:
+    if limit is not None and limit < 1:
+        raise fail("--limit/-n must be at least 1")
+    return Filter(agent=agent, user=user, tool=tool, upstream=upstream, outcome=outcome, virtual_server=server,
+                  since=parse_time("--since", since), until=parse_time("--until", until), limit=limit)
+
+
+def when(event: Event) -> str:
+    raw = event.get("time")
+    try:
+        return datetime.fromisoformat(str(raw)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(raw)
+
+
+def _cell(value: Any) -> Text:
+    return Text("-" if value is None else f"{value:g}" if isinstance(value, float) else str(value))
+
+
+def _principal(event: Event, key: str) -> Any:
+    principal = event.get("principal")
+    return principal.get(key) if isinstance(principal, dict) else None
+
+
+def print_events(events: list[Event]) -> None:
+    if not events:
+        typer.echo("no matching events")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for title in ("TIME", "AGENT", "USER", "SERVER", "METHOD", "TOOL", "OUTCOME", "MS", "COST"):
+        table.add_column(title, overflow="fold", no_wrap=title == "TIME",
+                         justify="right" if title in ("MS", "COST") else "left")
+    for e in events:
+        table.add_row(Text(when(e)), *(_cell(v) for v in (
+            _principal(e, "agent"), _principal(e, "user"), e.get("virtual_server"), e.get("method"), e.get("tool"),
+            e.get("outcome"), e.get("latency_ms"), e.get("cost"))))
+    console().print(table)
+
+
+def console() -> Console:
+    """Rich output on stdout; not to a terminal, wide enough that rows do not wrap (use --json to parse)."""
+    out = Console(soft_wrap=False)
+    if not out.is_terminal:
+        out.width = 200
+    return out
+
+
+def event_line(event: Event) -> str:
+    who = f"{_principal(event, 'agent') or '-'}/{_principal(event, 'user') or '-'}"
+    tool = f" {event['tool']}" if event.get("tool") else ""
+    return (f"{when(event)} {event.get('outcome', '-'):<15} {who} {event.get('virtual_server') or '-'} "
+            f"{event.get('method') or '-'}{tool} {_cell(event.get('latency_ms'))}ms")
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@audit_app.command("search")
+def search_cmd(agent: AgentOpt = None, user: UserOpt = None, tool: ToolOpt = None, upstream: UpstreamOpt = None,
+               outcome: OutcomeOpt = None, server: ServerOpt = None, since: SinceOpt = None, until: UntilOpt = None,
+               limit: Annotated[int, typer.Option("--limit", "-n", help="the newest N matching events")] = 100,
+               as_json: JsonOpt = False, config: ConfigOpt = None, state: StateOpt = None, file: FileOpt = None,
+               ) -> None:
+    """Events matching every filter given, oldest first (the newest --limit of them)."""
+    source = resolve_source(config, state, file)
+    events = run(search(source, _filter(agent, user, tool, upstream, outcome, server, since, until, limit)))
+    if as_json:
+        for event in events:
+            typer.echo(dumps(event))
+    else:
+        print_events(events)
+
+
+@audit_app.command("tail")
+def tail_cmd(follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+             lines: Annotated[int, typer.Option("-n", "--lines", help="how many recent events first")] = 10,
+             agent: AgentOpt = None, user: UserOpt = None, tool: ToolOpt = None, upstream: UpstreamOpt = None,
+             outcome: OutcomeOpt = None, server: ServerOpt = None, since: SinceOpt = None,
+             as_json: JsonOpt = False, config: ConfigOpt = None, state: StateOpt = None, file: FileOpt = None,
+             ) -> None:
+    """The last -n events (one line each), then with --follow new ones as they are written (Ctrl-C stops)."""
+    source = resolve_source(config, state, file)
+    flt = _filter(agent, user, tool, upstream, outcome, server, since, None, lines)
+
+    async def go() -> None:
+        async for event in tail(source, flt, follow=follow):
+            typer.echo(dumps(event) if as_json else event_line(event))
+
+    try:
+        run(go())
+    except KeyboardInterrupt:
+        return
 
 
 @audit_app.command("verify")
 def verify_cmd(
-    file: Annotated[Path | None, typer.Option("--file", help="audit JSONL file")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="use the config's audit.jsonl")] = None,
+    file: FileOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="verify the config's audit.jsonl and its state store (audit.store)")] = None,
+    state: StateOpt = None,
+    chain: Annotated[str | None, typer.Option("--chain", help="only this store chain (default: every chain)")] = None,
 ) -> None:
-    """Check every line's hash and chain; exit 0 when intact, 1 with the lines that are not, 2 on bad input."""
-    if file is None and config is not None:
-        try:
-            jsonl = load_config(config).config.audit.jsonl
-        except ConfigError as exc:
-            typer.echo("\n".join(f"error: {p}" for p in exc.problems), err=True)
-            raise typer.Exit(2) from exc
-        file = Path(jsonl) if jsonl else None
-    if file is None or not file.is_file():
-        typer.echo(f"error: no audit file to verify ({file or 'pass --file or a config with audit.jsonl'})", err=True)
-        raise typer.Exit(2)
-    problems = verify(file)
-    for problem in problems:
-        typer.echo(problem)
-    if problems:
+    """Check every event's hash and chain; exit 0 when intact, 1 with the events that are not, 2 on bad input."""
+    files, stores = [file] if file else [], [state] if state else []
+    if not files and not stores and config is not None:
+        loaded = load(config)
+        jsonl = Path(loaded.config.audit.jsonl) if loaded.config.audit.jsonl else None
+        if loaded.config.audit.store and _store_exists(url := state_url_for(loaded)):
+            stores.append(url)
+            files = [jsonl] if jsonl is not None and jsonl.is_file() else []
+        elif jsonl is not None:
+            files.append(jsonl)
+    if not files and not stores:
+        raise fail(f"no audit trail to verify ({file or 'pass --file, --state or a config with audit.jsonl'})")
+    for path in files:
+        if not path.is_file():
+            raise fail(f"no audit trail to verify ({path})")
+    results = [(str(path), verify(path)) for path in files]
+    results += [(display_url(url), _verify_store(url, chain)) for url in stores]
+    for where, problems in results:
+        typer.echo("\n".join(problems) if problems else f"{where}: chain intact")
+    if any(problems for _, problems in results):
         raise typer.Exit(1)
-    typer.echo(f"{file}: chain intact")
+
+
+def _store_exists(url: str) -> bool:
+    """False for a SQLite state file that does not exist (nothing to verify); True otherwise."""
+    try:
+        check_store(url)
+    except QueryError:
+        return False
+    return True
+
+
+def _verify_store(url: str, chain: str | None) -> list[str]:
+    try:
+        check_store(url)
+    except QueryError as exc:
+        raise fail(str(exc)) from exc
+    try:
+        from stile.observe.audit_store import verify_store
+    except ImportError as exc:
+        raise fail(f"verifying a state store is not available in this build ({exc})") from exc
+    import asyncpg  # type: ignore[import-untyped]
+
+    try:
+        return asyncio.run(verify_store(url, chain))
+    except (SQLAlchemyError, OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise fail(describe_error(url, exc, "verify")) from exc

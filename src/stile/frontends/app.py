@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from stile.core.context import ANONYMOUS, Principal
 from stile.core.gateway import Gateway
+from stile.frontends.admin import AdminApi
 from stile.frontends.asgi import (
     BodyTooLarge,
     Receive,
@@ -44,6 +45,7 @@ class StileApp:
         self.mcp = StreamableEndpoint(gw)
         self.sse = LegacySseEndpoint(gw, self.mcp)
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
+        self.admin = AdminApi(gw, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
@@ -128,6 +130,9 @@ class StileApp:
             return
         if not self._origin_ok(headers):
             await send_text(send, 403, "Invalid Origin header")
+            return
+        if path.startswith("/admin/"):
+            await self.admin.handle(scope, headers, send)
             return
         kind, _, rest = path.lstrip("/").partition("/")
         vs, _, tail = rest.partition("/")

@@ -1,0 +1,132 @@
+"""The JSON admin API under /admin: audit search and usage reports.
+
+- ``GET /admin/audit?agent=&user=&tool=&upstream=&outcome=&server=&since=&until=&limit=`` ->
+  ``{"events": [...]}``: the newest `limit` (default 100, at most 10000) matching events, oldest first.
+- ``GET /admin/usage?by=agent|user|tool|upstream&since=24h&until=`` -> ``{"rows": [...]}``.
+
+Access: 404 unless `admin.enabled`; the caller authenticates like an MCP client (API key or bearer
+token; a token's audience is the base URL + "/admin") and must hold one of `admin.roles`: 401 with a
+Bearer challenge otherwise, 403 without the role. Bad parameters answer 400 naming the parameter. The
+source is the gateway's state store when `audit.store` is on, else its `audit.jsonl` file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from stile.core.gateway import Gateway
+from stile.frontends.asgi import Scope, Send, send_json
+from stile.identity.authn import Authenticator, AuthRequired
+from stile.observe.audit_query import GROUP_BY, Filter, NoDatabase, QueryError, Source, parse_since, search, usage
+
+log = logging.getLogger("stile.admin")
+MAX_LIMIT = 10_000
+_AUDIT_PARAMS = {"agent", "user", "tool", "upstream", "outcome", "server", "since", "until", "limit"}
+_USAGE_PARAMS = {"by", "since", "until"}
+
+
+class BadParam(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+class AdminApi:
+    def __init__(self, gw: Gateway, authn: Authenticator, base_url: Callable[[dict[str, str]], str]) -> None:
+        self.gw = gw
+        self.authn = authn
+        self.base_url = base_url
+
+    def source(self) -> Source | None:
+        audit = self.gw.cfg.audit
+        if audit.store and self.gw.state_url:
+            return self.gw.state_url
+        return Path(audit.jsonl) if audit.jsonl else None
+
+    async def handle(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
+        admin = self.gw.cfg.admin
+        if not admin.enabled:
+            await send_json(send, 404, {"error": "not_found"})
+            return
+        try:
+            principal = await self.authn.authenticate(headers, f"{self.base_url(headers)}/admin")
+        except AuthRequired as exc:
+            challenge = 'Bearer realm="stile-admin"' + (', error="invalid_token"' if headers.get("authorization")
+                                                        else "")
+            await send_json(send, 401, {"error": "unauthorized", "message": exc.message},
+                            [(b"www-authenticate", challenge.encode())])
+            return
+        if not set(principal.roles) & set(admin.roles):
+            await send_json(send, 403, {"error": "forbidden", "message": f"needs one of the roles {admin.roles}"})
+            return
+        path: str = scope["path"]
+        if path not in ("/admin/audit", "/admin/usage"):
+            await send_json(send, 404, {"error": "not_found", "message": f"no admin endpoint at {path}"})
+            return
+        if scope["method"] != "GET":
+            await send_json(send, 405, {"error": "method_not_allowed"}, [(b"allow", b"GET")])
+            return
+        source = self.source()
+        if source is None:
+            await send_json(send, 404, {"error": "not_found", "message": "no audit store configured"})
+            return
+        params: dict[str, str] = {}
+        try:
+            params = _params(scope, _AUDIT_PARAMS if path == "/admin/audit" else _USAGE_PARAMS)
+            body = await (self._audit(source, params) if path == "/admin/audit" else self._usage(source, params))
+        except NoDatabase:  # the gateway's SQLite state file is created on first write: nothing yet
+            body = {"events": []} if path == "/admin/audit" else {"by": params.get("by", "tool"), "rows": []}
+        except BadParam as exc:
+            await send_json(send, 400, {"error": "bad_request", "parameter": exc.name, "message": exc.message})
+            return
+        except QueryError as exc:
+            log.warning("admin %s: %s", path, exc)
+            await send_json(send, 503, {"error": "unavailable", "message": "the audit store cannot be read"})
+            return
+        await send_json(send, 200, body)
+
+    async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
+        raw_limit = params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            raise BadParam("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        flt = Filter(agent=params.get("agent"), user=params.get("user"), tool=params.get("tool"),
+                     upstream=params.get("upstream"), outcome=params.get("outcome"),
+                     virtual_server=params.get("server"), since=_time(params, "since"), until=_time(params, "until"),
+                     limit=int(raw_limit))
+        return {"events": await search(source, flt)}
+
+    async def _usage(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
+        by = next((g for g in GROUP_BY if g == params.get("by", "tool")), None)
+        if by is None:
+            raise BadParam("by", f"by must be one of {', '.join(GROUP_BY)}")
+        since = _time(params, "since") if "since" in params else parse_since("24h")
+        rows = await usage(source, by, since, _time(params, "until"))
+        return {"by": by, "since": since, "rows": [row.as_dict() for row in rows]}
+
+
+def _params(scope: Scope, allowed: set[str]) -> dict[str, str]:
+    query = scope.get("query_string", b"").decode("latin-1")
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in allowed:
+            raise BadParam(name, f"unknown parameter {name!r} (known: {', '.join(sorted(allowed))})")
+        if name in params:
+            raise BadParam(name, f"parameter {name!r} given more than once")
+        if not value:
+            raise BadParam(name, f"parameter {name!r} is empty")
+        params[name] = value
+    return params
+
+
+def _time(params: dict[str, str], name: str) -> float | None:
+    if name not in params:
+        return None
+    try:
+        return parse_since(params[name])
+    except ValueError as exc:
+        raise BadParam(name, str(exc)) from exc

@@ -1,0 +1,370 @@
+"""Query the audit trail wherever it is kept: the state store table or a JSONL file.
+
+A *source* is a state-store URL (``sqlite:///path.db``, ``postgresql://...``: the `stile_audit_events`
+table, searched through its indexed columns) or a `Path` to a JSONL trail (scanned line by line).
+
+- `search(source, flt)`: the newest `flt.limit` matching events, returned oldest first (time order).
+- `tail(source, flt, follow)`: the same, then (with `follow`) every new matching event as it lands.
+- `usage(source, by, since, until)`: per agent/user/tool/upstream: calls (events), errors (every outcome
+  other than "ok": is_error, error, denied, unauthenticated), p50/p95 latency_ms (nearest rank) and the
+  sum of cost units.
+
+Time bounds are inclusive below (`ts >= since`) and exclusive above (`ts < until`). `tool` may be a glob
+using `*` and `?` (any other character is literal); every other filter matches exactly. `outcome` may list
+several outcomes separated by commas. Failures the caller should show (unknown source, unreachable
+database, unreadable file) raise `QueryError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from stile.observe.audit_schema import TABLE, audit_events
+from stile.stores.keys import async_url
+
+Event = dict[str, Any]
+T = TypeVar("T")
+Matcher = Callable[[Event, float], bool]
+UsageItem = tuple[str | None, str, float | None, float | None]
+Source = str | Path
+GroupBy = Literal["agent", "user", "tool", "upstream"]
+GROUP_BY: tuple[GroupBy, ...] = ("agent", "user", "tool", "upstream")
+FOLLOW_LOOKBACK = 10.0  # seconds: events stamped up to this long before the newest seen are still picked up
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_COLUMNS = {"agent": audit_events.c.agent, "user": audit_events.c.principal_user, "tool": audit_events.c.tool,
+            "upstream": audit_events.c.upstream}
+
+
+class QueryError(Exception):
+    """The audit source cannot be queried (message fit to show a user)."""
+
+
+class NoDatabase(QueryError):
+    """The SQLite state file does not exist (nothing was ever written; or a wrong path)."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    agent: str | None = None
+    user: str | None = None
+    tool: str | None = None  # exact, or a glob with * and ?
+    upstream: str | None = None
+    outcome: str | None = None  # one outcome, or several separated by commas
+    virtual_server: str | None = None
+    since: datetime | float | None = None  # inclusive
+    until: datetime | float | None = None  # exclusive
+    limit: int | None = 100  # the newest N matching events; None: all
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str | None  # the agent/user/tool/upstream (None: events without one)
+    calls: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    cost: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``24h`` / ``90m`` / ``7d`` / ``30s`` / ``2w`` ago, an ISO 8601 time (UTC if no zone) or epoch seconds."""
+    value = text.strip()
+    match = _RELATIVE.fullmatch(value)
+    if match is not None:
+        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return (time.time() if now is None else now) - delta.total_seconds()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: use 24h, 90m, 7d, an ISO 8601 time or epoch seconds") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def epoch(value: datetime | float | None) -> float | None:
+    if isinstance(value, datetime):  # naive: UTC
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return None if value is None else float(value)
+
+
+def event_ts(event: Event) -> float:
+    """An event's time in epoch seconds (0.0 when it has none)."""
+    try:
+        return datetime.fromisoformat(event["time"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def event_field(event: Event, name: str) -> Any:
+    if name in ("agent", "user"):
+        principal = event.get("principal")
+        return principal.get(name) if isinstance(principal, dict) else None
+    return event.get(name)
+
+
+def _outcomes(flt: Filter) -> list[str]:
+    return [o.strip() for o in (flt.outcome or "").split(",") if o.strip()]
+
+
+def _is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+def _matcher(flt: Filter) -> Matcher:
+    since, until, outcomes = epoch(flt.since), epoch(flt.until), set(_outcomes(flt))
+    exact = {k: v for k, v in (("agent", flt.agent), ("user", flt.user), ("upstream", flt.upstream),
+                               ("virtual_server", flt.virtual_server)) if v is not None}
+    tool: str | re.Pattern[str] | None = flt.tool
+    if flt.tool is not None and _is_glob(flt.tool):
+        tool = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in flt.tool), re.S)
+
+    def match(event: Event, ts: float) -> bool:
+        if (since is not None and ts < since) or (until is not None and ts >= until):
+            return False
+        if outcomes and event.get("outcome") not in outcomes:
+            return False
+        if any(event_field(event, k) != v for k, v in exact.items()):
+            return False
+        if isinstance(tool, re.Pattern):
+            return isinstance(event.get("tool"), str) and tool.fullmatch(event["tool"]) is not None
+        return tool is None or event.get("tool") == tool
+
+    return match
+
+
+# --------------------------------------------------------------------------------------------- JSONL
+
+
+def _lines(path: Path, offset: int = 0) -> Iterator[tuple[int, Event | None]]:
+    """(end offset, event) for each complete line from `offset` (None: not a JSON event); a partial last
+    line is left for later."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return
+            offset += len(raw)
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                event = None
+            yield offset, event if isinstance(event, dict) else None
+
+
+def _scan(path: Path, flt: Filter, offset: int = 0) -> tuple[list[Event], int]:
+    """The last `flt.limit` matching events from `offset` on, and where the last complete line ended."""
+    if not path.is_file():
+        raise QueryError(f"no audit file at {path}")
+    match, kept = _matcher(flt), deque[Event](maxlen=flt.limit)
+    try:
+        for end, event in _lines(path, offset):
+            offset = end
+            if event is not None and match(event, event_ts(event)):
+                kept.append(event)
+    except OSError as exc:
+        raise QueryError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return list(kept), offset
+
+
+# --------------------------------------------------------------------------------------------- store
+
+
+def display_url(url: str) -> str:
+    """`url` with its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ValueError, ArgumentError):
+        return "(unparseable URL)"
+
+
+def describe_error(url: str, exc: BaseException, doing: str = "query") -> str:
+    """One line naming the store (password hidden) and the driver's own message."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"cannot {doing} audit store {display_url(url)}: {detail}"
+
+
+def check_store(url: str) -> str:
+    """The async URL; a SQLite file must exist (querying must not create an empty database)."""
+    try:
+        target = async_url(url)
+        parsed = make_url(target)
+    except (ValueError, ArgumentError) as exc:
+        raise QueryError(f"bad audit source {url!r}: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise NoDatabase(f"no state database at {parsed.database}")
+    return target
+
+
+async def _with_store(url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T | None:
+    """Run `work(conn)` on a fresh connection (None when the audit table does not exist yet)."""
+    engine = create_async_engine(check_store(url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table(TABLE)):
+                return None
+            return await work(conn)
+    except (SQLAlchemyError, OSError) as exc:
+        raise QueryError(describe_error(url, exc)) from exc
+    finally:
+        await engine.dispose()
+
+
+def _where(flt: Filter, dialect: str) -> list[sa.ColumnElement[bool]]:
+    t = audit_events.c
+    clauses: list[sa.ColumnElement[bool]] = []
+    since, until, outcomes = epoch(flt.since), epoch(flt.until), _outcomes(flt)
+    if since is not None:
+        clauses.append(t.ts >= since)
+    if until is not None:
+        clauses.append(t.ts < until)
+    for column, value in ((t.agent, flt.agent), (t.principal_user, flt.user), (t.upstream, flt.upstream),
+                          (t.virtual_server, flt.virtual_server)):
+        if value is not None:
+            clauses.append(column == value)
+    if outcomes:
+        clauses.append(t.outcome.in_(outcomes))
+    if flt.tool is not None and not _is_glob(flt.tool):
+        clauses.append(t.tool == flt.tool)
+    elif flt.tool is not None and dialect == "sqlite":  # GLOB is case-sensitive, like the other sources
+        clauses.append(t.tool.op("GLOB")(flt.tool.replace("[", "[[]")))
+    elif flt.tool is not None:
+        like = "".join("%" if c == "*" else "_" if c == "?" else "\\" + c if c in "%_\\" else c for c in flt.tool)
+        clauses.append(t.tool.like(like, escape="\\"))
+    return clauses
+
+
+async def _store_search(url: str, flt: Filter) -> list[tuple[float, str, Event]]:
+    async def work(conn: AsyncConnection) -> list[tuple[float, str, Event]]:
+        t = audit_events.c
+        query = (sa.select(t.ts, t.id, t.event).where(*_where(flt, conn.dialect.name))
+                 .order_by(t.ts.desc(), t.chain.desc(), t.seq.desc()))
+        if flt.limit is not None:
+            query = query.limit(flt.limit)
+        rows = (await conn.execute(query)).all()
+        return [(float(r.ts), str(r.id), orjson.loads(r.event)) for r in reversed(rows)]
+
+    return await _with_store(url, work) or []
+
+
+# --------------------------------------------------------------------------------------------- API
+
+
+def _check_limit(flt: Filter) -> None:
+    if flt.limit is not None and flt.limit < 1:
+        raise ValueError("limit must be at least 1")
+
+
+async def search(source: Source, flt: Filter) -> list[Event]:
+    """The newest `flt.limit` events matching `flt`, oldest first."""
+    _check_limit(flt)
+    if isinstance(source, Path):
+        events, _ = await asyncio.to_thread(_scan, source, flt)
+        return events
+    return [event for _, _, event in await _store_search(source, flt)]
+
+
+async def tail(source: Source, flt: Filter, follow: bool = False, interval: float = 0.5) -> AsyncIterator[Event]:
+    """The last `flt.limit` matching events; then, with `follow`, new ones as they are written (until cancelled).
+
+    A file is re-read from where its last complete line ended (from the start if it shrank). The store
+    is polled every `interval` seconds for events stamped from `FOLLOW_LOOKBACK` seconds before the newest
+    one seen (the writer flushes in the background; replicas' clocks differ), skipping ids already seen.
+    """
+    _check_limit(flt)
+    if isinstance(source, Path):
+        events, offset = await asyncio.to_thread(_scan, source, flt)
+        while True:
+            for event in events:
+                yield event
+            if not follow:
+                return
+            await asyncio.sleep(interval)
+            events = []
+            with contextlib.suppress(OSError, QueryError):  # rotated away: wait for the file to come back
+                offset = 0 if source.stat().st_size < offset else offset  # truncated or replaced
+                events, offset = await asyncio.to_thread(_scan, source, replace(flt, limit=None), offset)
+    rows = await _store_search(source, flt)
+    for _, _, event in rows:
+        yield event
+    floor = epoch(flt.since) or 0.0
+    high = rows[-1][0] if rows else max(time.time(), floor)
+    seen = {rid: ts for ts, rid, _ in rows}
+    if rows and follow:  # matching events just older than the newest shown but beyond the limit: not new
+        window = replace(flt, since=max(high - FOLLOW_LOOKBACK, floor), until=high, limit=None)
+        seen.update((rid, ts) for ts, rid, _ in await _store_search(source, window))
+    while follow:
+        await asyncio.sleep(interval)
+        since = max(high - FOLLOW_LOOKBACK, floor)
+        for ts, rid, event in await _store_search(source, replace(flt, since=since, limit=None)):
+            if rid not in seen:
+                seen[rid] = ts
+                high = max(high, ts)
+                yield event
+        seen = {rid: ts for rid, ts in seen.items() if ts >= high - FOLLOW_LOOKBACK}
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest rank: the smallest value with at least `pct`% of the values at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _summarise(rows: list[UsageItem]) -> list[UsageRow]:
+    groups: dict[str | None, list[tuple[str, float | None, float | None]]] = {}
+    for key, outcome, latency, cost in rows:
+        groups.setdefault(key, []).append((outcome, latency, cost))
+    out = []
+    for key, items in groups.items():
+        latencies = [lat for _, lat, _ in items if lat is not None]
+        out.append(UsageRow(key=key, calls=len(items), errors=sum(o != "ok" for o, _, _ in items),
+                            p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
+                            cost=round(sum(c or 0.0 for _, _, c in items), 6)))
+    return sorted(out, key=lambda r: (-r.calls, r.key is None, r.key or ""))
+
+
+async def usage(source: Source, by: GroupBy, since: datetime | float | None = None,
+                until: datetime | float | None = None) -> list[UsageRow]:
+    """Per `by` value: calls, errors (outcome != "ok"), p50/p95 latency_ms and cost; most calls first."""
+    if by not in GROUP_BY:
+        raise ValueError(f"cannot group by {by!r} (use one of {', '.join(GROUP_BY)})")
+    flt = Filter(since=since, until=until, limit=None)
+    if isinstance(source, Path):
+        def rows_from_file() -> list[UsageItem]:
+            events, _ = _scan(source, flt)
+            return [(event_field(e, by), str(e.get("outcome")), e.get("latency_ms"), e.get("cost")) for e in events]
+
+        return _summarise(await asyncio.to_thread(rows_from_file))
+
+    async def work(conn: AsyncConnection) -> list[UsageItem]:
+        t = audit_events.c
+        query = sa.select(_COLUMNS[by], t.outcome, t.latency_ms, t.cost).where(*_where(flt, conn.dialect.name))
+        return [(r[0], r[1], r[2], r[3]) for r in (await conn.execute(query)).all()]
+
+    return _summarise(await _with_store(source, work) or [])
