@@ -78,6 +78,8 @@ class AdminApi:
         params: dict[str, str] = {}
         try:
             params = _params(scope, _AUDIT_PARAMS if path == "/admin/audit" else _USAGE_PARAMS)
+            if isinstance(source, Path) and not source.exists():
+                raise NoDatabase(str(source))  # the JSONL file is created by the first write: nothing yet
             body = await (self._audit(source, params) if path == "/admin/audit" else self._usage(source, params))
         except NoDatabase:  # the gateway's SQLite state file is created on first write: nothing yet
             body = {"events": []} if path == "/admin/audit" else {"by": params.get("by", "tool"), "rows": []}

@@ -18,7 +18,8 @@ GENESIS = "0" * 64
 
 
 def chain_hash(prev: str, event: dict[str, Any]) -> str:
-    body = orjson.dumps({k: v for k, v in event.items() if k != "hash"}, option=orjson.OPT_SORT_KEYS)
+    unhashed = {k: v for k, v in event.items() if k != "hash"} if "hash" in event else event
+    body = orjson.dumps(unhashed, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(prev.encode() + body).hexdigest()
 
 

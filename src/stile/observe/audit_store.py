@@ -1,7 +1,9 @@
 """The audit sink for the state store (SQLite or Postgres): one row per sealed event in `stile_audit_events`.
 
 Each write is one transaction: read the chain's head (highest seq), skip events whose id is already
-stored (a spool replay after a crash), seal the rest onto the head and insert them. Replicas may share a
+stored (a spool replay after a crash), seal the rest onto the head and insert them. After a write
+the sink remembers the head, so the next batch is a single INSERT; a conflict (another replica, a
+replayed id) falls back to reading the head and deduplicating. Replicas may share a
 chain: if another replica inserted the same (chain, seq) first, the insert conflicts, the transaction
 rolls back, and the sink re-reads the head and re-seals (bounded). Any other database error is a
 `SinkError` with nothing persisted. `verify_store` re-checks the chains and the indexed copies.
@@ -85,6 +87,7 @@ class StoreSink:
         self.name = f"store:{make_url(url).get_backend_name()}"
         self._engine: AsyncEngine | None = None
         self._created = False
+        self._head: tuple[str, int] | None = None  # (hash, seq) after this sink's last insert
 
     async def start(self) -> None:
         """Create the engine and the table (if missing); `SinkError` if the database is unreachable."""
@@ -112,28 +115,36 @@ class StoreSink:
             for _ in range(ATTEMPTS):
                 try:
                     async with engine.begin() as conn:
-                        await self._insert(conn, events)
+                        head = await self._insert(conn, events, self._head)
+                    self._head = head
                     return
                 except IntegrityError as exc:  # a replica took these seqs (or ids) first: re-read and re-seal
                     log.debug("audit store chain %s: conflict, re-sealing: %s", self.chain, exc)
+                    self._head = None
         except DB_ERRORS as exc:
             raise SinkError(f"cannot write {len(events)} audit events to the store: {exc}") from exc
         raise SinkError(f"chain {self.chain}: still conflicting after {ATTEMPTS} attempts")
 
-    async def _insert(self, conn: AsyncConnection, events: list[Event]) -> None:
-        head = (await conn.execute(sa.select(_T.seq, _T.hash).where(_T.chain == self.chain)
-                                   .order_by(_T.seq.desc()).limit(1))).first()
-        seen = await _stored_ids(conn, [str(e.get("id")) for e in events])
-        fresh = []
-        for event in events:
-            if str(event.get("id")) not in seen:
-                seen.add(str(event.get("id")))
-                fresh.append(event)
-        if not fresh:
-            return
-        chain = Chain(head.hash, head.seq) if head is not None else Chain(GENESIS, 0)
-        rows = [{**columns(e), "chain": self.chain, "event": orjson.dumps(e).decode()} for e in chain.seal(fresh)]
-        await conn.execute(audit_events.insert(), rows)
+    async def _insert(self, conn: AsyncConnection, events: list[Event],
+                      cached: tuple[str, int] | None) -> tuple[str, int]:
+        """Seal and insert; returns the new head. With a cached head (this sink wrote last) it is one INSERT:
+        a replica's insert or an already-stored id then conflicts, and the retry reads the head and dedupes."""
+        if cached is not None:
+            chain, fresh = Chain(*cached), events
+        else:
+            head = (await conn.execute(sa.select(_T.seq, _T.hash).where(_T.chain == self.chain)
+                                       .order_by(_T.seq.desc()).limit(1))).first()
+            chain = Chain(head.hash, head.seq) if head is not None else Chain(GENESIS, 0)
+            seen = await _stored_ids(conn, [str(e.get("id")) for e in events])
+            fresh = []
+            for event in events:
+                if str(event.get("id")) not in seen:
+                    seen.add(str(event.get("id")))
+                    fresh.append(event)
+        if fresh:
+            rows = [{**columns(e), "chain": self.chain, "event": orjson.dumps(e).decode()} for e in chain.seal(fresh)]
+            await conn.execute(audit_events.insert(), rows)
+        return chain.mark()
 
     async def aclose(self) -> None:
         if self._engine is not None:

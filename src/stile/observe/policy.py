@@ -10,6 +10,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+import orjson
+
 from stile.core.context import CallContext, CallNext, Reply
 from stile.observe.audit import AuditLog, Outcome
 from stile.observe.metrics import Metrics
@@ -93,4 +95,5 @@ class Observe:
         if self.audit.enabled:
             self.audit.record(ctx, Outcome(outcome, seconds, tool=tool, upstream=upstream,
                                            upstream_name=target.original if target is not None else "",
-                                           code=code, error_type=error_type, reason=reason, reply=reply))
+                                           code=code, error_type=error_type, reason=reason,
+                                           bytes_out=len(orjson.dumps(reply)) if reply is not None else 0))

@@ -20,9 +20,9 @@ Call `aclose()` (or `shutdown()`) when the gateway stops, so the last batch is f
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Mapping
+from random import getrandbits
 from typing import Any
 
 from opentelemetry.context import Context
@@ -131,12 +131,12 @@ class Tracing:
             ts = None
         stats.tracestate = ts
         if self._tracer is None:
-            if parsed is None:
-                trace_id, flags = os.urandom(16).hex(), "01"
+            if parsed is None:  # ids need uniqueness, not secrecy: the SDK's own generator uses getrandbits too
+                trace_id, flags = f"{getrandbits(128) or 1:032x}", "01"
             else:
                 trace_id, _, flags = parsed
             stats.trace_id = trace_id
-            stats.traceparent = f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+            stats.traceparent = f"00-{trace_id}-{getrandbits(64) or 1:016x}-{flags}"
             return
         parent = _ROOT if parsed is None else _remote(parsed, ts)
         method = ctx.method
