@@ -132,6 +132,16 @@ async def test_without_a_key_401_and_without_the_role_403(env: Env) -> None:
     assert status == 403 and body["error"] == "forbidden"
 
 
+async def test_reading_the_trail_is_itself_on_the_trail(env: Env) -> None:
+    status, _, _ = await _get(env, "/admin/audit", key=env.dev_key)
+    assert status == 403
+    await _get(env, "/admin/usage?by=agent")
+    refused = await _events(env, "server=(admin)&outcome=denied", 1)
+    assert refused[-1]["principal"]["agent"] == "dev-bot" and refused[-1]["method"] == "GET /admin/audit"
+    reads = await _events(env, "server=(admin)&outcome=ok&agent=ops", 1)
+    assert any(e["method"] == "GET /admin/usage" and e["reason"] == "by=agent" for e in reads), reads
+
+
 @pytest.mark.parametrize(("query", "parameter"), [
     ("since=yesterday", "since"), ("until=soon", "until"), ("limit=0", "limit"), ("limit=abc", "limit"),
     ("limit=100001", "limit"), ("colour=red", "colour"), ("agent=a&agent=b", "agent"), ("agent=", "agent"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from stile.core.context import Principal
 from stile.core.gateway import Gateway
 from stile.frontends.asgi import Scope, Send, send_json
 from stile.identity.authn import Authenticator, AuthRequired
@@ -56,12 +57,14 @@ class AdminApi:
         try:
             principal = await self.authn.authenticate(headers, f"{self.base_url(headers)}/admin")
         except AuthRequired as exc:
+            self._audit_access(scope, headers, "unauthenticated", exc.message)
             challenge = 'Bearer realm="stile-admin"' + (', error="invalid_token"' if headers.get("authorization")
                                                         else "")
             await send_json(send, 401, {"error": "unauthorized", "message": exc.message},
                             [(b"www-authenticate", challenge.encode())])
             return
         if not set(principal.roles) & set(admin.roles):
+            self._audit_access(scope, headers, "denied", f"no admin role (needs one of {admin.roles})", principal)
             await send_json(send, 403, {"error": "forbidden", "message": f"needs one of the roles {admin.roles}"})
             return
         path: str = scope["path"]
@@ -90,7 +93,15 @@ class AdminApi:
             log.warning("admin %s: %s", path, exc)
             await send_json(send, 503, {"error": "unavailable", "message": "the audit store cannot be read"})
             return
+        self._audit_access(scope, headers, "ok", None, principal)  # reading the trail is itself on the trail
         await send_json(send, 200, body)
+
+    def _audit_access(self, scope: Scope, headers: dict[str, str], outcome: str, reason: str | None,
+                      principal: Principal | None = None) -> None:
+        if self.gw.audit.enabled:
+            query = scope.get("query_string", b"").decode("latin-1")[:1024]
+            self.gw.audit.record_http("(admin)", headers, outcome, reason or query,
+                                         method=f"GET {scope['path']}", principal=principal)
 
     async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
         raw_limit = params.get("limit", "100")

@@ -195,7 +195,7 @@ class StileApp:
     def _refused(self, vs: str, headers: dict[str, str], outcome: str, reason: str) -> None:
         self.gw.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)
         if self.gw.audit.enabled:
-            self.gw.audit.record_refused(vs, headers, outcome, reason)
+            self.gw.audit.record_http(vs, headers, outcome, reason)
 
     # --- OAuth 2.1 resource server (RFC 9728) -------------------------------------------------
     def base_url(self, headers: dict[str, str]) -> str:

@@ -169,10 +169,14 @@ class AuditLog:
                    len(orjson.dumps(params)), ctx.stats.upstream_seconds, uri if isinstance(uri, str) else None)
         self._put((time.time(), request, outcome, None))
 
-    def record_refused(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str) -> None:
-        """An HTTP request refused before the pipeline (authentication failed, insufficient scope)."""
-        extra = {"virtual_server": virtual_server, "method": headers.get("mcp-method"),
-                 "tool": headers.get("mcp-name"), "client_address": headers.get("x-forwarded-for")}
+    def record_http(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str,
+                       method: str | None = None, principal: Principal | None = None) -> None:
+        """An HTTP request answered outside the pipeline: refused authentication or scope, or an admin query."""
+        extra: dict[str, Any] = {"virtual_server": virtual_server, "method": method or headers.get("mcp-method"),
+                                 "tool": headers.get("mcp-name"), "client_address": headers.get("x-forwarded-for")}
+        if principal is not None:
+            extra["principal"] = {"agent": principal.agent, "user": principal.user, "roles": list(principal.roles),
+                                  "auth": principal.method}
         self._put((time.time(), None, Outcome(outcome, 0.0, reason=reason), extra))
 
     def _put(self, item: _Item) -> None:
@@ -205,8 +209,8 @@ class AuditLog:
         }
         if request is None:
             return {"id": f"{self._boot}-{next(self._ids)}", "time": self._time(at), "request_id": None,
-                    "trace_id": None, **(extra or {}),
-                    "principal": {"agent": None, "user": None, "roles": [], "auth": "none"}, **common, "cost": 0.0}
+                    "trace_id": None, "principal": {"agent": None, "user": None, "roles": [], "auth": "none"},
+                    **(extra or {}), **common, "cost": 0.0}
         request_id, trace_id, vs, method, era, p, args, bytes_in, upstream_seconds, uri = request
         named = method in _NAME_KEY
         executed = upstream is not None and o.outcome in _EXECUTED and method == "tools/call"
