@@ -25,6 +25,8 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
             await client.call_tool("notes__get_note", {"note_id": 1})
             with pytest.raises(Exception, match="Unknown tool"):
                 await client.call_tool("nope", {"api_key": "abc"})
+        async with Client(f"{base}/mcp/v", mode="legacy") as legacy:
+            await legacy.list_tools()
 
     with notes_upstream() as url:
         config = {"upstreams": {"notes": {"url": url}}, "virtual_servers": {"v": {"auth": "none"}},
@@ -46,6 +48,15 @@ def test_every_request_is_recorded_with_its_outcome_and_principal(trail: Path) -
     assert calls[2]["error_type"] == "InvalidParams" and "Unknown tool" in calls[2]["reason"]
     assert calls[0]["principal"] == {"agent": None, "user": None, "roles": [], "auth": "none"}
     assert all(isinstance(e["latency_ms"], float) for e in calls)
+
+
+def test_a_legacy_session_start_is_recorded_too(trail: Path) -> None:
+    events = _events(trail)
+    init = [e for e in events if e["method"] == "initialize"]
+    assert len(init) == 1 and init[0]["outcome"] == "ok" and init[0]["era"] == "legacy"
+    assert init[0]["virtual_server"] == "v" and init[0]["trace_id"]
+    lists = [e for e in events if e["method"] == "tools/list" and e["era"] == "legacy"]
+    assert lists and lists[-1]["seq"] > init[0]["seq"]
 
 
 def test_secret_looking_arguments_are_masked_and_the_rest_kept(trail: Path) -> None:

@@ -155,9 +155,13 @@ class LegacySseEndpoint:
             conn.caps = raw_caps if isinstance(raw_caps, dict) else {}
             conn.info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
             view = self.gw.views[conn.vs]
-            conn.put(jsonrpc.result(msg["id"], {"protocolVersion": conn.version,
-                                                "capabilities": server_capabilities(view),
-                                                "serverInfo": server_info(view)}))
+            reply = jsonrpc.result(msg["id"], {"protocolVersion": conn.version,
+                                               "capabilities": server_capabilities(view),
+                                               "serverInfo": server_info(view)})
+            self.gw.observe.answered_locally(CallContext(conn.vs, "initialize", params, msg["id"], "legacy",
+                                                         conn.version, conn.caps, conn.info,
+                                                         principal=conn.principal), reply)
+            conn.put(reply)
             return
         channel = _QueueChannel(conn, self.mcp.request_timeout)
         ctx = CallContext(conn.vs, msg["method"], params, msg["id"], "legacy", conn.version, conn.caps, conn.info,

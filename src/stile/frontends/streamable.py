@@ -149,7 +149,7 @@ class StreamableEndpoint:
         raw_caps = params.get("capabilities")
         caps: dict[str, Any] = raw_caps if isinstance(raw_caps, dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
-        sid, _ = self.gw.sealer.mint(version, vs, caps, info, owner_of(principal))
+        sid, sess = self.gw.sealer.mint(version, vs, caps, info, owner_of(principal))
         view = self.gw.views[vs]
         result: dict[str, Any] = {"protocolVersion": version, "capabilities": server_capabilities(view),
                                   "serverInfo": server_info(view)}
@@ -158,7 +158,10 @@ class StreamableEndpoint:
             instructions = self.gw.upstreams[view.upstreams[0]].instructions
         if instructions:
             result["instructions"] = instructions
-        await send_json(send, 200, jsonrpc.result(msg["id"], result), [(SESSION_HEADER, sid.encode())])
+        reply = jsonrpc.result(msg["id"], result)
+        self.gw.observe.answered_locally(CallContext(vs, "initialize", params, msg["id"], "legacy", version, caps, info,
+                                                     principal=principal, session_id=sess.nonce), reply)
+        await send_json(send, 200, reply, [(SESSION_HEADER, sid.encode())])
 
     async def _legacy(self, vs: str, msg: Message, session: LegacySession, sid: str, headers: dict[str, str],
                       receive: Receive, send: Send, principal: Principal) -> None:

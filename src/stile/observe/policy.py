@@ -83,6 +83,11 @@ class Observe:
             self._finish(ctx, time.perf_counter() - start, outcome, None, None, None, reply)
         return reply
 
+    def answered_locally(self, ctx: CallContext, reply: Reply) -> None:
+        """A request the frontend answers itself (`initialize`): accounted for like any other."""
+        self.tracing.begin(ctx)
+        self._finish(ctx, 0.0, "ok", None, None, None, reply)
+
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
                 reason: str | None, reply: Reply | None) -> None:
         tool, target = self._target(ctx)
