@@ -31,12 +31,17 @@ class Chain:
         self.seq = seq
 
     def seal(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [sealed for sealed, _ in self.seal_json(events)]
+
+    def seal_json(self, events: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
+        """Like `seal`, with each sealed event's JSON (the hashed canonical body plus `hash`, one serialization)."""
         out = []
         for event in events:
             self.seq += 1
             sealed = {**event, "seq": self.seq, "prev": self.prev}
-            sealed["hash"] = self.prev = chain_hash(self.prev, sealed)
-            out.append(sealed)
+            body = orjson.dumps(sealed, option=orjson.OPT_SORT_KEYS)
+            sealed["hash"] = self.prev = hashlib.sha256(self.prev.encode() + body).hexdigest()
+            out.append((sealed, body[:-1] + b',"hash":"' + self.prev.encode() + b'"}'))
         return out
 
     def mark(self) -> tuple[str, int]:

@@ -47,7 +47,7 @@ class JsonlSink:
 
     async def write(self, events: list[Event]) -> None:
         mark = self.chain.mark()
-        data = b"".join(orjson.dumps(e) + b"\n" for e in self.chain.seal(events))
+        data = b"".join(raw + b"\n" for _, raw in self.chain.seal_json(events))
         try:
             with self.path.open("ab") as f:
                 f.write(data)
@@ -72,7 +72,7 @@ class StdoutSink:
 
     async def write(self, events: list[Event]) -> None:
         mark = self.chain.mark()
-        data = b"".join(orjson.dumps(e) + b"\n" for e in self.chain.seal(events))
+        data = b"".join(raw + b"\n" for _, raw in self.chain.seal_json(events))
         try:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()

@@ -142,7 +142,7 @@ class StoreSink:
                     seen.add(str(event.get("id")))
                     fresh.append(event)
         if fresh:
-            rows = [{**columns(e), "chain": self.chain, "event": orjson.dumps(e).decode()} for e in chain.seal(fresh)]
+            rows = [{**columns(e), "chain": self.chain, "event": raw.decode()} for e, raw in chain.seal_json(fresh)]
             await conn.execute(audit_events.insert(), rows)
         return chain.mark()
 
