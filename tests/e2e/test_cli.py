@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +183,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
 
 async def test_demo_starts_prints_its_endpoints_and_serves_a_client(demo: Demo) -> None:
     base = demo.base
+    started = datetime.now(UTC).isoformat()
     async with Client(f"{base}/mcp/everything") as c:
         everything = {t.name for t in (await c.list_tools()).tools}
         listed = await c.call_tool("files__list_files", {})
@@ -194,6 +199,18 @@ async def test_demo_starts_prints_its_endpoints_and_serves_a_client(demo: Demo) 
     assert reader == {"notes", "notes__get_note", "files__read_file", "files__list_files"}
     assert "demo.yaml" in (listed.structured_content or {})["result"]
     assert isinstance(notes.content[0], TextContent) and "welcome" in notes.content[0].text
+    assert "stile audit tail -f --config" in printed
+    # the demo audits to SQLite beside its config; the CLI reads that trail back
+    search = [sys.executable, "-m", "stile", "audit", "search", "--config", str(REPO / "examples" / "demo.yaml"),
+              "--since", started, "--tool", "files__list_files", "--json"]
+    deadline = time.monotonic() + 20
+    while True:  # the audit writer flushes in the background: re-query until the event is there
+        proc = await asyncio.to_thread(subprocess.run, search, capture_output=True, text=True, timeout=60, env=ENV)
+        assert proc.returncode == 0, proc.stderr
+        found = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        if found or time.monotonic() > deadline:
+            break
+    assert [(e["tool"], e["outcome"], e["upstream"]) for e in found] == [("files__list_files", "ok", "files")]
 
 
 def test_stopping_the_demo_with_sigterm_stops_the_upstreams_it_started(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stile.config.load import ConfigError, load_config
+from stile.config.load import ConfigError, load_config, state_url_for
 
 out = Console()
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -74,6 +74,7 @@ def run_demo(port: int, config: Path | None) -> None:
         for name in loaded.config.virtual_servers:
             out.print(f"  virtual server [cyan]{name}[/cyan]: {base}/mcp/{name}   (legacy SSE: {base}/sse/{name})",
                       soft_wrap=True)
+        out.print(f"  metrics: {base}/metrics   audit trail: stile audit tail -f --config {path}", soft_wrap=True)
         first = next(iter(loaded.config.virtual_servers))
         out.print("\nPaste into Python (pip install mcp==2.3.0):\n")
         out.print(
@@ -82,7 +83,7 @@ def run_demo(port: int, config: Path | None) -> None:
             "        print([t.name for t in (await c.list_tools()).tools])\n\nasyncio.run(main())\n",
             highlight=False, markup=False, soft_wrap=True,
         )
-        run(loaded.config, host="127.0.0.1", port=port)
+        run(loaded.config, host="127.0.0.1", port=port, state_url=state_url_for(loaded))
     finally:
         notes.terminate()
         try:

@@ -95,6 +95,7 @@ class SpoolFile:
 
     def append(self, data: bytes, count: int) -> None:
         """Append `count` events (JSON lines) and fsync; on failure the file is cut back to where it was."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # only a sink that failed ever needs the spool dir
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
@@ -187,7 +188,6 @@ class SpooledSink:
 
     async def start(self) -> None:
         try:
-            self.spool.path.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self.spool.load)
         except OSError as exc:
             raise SinkError(f"cannot open the audit spool {self.spool.path}: {exc}") from exc
