@@ -49,3 +49,21 @@ def test_an_erroring_expression_fails_closed() -> None:
     (compiled,) = compile_rules([RULES[0]])
     decision = decide([compiled], _data("crm.update_ticket", {}))  # arguments.status is missing
     assert not decision.allowed and decision.rule == "deny-closed"
+
+
+FAST_RULES = [*RULES, RuleConfig(name="bench", deny='has(arguments.text) && arguments.text == "forbidden"'),
+              RuleConfig(name="roles", allow='"admin" in principal.roles || !has(arguments.status)')]
+
+
+def test_rules_in_the_subset_skip_cel_and_the_others_keep_it() -> None:
+    compiled = compile_rules([*FAST_RULES, RuleConfig(name="regex", deny='arguments.text.matches("^f")'),
+                              RuleConfig(name="arith", allow="arguments.limit + 1 < 100")])
+    assert [c.fast is not None for c in compiled] == [True] * len(FAST_RULES) + [False, False]
+
+
+@pytest.mark.parametrize("rule", FAST_RULES, ids=lambda r: r.name)
+@pytest.mark.parametrize(("tool", "args"), [*CASES, ("other.tool", {"text": ("a", "tuple")}), ("x.y", {"text": 2**64})])
+def test_the_cel_subset_fast_path_decides_as_cel(rule: RuleConfig, tool: str, args: dict[str, Any]) -> None:
+    (compiled,) = compile_rules([rule])
+    slow = replace(compiled, tool_guard=None, fast=None)
+    assert decide([compiled], _data(tool, args)) == decide([slow], _data(tool, args))

@@ -5,6 +5,7 @@ Variables: `principal` (agent, user, roles, method, email, claims), `tool` (upst
 rule denies when its expression is true; an `allow` rule denies when its expression is false. An
 expression that errors (a missing key, a type mismatch) fails closed: it denies. `mode: shadow` rules
 only log what they would have decided. The caller sees the rule's `reason`, never its expression.
+An expression in a small subset of CEL runs as Python closures (`cel_fast`, same outcomes as CEL).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cel_expr_python import cel
 
 from stile.config.identity import RuleConfig
 from stile.core.context import CallContext, CallNext, Reply
+from stile.policies.cel_fast import NeedsCel, Program, compile_fast
 from stile.wire.errors import ClientError
 
 if TYPE_CHECKING:
@@ -50,24 +52,38 @@ class Decision:
     shadow: list[tuple[str, bool]] | None = None  # (rule, would have allowed) for shadow rules
 
 
+_ALLOWED = Decision(True)
+
+
 @dataclass(frozen=True)
 class _Compiled:
     cfg: RuleConfig
     program: Any
     variables: tuple[str, ...]  # the variables the expression mentions: only those are converted to CEL
     tool_guard: str | None = None  # `tool.name == "X" && ...`: false for every other tool, without CEL
+    fast: Program | None = None  # the expression compiled to Python when it is in cel_fast's subset
 
     def denies(self, data: dict[str, Any]) -> bool:
         if self.tool_guard is not None and data["tool"]["name"] != self.tool_guard:
             return self.cfg.deny is None  # the expression is false: a deny rule passes, an allow rule denies
+        if self.fast is None:
+            result = self.evaluate(data)
+        else:
+            try:
+                result = self.fast(data)
+            except NeedsCel:  # a value outside plain JSON: CEL decides
+                result = self.evaluate(data)
+        if result is None:  # an evaluation error or a non-boolean: fail closed
+            return True
+        return result if self.cfg.deny is not None else not result
+
+    def evaluate(self, data: dict[str, Any]) -> bool | None:
+        """The expression's value by CEL: None for an error or a non-boolean."""
         try:
             value = self.program.eval(data={k: data[k] for k in self.variables})
         except RuntimeError:
-            return True
-        result = value.value() if value.type() == cel.Type.BOOL else None
-        if result is None:  # an evaluation error or a non-boolean: fail closed
-            return True
-        return bool(result) if self.cfg.deny is not None else not bool(result)
+            return None
+        return bool(value.value()) if value.type() == cel.Type.BOOL else None
 
 
 def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
@@ -78,9 +94,10 @@ def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
         used = tuple(v for v in _VARIABLES if re.search(rf"\b{v}\b", text))
         guard = _TOOL_GUARD.match(text)
         try:
-            out.append(_Compiled(rule, _ENV.compile(text), used, guard.group(1) if guard else None))
+            program = _ENV.compile(text)
         except RuntimeError as exc:
             raise RuleError(f"rules[{i}] ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
+        out.append(_Compiled(rule, program, used, guard.group(1) if guard else None, compile_fast(text, used)))
     return out
 
 
@@ -93,7 +110,7 @@ def decide(rules: list[_Compiled], data: dict[str, Any]) -> Decision:
             continue
         if denied:
             return Decision(False, rule.cfg.name, rule.cfg.reason, shadow or None)
-    return Decision(True, shadow=shadow or None)
+    return Decision(True, shadow=shadow) if shadow else _ALLOWED
 
 
 class Rules:
