@@ -7,15 +7,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.support import REPO, free_port, ready_process, stop, wait_port
 
-E2E_DIR = Path(__file__).resolve().parent
-COUNTING_SERVER = E2E_DIR / "counting_server.py"
 NODE = REPO / "tools" / "node22" / "node_modules" / ".bin" / "node"
 EVERYTHING_DIR = REPO / "tools" / "everything"
 EVERYTHING_JS = EVERYTHING_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -26,7 +23,7 @@ MODERN = "2026-07-28"
 @contextmanager
 def counting_upstream(deadline_s: float = 30.0) -> Iterator[str]:
     """Run tests/e2e/counting_server.py on a free port; yield its base URL (MCP at /mcp, counts at /stats)."""
-    with ready_process([sys.executable, "-u", str(COUNTING_SERVER), "--port", "0"], "counting upstream",
+    with ready_process([sys.executable, "-u", "-m", "tests.e2e.counting_server", "--port", "0"], "counting upstream",
                        deadline_s=deadline_s) as port:
         yield f"http://127.0.0.1:{port}"
 

@@ -31,10 +31,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from stile.observe.tracing import parse_traceparent
-from tests.fixtures import FIXTURES_DIR
 from tests.support import ready_process, stile_server
 
-TRACE_SERVER = FIXTURES_DIR / "trace_server.py"
 MODES = ["legacy", "2026-07-28"]
 
 
@@ -120,7 +118,8 @@ def collector() -> Iterator[Collector]:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with ready_process([sys.executable, "-u", str(TRACE_SERVER), "--port", "0"], "trace upstream") as port:
+    argv = [sys.executable, "-u", "-m", "tests.fixtures.trace_server", "--port", "0"]
+    with ready_process(argv, "trace upstream") as port:
         yield f"http://127.0.0.1:{port}"
 
 
