@@ -70,6 +70,14 @@ async def _session(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
                 {"name": "notes__add_note",
                  "arguments": {"title": "t", "text": "AKIAIOSFODNN7EXAMPLE", "password": "p"}},
                 key=DEV_KEY)
+    async with aiohttp.ClientSession() as http:
+        hdrs = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                "X-API-Key": DEV_KEY}
+        async with http.post(f"{base}/mcp/full", data=b"{not json", headers=hdrs) as r:
+            assert r.status == 400
+        body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
+        async with http.post(f"{base}/mcp/full", json=body, headers={**hdrs, "Mcp-Session-Id": "forged"}) as r:
+            assert r.status == 404
     return await _metrics(base)
 
 
@@ -138,6 +146,17 @@ def test_refused_authentication_is_recorded(run: Any) -> None:
     assert all(e["virtual_server"] == "full" and e["method"] == "tools/list" for e in refused)
     assert all(e["principal"]["auth"] == "none" and e["reason"] for e in refused)
     assert samples[("stile_auth_failures_total", (("reason", "unauthenticated"), ("virtual_server", "full")))] == 2
+
+
+def test_requests_the_transport_rejects_are_recorded_with_who_sent_them(run: Any) -> None:
+    events, _, samples = run
+    rejected = {e["error_type"]: e for e in events if e["outcome"] == "error" and e["request_id"] is None}
+    assert set(rejected) == {"ParseError", "SessionNotFound"}
+    assert rejected["ParseError"]["method"] is None and rejected["ParseError"]["error_code"] == -32700
+    assert rejected["SessionNotFound"]["method"] == "tools/list"
+    assert all(e["principal"]["agent"] == "dev-bot" for e in rejected.values())
+    assert samples[("stile_rejected_total", (("reason", "ParseError"), ("virtual_server", "full")))] == 1
+    assert samples[("stile_rejected_total", (("reason", "SessionNotFound"), ("virtual_server", "full")))] == 1
 
 
 def test_arguments_follow_each_virtual_servers_mode(run: Any) -> None:

@@ -166,6 +166,7 @@ class StileApp:
                 await send_json(send, 405, jsonrpc.error(None, -32600, "method not allowed"),
                                 [(b"allow", b"GET, POST, DELETE")])
         except StileError as exc:
+            self._rejected(vs, headers, exc, f"{method} (http)", principal)
             await send_json(send, exc.http_status if exc.http_status >= 400 else 400, error_body(None, exc))
 
     async def _post(self, vs: str, headers: dict[str, str], receive: Receive, send: Send,
@@ -177,6 +178,7 @@ class StileApp:
         try:
             body = await read_body(receive, self.max_body)
         except BodyTooLarge:
+            self._rejected(vs, headers, ClientError(f"body larger than {self.max_body} bytes"), None, principal)
             await send_json(send, 413, jsonrpc.error(None, -32600, f"body larger than {self.max_body} bytes"))
             return
         except ConnectionAbortedError:
@@ -184,13 +186,26 @@ class StileApp:
         try:
             msg = jsonrpc.parse_body(body, max_depth=self.max_depth)
         except ClientError as exc:
+            self._rejected(vs, headers, exc, None, principal)
             await send_json(send, 400, error_body(None, exc))
             return
         rid = msg.get("id") if isinstance(msg, dict) and jsonrpc.is_valid_id(msg.get("id")) else None
         try:
             await self.mcp.post(vs, msg, headers, receive, send, principal)
         except StileError as exc:
+            method = msg.get("method") if isinstance(msg, dict) else "(batch)"
+            self._rejected(vs, headers, exc, method if isinstance(method, str) else None, principal)
             await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc))
+
+    def _rejected(self, vs: str, headers: dict[str, str], exc: StileError, method: str | None,
+                  principal: Principal) -> None:
+        """A request the transport refused before the pipeline (bad JSON, unknown session, wrong headers...)."""
+        reason = type(exc).__name__
+        self.gw.metrics.rejected(vs, reason)
+        if self.gw.audit.enabled:
+            self.gw.audit.record_http(vs, headers, "error", exc.message, method=method and method[:128],
+                                      principal=principal if principal.method != "none" else None,
+                                      error_type=reason, code=exc.jsonrpc_code)
 
     def _refused(self, vs: str, headers: dict[str, str], outcome: str, reason: str) -> None:
         self.gw.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)

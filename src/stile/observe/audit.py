@@ -170,14 +170,16 @@ class AuditLog:
         self._put((time.time(), request, outcome, None))
 
     def record_http(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str,
-                       method: str | None = None, principal: Principal | None = None) -> None:
-        """An HTTP request answered outside the pipeline: refused authentication or scope, or an admin query."""
+                    method: str | None = None, principal: Principal | None = None,
+                    error_type: str | None = None, code: int | None = None) -> None:
+        """An HTTP request answered outside the pipeline: refused authentication or scope, a request the
+        transport rejected (bad JSON, unknown session, mismatched headers), or an admin query."""
         extra: dict[str, Any] = {"virtual_server": virtual_server, "method": method or headers.get("mcp-method"),
                                  "tool": headers.get("mcp-name"), "client_address": headers.get("x-forwarded-for")}
         if principal is not None:
             extra["principal"] = {"agent": principal.agent, "user": principal.user, "roles": list(principal.roles),
                                   "auth": principal.method}
-        self._put((time.time(), None, Outcome(outcome, 0.0, reason=reason), extra))
+        self._put((time.time(), None, Outcome(outcome, 0.0, reason=reason, error_type=error_type, code=code), extra))
 
     def _put(self, item: _Item) -> None:
         if self._queue is None or self._closing:

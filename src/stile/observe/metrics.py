@@ -90,6 +90,8 @@ class _RequestCollector:
         yield _counter("stile_denials", "requests denied by policy", ["virtual_server", "reason"], m.denied)
         yield _counter("stile_auth_failures", "HTTP requests refused before the pipeline (401, 403 scope)",
                        ["virtual_server", "reason"], m.auth_failures)
+        yield _counter("stile_rejected", "requests the transport refused before the pipeline, by error class",
+                       ["virtual_server", "reason"], m.rejections)
         yield GaugeMetricFamily("stile_listen_streams", "open notification streams (legacy GET, listen)",
                                 value=float(m.gw.hub.count()))
         yield GaugeMetricFamily("stile_sessions_active", "legacy sessions used in the last 5 minutes (this replica)",
@@ -122,6 +124,7 @@ class Metrics:
         self.upstream: dict[tuple[str, ...], _Hist] = {}
         self.denied: dict[tuple[str, ...], int] = {}
         self.auth_failures: dict[tuple[str, ...], int] = {}
+        self.rejections: dict[tuple[str, ...], int] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_UpstreamCollector(gw))
 
@@ -147,6 +150,9 @@ class Metrics:
 
     def denial(self, vs: str, reason: str) -> None:
         self.denied[(vs, reason)] = self.denied.get((vs, reason), 0) + 1
+
+    def rejected(self, vs: str, reason: str) -> None:
+        self.rejections[(vs, reason)] = self.rejections.get((vs, reason), 0) + 1
 
     def auth_failure(self, vs: str, reason: str) -> None:
         self.auth_failures[(vs, reason)] = self.auth_failures.get((vs, reason), 0) + 1
