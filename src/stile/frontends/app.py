@@ -173,6 +173,7 @@ class StileApp:
                     principal: Principal) -> None:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
+            self._rejected(vs, headers, ClientError(f"body larger than {self.max_body} bytes"), None, principal)
             await send_json(send, 413, jsonrpc.error(None, -32600, f"body larger than {self.max_body} bytes"))
             return
         try:
