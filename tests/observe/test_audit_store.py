@@ -310,3 +310,24 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+async def test_a_reader_holding_the_sqlite_file_does_not_block_the_writer(tmp_path: Path) -> None:
+    """`stile audit tail -f` or a search reading mid-transaction must not make the gateway's writes fail."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    sink = StoreSink(url, "readers")
+    await sink.start()
+    try:
+        await sink.write(make_events(2))
+        reader = sqlite3.connect(tmp_path / "state.db", timeout=0.1)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (2,)  # holds a read snapshot
+            await sink.write(make_events(3, start=100))  # would raise SinkError ("database is locked") without WAL
+        finally:
+            reader.close()
+    finally:
+        await sink.aclose()
+    assert await verify_store(url, "readers") == []
