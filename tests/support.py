@@ -20,6 +20,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def missing_files(*paths: Path) -> str | None:
+    """Why a test tool is unusable (the first of `paths` that is missing), else None."""
+    for path in paths:
+        if not path.exists():
+            return f"{path} is missing: run `bash tools/install-node.sh`"
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,16 +147,24 @@ def stile_server(config: dict[str, Any], *, port: int | None = None, env: dict[s
 
 
 @contextmanager
+def listening_process(argv: list[str], port: int, *, env: dict[str, str] | None = None,
+                      cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` (a server told to listen on `port`) until it accepts connections; stop it on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextmanager
 def notes_upstream() -> Iterator[str]:
     """The bundled HTTP example upstream; yields its MCP URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stile.examples_servers.notes_server", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with listening_process([sys.executable, "-m", "stile.examples_servers.notes_server", "--port", str(port)], port):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        stop(proc)
 
 
 def files_upstream_config(root: Path | None = None) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import REPO, free_port, ready_process, stop, wait_port
+from tests.support import REPO, free_port, listening_process, missing_files, ready_process
 
 NODE = REPO / "tools" / "node22" / "node_modules" / ".bin" / "node"
 EVERYTHING_DIR = REPO / "tools" / "everything"
@@ -29,10 +28,7 @@ def counting_upstream(deadline_s: float = 30.0) -> Iterator[str]:
 
 
 def everything_missing() -> str | None:
-    for path in (NODE, EVERYTHING_JS, LOOPBACK_MJS):
-        if not path.exists():
-            return f"{path} is missing: run `bash tools/install-node.sh`"
-    return None
+    return missing_files(NODE, EVERYTHING_JS, LOOPBACK_MJS)
 
 
 @contextmanager
@@ -43,15 +39,9 @@ def everything_upstream() -> Iterator[str]:
         raise RuntimeError(missing)
     port = free_port()
     env = {**os.environ, "PORT": str(port)}
-    proc = subprocess.Popen(
-        [str(NODE), "--import", str(LOOPBACK_MJS), str(EVERYTHING_JS), "streamableHttp"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, cwd=EVERYTHING_DIR,
-    )
-    try:
-        wait_port(port, proc)
+    argv = [str(NODE), "--import", str(LOOPBACK_MJS), str(EVERYTHING_JS), "streamableHttp"]
+    with listening_process(argv, port, env=env, cwd=EVERYTHING_DIR):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        stop(proc)
 
 
 async def upstream_counts(base: str) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import free_port, stile_server, stop, wait_port
+from tests.support import free_port, listening_process, stile_server
 
 SLOW = Path(__file__).resolve().parents[1] / "fixtures" / "slow_server.py"
 MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -23,16 +22,11 @@ MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SLOW), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with listening_process([sys.executable, str(SLOW), "--port", str(port)], port):
         config = {"upstreams": {"slow": {"url": f"http://127.0.0.1:{port}/mcp"}},
                   "virtual_servers": {"v": {"auth": "none", "prefix": "never"}}}
         with stile_server(config) as base:
             yield f"{base}/mcp/v"
-    finally:
-        stop(proc)
 
 
 def _modern(method: str, name: str | None, params: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:

@@ -25,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from tests.e2e.helpers import NODE, counting_upstream, modern_headers, modern_meta, upstream_counts
-from tests.support import REPO, free_port, notes_upstream, ready_process, stile_server
+from tests.support import REPO, free_port, missing_files, notes_upstream, ready_process, stile_server
 
 OAUTH_SERVER_MJS = REPO / "tests" / "e2e" / "oauth_server.mjs"
 OAUTH_PACKAGE = REPO / "tools" / "oauth" / "node_modules" / "oauth2-mock-server" / "package.json"
@@ -36,10 +36,7 @@ CLIENT_SECRET = "not-a-real-secret"
 
 
 def _oauth_missing() -> str | None:
-    for path in (NODE, OAUTH_PACKAGE, OAUTH_SERVER_MJS):
-        if not path.exists():
-            return f"{path} is missing: run `bash tools/install-node.sh`"
-    return None
+    return missing_files(NODE, OAUTH_PACKAGE, OAUTH_SERVER_MJS)
 
 
 @contextmanager

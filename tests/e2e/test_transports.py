@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextContent
 
-from tests.support import free_port, stile_server, stop, wait_port
+from tests.support import free_port, listening_process, stile_server
 
 BASIC = str(Path(__file__).resolve().parents[1] / "fixtures" / "basic_server.py")
 
@@ -29,13 +28,8 @@ def _text(result: object) -> str:
 @pytest.fixture(scope="module")
 def sse_upstream() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, BASIC, "--transport", "sse", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with listening_process([sys.executable, BASIC, "--transport", "sse", "--port", str(port)], port):
         yield f"http://127.0.0.1:{port}/sse"
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

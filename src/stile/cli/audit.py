@@ -19,7 +19,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
 from stile.observe.audit_query import (
@@ -27,6 +26,7 @@ from stile.observe.audit_query import (
     Filter,
     QueryError,
     Source,
+    audit_source,
     check_store,
     describe_error,
     display_url,
@@ -35,6 +35,7 @@ from stile.observe.audit_query import (
     tail,
 )
 from stile.observe.audit_sinks import verify_jsonl as verify
+from stile.observe.audit_store import DB_ERRORS, verify_store
 
 T = TypeVar("T")
 audit_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True, add_completion=False)
@@ -78,10 +79,9 @@ def resolve_source(config: Path | None, state: str | None, file: Path | None) ->
         return state
     assert config is not None
     loaded = load(config)
-    if loaded.config.audit.store:
-        return state_url_for(loaded)
-    if loaded.config.audit.jsonl:
-        return Path(loaded.config.audit.jsonl)
+    source = audit_source(loaded.config.audit, state_url_for(loaded))
+    if source is not None:
+        return source
     raise fail(f"{config}: no audit source (audit.store is off and audit.jsonl is not set)")
 
 
@@ -242,12 +242,6 @@ def _verify_store(url: str, chain: str | None) -> list[str]:
     except QueryError as exc:
         raise fail(str(exc)) from exc
     try:
-        from stile.observe.audit_store import verify_store
-    except ImportError as exc:
-        raise fail(f"verifying a state store is not available in this build ({exc})") from exc
-    import asyncpg  # type: ignore[import-untyped]
-
-    try:
         return asyncio.run(verify_store(url, chain))
-    except (SQLAlchemyError, OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (*DB_ERRORS, ValueError) as exc:
         raise fail(describe_error(url, exc, "verify")) from exc

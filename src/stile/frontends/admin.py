@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,7 +21,17 @@ from stile.core.context import Principal
 from stile.core.gateway import Gateway
 from stile.frontends.asgi import Scope, Send, send_json
 from stile.identity.authn import Authenticator, AuthRequired
-from stile.observe.audit_query import GROUP_BY, Filter, NoDatabase, QueryError, Source, parse_since, search, usage
+from stile.observe.audit_query import (
+    GROUP_BY,
+    Filter,
+    NoTrail,
+    QueryError,
+    Source,
+    audit_source,
+    parse_since,
+    search,
+    usage,
+)
 
 log = logging.getLogger("stile.admin")
 MAX_LIMIT = 10_000
@@ -44,10 +53,7 @@ class AdminApi:
         self.base_url = base_url
 
     def source(self) -> Source | None:
-        audit = self.gw.cfg.audit
-        if audit.store and self.gw.state_url:
-            return self.gw.state_url
-        return Path(audit.jsonl) if audit.jsonl else None
+        return audit_source(self.gw.cfg.audit, self.gw.state_url)
 
     async def handle(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
         admin = self.gw.cfg.admin
@@ -81,10 +87,8 @@ class AdminApi:
         params: dict[str, str] = {}
         try:
             params = _params(scope, _AUDIT_PARAMS if path == "/admin/audit" else _USAGE_PARAMS)
-            if isinstance(source, Path) and not source.exists():
-                raise NoDatabase(str(source))  # the JSONL file is created by the first write: nothing yet
             body = await (self._audit(source, params) if path == "/admin/audit" else self._usage(source, params))
-        except NoDatabase:  # the gateway's SQLite state file is created on first write: nothing yet
+        except NoTrail:  # the state database or JSONL file is created by the first write: nothing yet
             body = {"events": []} if path == "/admin/audit" else {"by": params.get("by", "tool"), "rows": []}
         except BadParam as exc:
             await send_json(send, 400, {"error": "bad_request", "parameter": exc.name, "message": exc.message})

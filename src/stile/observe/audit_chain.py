@@ -17,10 +17,16 @@ import orjson
 GENESIS = "0" * 64
 
 
-def chain_hash(prev: str, event: dict[str, Any]) -> str:
-    unhashed = {k: v for k, v in event.items() if k != "hash"} if "hash" in event else event
-    body = orjson.dumps(unhashed, option=orjson.OPT_SORT_KEYS)
+def _digest(prev: str, body: bytes) -> str:
     return hashlib.sha256(prev.encode() + body).hexdigest()
+
+
+def _canonical(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+def chain_hash(prev: str, event: dict[str, Any]) -> str:
+    return _digest(prev, _canonical({k: v for k, v in event.items() if k != "hash"} if "hash" in event else event))
 
 
 class Chain:
@@ -39,8 +45,8 @@ class Chain:
         for event in events:
             self.seq += 1
             sealed = {**event, "seq": self.seq, "prev": self.prev}
-            body = orjson.dumps(sealed, option=orjson.OPT_SORT_KEYS)
-            sealed["hash"] = self.prev = hashlib.sha256(self.prev.encode() + body).hexdigest()
+            body = _canonical(sealed)
+            sealed["hash"] = self.prev = _digest(self.prev, body)
             out.append((sealed, body[:-1] + b',"hash":"' + self.prev.encode() + b'"}'))
         return out
 

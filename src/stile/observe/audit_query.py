@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from stile.config.observe import AuditConfig
 from stile.observe.audit_schema import TABLE, audit_events
 from stile.stores.keys import async_url
 
@@ -57,8 +58,15 @@ class QueryError(Exception):
     """The audit source cannot be queried (message fit to show a user)."""
 
 
-class NoDatabase(QueryError):
-    """The SQLite state file does not exist (nothing was ever written; or a wrong path)."""
+class NoTrail(QueryError):
+    """The audit source does not exist yet: no SQLite state file or JSONL file (nothing written; or a wrong path)."""
+
+
+def audit_source(audit: AuditConfig, state_url: str | None) -> Source | None:
+    """Where a gateway's trail can be read: its state store when `audit.store`, else its `audit.jsonl` file."""
+    if audit.store and state_url:
+        return state_url
+    return Path(audit.jsonl) if audit.jsonl else None
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ def _lines(path: Path, offset: int = 0) -> Iterator[tuple[int, Event | None]]:
 def _scan(path: Path, flt: Filter, offset: int = 0) -> tuple[list[Event], int]:
     """The last `flt.limit` matching events from `offset` on, and where the last complete line ended."""
     if not path.is_file():
-        raise QueryError(f"no audit file at {path}")
+        raise NoTrail(f"no audit file at {path}")
     match, kept = _matcher(flt), deque[Event](maxlen=flt.limit)
     try:
         for end, event in _lines(path, offset):
@@ -216,7 +224,7 @@ def check_store(url: str) -> str:
     except (ValueError, ArgumentError) as exc:
         raise QueryError(f"bad audit source {url!r}: {exc}") from exc
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        raise NoDatabase(f"no state database at {parsed.database}")
+        raise NoTrail(f"no state database at {parsed.database}")
     return target
 
 
