@@ -6,8 +6,8 @@ import logging
 
 import uvicorn
 
+from stile.assembly import assemble
 from stile.config.model import GatewayConfig
-from stile.core.gateway import Gateway
 from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
 
@@ -15,14 +15,14 @@ log = logging.getLogger("stile")
 
 
 def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None = None) -> StileApp:
-    gw = Gateway(cfg, state_url=state_url)
+    runtime = assemble(cfg, state_url)
     for name, vs in cfg.virtual_servers.items():
         if vs.auth is None:
             log.info("virtual server %s requires authentication (API key or bearer token)", name)
         elif vs.auth == "none":
             log.warning("virtual server %s: auth: none (anonymous access)", name)
-    log.info("session key: %s", gw.key_source)
-    return StileApp(gw, bind_host=host, state_url=state_url)
+    log.info("session key: %s", runtime.gateway.key_source)
+    return StileApp(runtime, bind_host=host, state_url=state_url)
 
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from mcp import Client
 
+from stile.assembly import assemble
 from stile.config.load import parse_config
-from stile.core.gateway import Gateway
 from stile.frontends.app import StileApp
 from stile.stores.keys import hash_for_config
 from tests.support import notes_upstream, stile_server
@@ -192,7 +192,7 @@ def _app(tmp_path: Path, key: str, **extra: Any) -> StileApp:
     cfg = parse_config({"upstreams": {}, "virtual_servers": {},
                         "auth": {"keys": [{"name": "ops", "hash": hash_for_config(key), "roles": ["admin"]}]},
                         **extra})
-    return StileApp(Gateway(cfg, state_url=f"sqlite:///{tmp_path / 'state.db'}"), start_gateway=False)
+    return StileApp(assemble(cfg, f"sqlite:///{tmp_path / 'state.db'}"), start_gateway=False)
 
 
 async def test_a_disabled_admin_api_is_404_and_so_is_a_missing_audit_source(tmp_path: Path) -> None:

@@ -385,6 +385,7 @@ async def test_an_upstream_down_from_the_start_leaves_stile_serving_the_others()
                     await c.read_resource("gone+x://anything")
                 ok = await c.call_tool("notes__get_note", {"note_id": 1})
             assert names and all(n.startswith("notes__") for n in names)
-            assert "'gone'" in info.value.error.message
-            assert info.value.error.data == {"upstream": "gone"}
+            # nothing of an undiscovered upstream is visible, so its URIs answer like any unknown one
+            assert info.value.error.message == "Resource not found: gone+x://anything"
+            assert info.value.error.data == {"uri": "gone+x://anything"}
             assert not ok.is_error

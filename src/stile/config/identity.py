@@ -45,11 +45,16 @@ class AuthConfig(_Strict):
 
 
 class RoleConfig(_Strict):
+    """What a role grants on the virtual servers it names. Everything is denied unless allowed; deny wins."""
+
     virtual_servers: list[str] | None = None  # None: every virtual server
     allow_tools: list[str] = Field(default_factory=list)
     deny_tools: list[str] = Field(default_factory=list)
-    allow_resources: list[str] | None = None  # None: every resource the view offers
-    allow_prompts: list[str] | None = None
+    allow_resources: list[str] = Field(default_factory=list)  # `upstream.uri` globs; empty: no resource
+    deny_resources: list[str] = Field(default_factory=list)
+    allow_prompts: list[str] = Field(default_factory=list)  # `upstream.prompt` globs; empty: no prompt
+    deny_prompts: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=list)  # globs over the virtual server's passthrough_methods
     read_only: bool = False  # only tools annotated readOnlyHint: true
 
 

@@ -121,7 +121,7 @@ def parse_config(data: Any, where: str = "<config>") -> GatewayConfig:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             problems.append(f"{where}: {loc}: {err['msg']}")
         raise ConfigError(problems) from exc
-    problems = check_references(cfg, where) + check_identity(cfg, where)
+    problems = check_references(cfg, where) + check_identity(cfg, where) + check_chains(cfg, where)
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -137,7 +137,8 @@ def check_identity(cfg: GatewayConfig, where: str) -> list[str]:
         for i, vs in enumerate(role.virtual_servers or []):
             if vs not in cfg.virtual_servers:
                 problems.append(f"{where}: roles.{name}.virtual_servers[{i}]: unknown virtual server {vs!r}")
-        for key in ("allow_tools", "deny_tools"):
+        for key in ("allow_tools", "deny_tools", "allow_resources", "deny_resources", "allow_prompts",
+                    "deny_prompts"):
             for i, pattern in enumerate(getattr(role, key)):
                 up = _glob_upstream(pattern)
                 if "." not in pattern:
@@ -157,6 +158,25 @@ def check_identity(cfg: GatewayConfig, where: str) -> list[str]:
             compile_rules([rule])
         except RuleError as exc:
             problems.append(f"{where}: rules[{i}] ({rule.name}): {str(exc).split(': ', 1)[-1]}")
+    return problems
+
+
+def check_chains(cfg: GatewayConfig, where: str) -> list[str]:
+    """Policy chains name registered policies (observe first, access present); `policies:` validate;
+    passthrough methods route to upstreams the virtual server draws from."""
+    from stile.core.catalog import upstreams_of
+    from stile.policies.registry import check_chains as check
+    from stile.wire.methods import METHODS
+
+    problems = check(cfg, where)
+    for vs_name, vs in cfg.virtual_servers.items():
+        ups = upstreams_of(vs, cfg)
+        for method, up in vs.passthrough_methods.items():
+            key = f"{where}: virtual_servers.{vs_name}.passthrough_methods.{method}"
+            if up not in ups:
+                problems.append(f"{key}: upstream {up!r} is not one this virtual server draws from ({ups})")
+            if method in METHODS:
+                problems.append(f"{key}: {method} is an MCP method Stile handles itself")
     return problems
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -78,6 +78,10 @@ class VirtualServerConfig(_Strict):
     page_size: int = Field(default=1000, ge=1)
     scopes: list[str] = Field(default_factory=list)  # OAuth scopes a bearer token needs here (403 step-up)
     audit_arguments: ArgumentsMode | None = None  # how arguments are recorded here; default `audit.arguments`
+    # methods the method table does not classify, forwarded to one upstream: method glob -> upstream
+    # (roles must also grant them with `allow_methods`)
+    passthrough_methods: dict[str, str] = Field(default_factory=dict)
+    chain: list[str] | None = None  # the policy chain here, by policy name; default: the top-level `chain`
 
 
 class LimitsConfig(_Strict):
@@ -85,6 +89,7 @@ class LimitsConfig(_Strict):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0)
     max_json_depth: int = Field(default=64, ge=4)
+    max_listen_subscriptions: int = Field(default=256, ge=1)  # resourceSubscriptions in one subscriptions/listen
 
 
 class GatewayConfig(_Strict):
@@ -104,6 +109,8 @@ class GatewayConfig(_Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
+    chain: list[str] = Field(default_factory=lambda: ["observe", "access", "rules"])  # policies, outermost first
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy config, by policy name
 
     @field_validator("upstreams", "virtual_servers")
     @classmethod

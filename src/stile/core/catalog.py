@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from stile.config.model import GatewayConfig, Override, VirtualServerConfig
 from stile.core.naming import EXPOSED_NAME, Namer
@@ -57,12 +57,66 @@ class View:
     # exposed URI -> (upstream, original URI) of every listed resource; an unprefixed view over several
     # upstreams cannot tell the owner from the URI itself
     resource_index: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # exposed URI template -> (upstream, original template) of every listed template
+    template_index: dict[str, tuple[str, str]] = field(default_factory=dict)
     # extra admission for (upstream, original URI) reads, set when access control narrows the view
     resource_filter: Callable[[str, str], bool] | None = None
+    # admission of methods the table does not classify (`passthrough_methods`), set by access control
+    method_filter: Callable[[str], bool] | None = None
+    # the virtual server's own allow/deny admission of `upstream.uri` refs
+    resource_rule: Callable[[str], bool] | None = None
 
     def resolve_uri(self, uri: str) -> tuple[str, str] | None:
+        """Which upstream a URI belongs to, by listing or by prefix (says nothing about visibility)."""
         hit = self.resource_index.get(uri)
         return hit if hit is not None else self.namer.split_uri(uri, self.upstreams)
+
+    def visible_uri(self, uri: object) -> tuple[str, str] | None:
+        """(upstream, original URI) of a URI this view may read: a listed resource, or one a listed
+        template matches, admitted by the virtual server's rules and the caller's grants. Anything
+        else (hidden or nonexistent alike) is None, and is never forwarded."""
+        if not isinstance(uri, str):
+            return None
+        hit = self.resource_index.get(uri)
+        if hit is None:
+            hit = self.namer.split_uri(uri, self.upstreams)
+            if hit is None or not any(up == hit[0] and template_regex(t).fullmatch(hit[1])
+                                      for up, t in self.template_index.values()):
+                return None
+        if self.resource_rule is not None and not self.resource_rule(f"{hit[0]}.{hit[1]}"):
+            return None
+        if self.resource_filter is not None and not self.resource_filter(*hit):
+            return None
+        return hit
+
+    def visible_template(self, exposed: object) -> tuple[str, str] | None:
+        """(upstream, original template) of a template this view lists, else None."""
+        return self.template_index.get(exposed) if isinstance(exposed, str) else None
+
+
+_EXPANSION = re.compile(r"\{([+#./;?&]?)[^{}]*\}")
+_OPERATOR_RE = {"": "[^/?#]*", "+": ".*", "#": ".*", "/": "(?:/[^/?#]*)*", ".": "(?:\\.[^/?#]*)*",
+                ";": "(?:;[^/?#]*)*", "?": "(?:[?&][^#]*)?", "&": "(?:&[^#]*)?"}
+
+
+@lru_cache(maxsize=4096)
+def template_regex(template: str) -> re.Pattern[str]:
+    """A regex matching the URIs an RFC 6570 template can expand to (by operator; values unchecked)."""
+    out, pos = [], 0
+    for m in _EXPANSION.finditer(template):
+        out.append(re.escape(template[pos:m.start()]))
+        out.append(_OPERATOR_RE[m.group(1)])
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out), re.DOTALL)
+
+
+class ViewSource(Protocol):
+    """The narrow interface policies and the router get to the catalogue (implemented by the Gateway)."""
+
+    def view(self, name: str) -> View | None: ...
+
+    async def ensure_discovered(self, view: View) -> View: ...
 
 
 @lru_cache(maxsize=4096)
@@ -128,6 +182,7 @@ def build_view(name: str, vs: VirtualServerConfig, cfg: GatewayConfig, inv: dict
     templates: list[Item] = []
     seen_uri: dict[str, str] = {}
     resource_index: dict[str, tuple[str, str]] = {}
+    template_index: dict[str, tuple[str, str]] = {}
     for up in ups:
         got = inv.get(up, Inventory())
         for key, out, src in (("uri", resources, got.resources), ("uriTemplate", templates, got.templates)):
@@ -141,14 +196,20 @@ def build_view(name: str, vs: VirtualServerConfig, cfg: GatewayConfig, inv: dict
                                     f"keeping {seen_uri[exposed]!r}")
                     continue
                 seen_uri[exposed] = up
-                if key == "uri":
-                    resource_index[exposed] = (up, uri)
+                (resource_index if key == "uri" else template_index)[exposed] = (up, uri)
                 out.append({**item, key: exposed} if exposed != uri else item)
     live = {u for u in ups if inv.get(u, Inventory()).ok}
     for f in (rfilter,):
         problems.extend(f.unused(live))
     return View(name, ups, namer, tools, tool_index, prompts, prompt_index, resources, templates, problems,
-                resource_index)
+                resource_index, template_index, resource_rule=_resource_rule(vs))
+
+
+def _resource_rule(vs: VirtualServerConfig) -> Callable[[str], bool] | None:
+    allow, deny = vs.allow_resources, vs.deny_resources
+    if allow is None and not deny:
+        return None
+    return lambda ref: not matches(ref, deny) and (allow is None or matches(ref, allow))
 
 
 def _named(

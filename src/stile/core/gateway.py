@@ -9,34 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
-from stile.core.context import CallNext
+from stile.core.context import CallContext, CallNext, Reply
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
-from stile.core.pipeline import Policy, build
-from stile.core.router import Router
+from stile.core.router import NO_SPANS, Router, UpstreamSpans
 from stile.core.sessions import SessionSealer, resolve_key
-from stile.observe.audit import AuditLog
-from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
-from stile.observe.audit_store import StoreSink
-from stile.observe.metrics import Metrics
-from stile.observe.policy import Observe
-from stile.observe.spool import SpooledSink
-from stile.observe.tracing import Tracing
-from stile.policies.access import AccessControl
-from stile.policies.rules import Rules
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
 from stile.upstreams.factory import make_upstream
 from stile.wire import jsonrpc
-from stile.wire.errors import StileError
+from stile.wire.errors import MethodNotFound, StileError
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.gateway")
@@ -53,36 +40,47 @@ _CHANGED = {
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None,
-                 state_url: str | None = None) -> None:
+    """Upstreams, their inventories, the views, and one policy chain per virtual server.
+
+    It knows nothing of which policies exist: the composition root (`stile.assembly`) builds each
+    virtual server's chain around `router.handle` and installs it with `install_chains`.
+    """
+
+    def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS) -> None:
         self.cfg = cfg
         self.upstreams: dict[str, Upstream] = {n: make_upstream(n, c) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
         self.views: dict[str, View] = {}
         self.hub = Hub()
-        self.subscriptions: dict[str, set[str]] = {}  # legacy session nonce -> subscribed exposed URIs
         self.closed_sessions: set[str] = set()
         key, self.key_source = resolve_key(cfg.session_key)
         self.sealer = SessionSealer(key)
         self.inputs = InputBridge(key)
-        self.router = Router(self)
-        self.state_url = state_url
-        self.audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
-                              per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
-                                          if vs.audit_arguments is not None},
-                              costs=cfg.costs, queue_size=cfg.audit.queue_size)
-        self.metrics = Metrics(self, audit=self.audit)
-        self.tracing = Tracing(cfg.tracing)
-        self.observe = Observe(self, self.metrics, self.audit, self.tracing)
-        if policies is None:
-            policies = [self.observe, AccessControl(self), Rules(self)]
-        self.handle: CallNext = build(policies, self.router.handle)
+        self.router = Router(cfg, self.upstreams, self, self.inputs, self.hub, spans)
+        self.chains: dict[str, CallNext] = {}
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
         self._rebuild_views()
 
+    def install_chains(self, chains: dict[str, CallNext]) -> None:
+        self.chains = dict(chains)
+
+    async def handle(self, ctx: CallContext) -> Reply:
+        """The only way a client message reaches the router: through its virtual server's chain."""
+        chain = self.chains.get(ctx.virtual_server)
+        if chain is None:
+            raise MethodNotFound(f"unknown virtual server {ctx.virtual_server!r}")
+        return await chain(ctx)
+
+    def instructions(self, name: str) -> str | None:
+        """A virtual server's instructions: its own, else its single upstream's."""
+        view = self.views.get(name)
+        text = self.cfg.virtual_servers[name].instructions if name in self.cfg.virtual_servers else None
+        if text is None and view is not None and len(view.upstreams) == 1:
+            text = self.upstreams[view.upstreams[0]].instructions
+        return text
+
     async def start(self) -> None:
-        await self.audit.start()
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
         await asyncio.gather(*(self.refresh(n) for n in self.upstreams))
@@ -92,8 +90,6 @@ class Gateway:
 
     async def stop(self) -> None:
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
-        await self.audit.aclose()
-        await self.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)
@@ -179,25 +175,3 @@ class Gateway:
                 exposed = view.namer.uri(name, uri)
                 out = jsonrpc.notification("notifications/resources/updated", {**params, "uri": exposed})
                 self.hub.publish(view.name, out, uri=exposed)
-
-
-def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
-    """The configured audit sinks, each behind its own spool (the store one only when a state URL is known)."""
-    audit = cfg.audit
-    inner: list[Sink] = []
-    if audit.store and state_url:
-        inner.append(StoreSink(state_url, audit.chain))
-    if audit.jsonl:
-        inner.append(JsonlSink(Path(audit.jsonl)))
-    if audit.stdout:
-        inner.append(StdoutSink())
-    spool_dir = Path(audit.spool_dir) if audit.spool_dir else default_spool_dir(state_url)
-    return [SpooledSink(sink, spool_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sink.name)}.spool",
-                        retry_seconds=audit.retry_seconds) for sink in inner]
-
-
-def default_spool_dir(state_url: str | None) -> Path:
-    """`audit-spool` beside a SQLite state database, else in the working directory."""
-    if state_url and state_url.startswith("sqlite:///"):
-        return Path(state_url.removeprefix("sqlite:///")).resolve().parent / "audit-spool"
-    return Path.cwd() / "audit-spool"

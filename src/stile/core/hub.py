@@ -21,8 +21,24 @@ class Subscriber:
 
 
 class Hub:
+    MAX_SESSIONS = 100_000  # legacy sessions with resource subscriptions; the least recently used go first
+
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscriber]] = {}
+        self._session_uris: dict[str, set[str]] = {}  # legacy session nonce -> subscribed exposed URIs
+
+    def session_uris(self, nonce: str) -> set[str]:
+        """The live set of URIs a legacy session subscribed to (shared with its GET stream)."""
+        uris = self._session_uris.pop(nonce, None)
+        if uris is None:
+            uris = set()
+            if len(self._session_uris) >= self.MAX_SESSIONS:
+                self._session_uris.pop(next(iter(self._session_uris)))
+        self._session_uris[nonce] = uris  # re-inserted: ordered by last use
+        return uris
+
+    def drop_session(self, nonce: str) -> None:
+        self._session_uris.pop(nonce, None)
 
     def add(self, sub: Subscriber) -> None:
         self._subs.setdefault(sub.virtual_server, set()).add(sub)

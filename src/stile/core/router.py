@@ -1,39 +1,50 @@
-"""The terminal handler: maps an exposed request onto its upstream and the answer back.
+"""The terminal handler of every chain: maps an exposed request onto its upstream and the answer back.
 
-Lists are answered from the view (gateway-paginated); named requests are resolved through the
-view's indexes, rewritten to the upstream's names and forwarded on a reused upstream session.
-Progress tokens are remapped per call; server->client requests are relayed to capable clients;
-a modern upstream's `input_required` is resolved for legacy clients by asking them and retrying.
+The router dispatches on the method table (`stile.wire.methods`): one handler per kind. Lists are
+answered from the view (gateway-paginated); named requests are resolved through the view's indexes,
+rewritten to the upstream's names and forwarded on a reused upstream session (`core.forward`).
+Anything the view does not show, hidden or nonexistent, gets one canonical answer and is never
+forwarded. Methods the table does not classify are refused unless the virtual server lists them in
+`passthrough_methods` and the caller's roles grant them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import itertools
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from time import perf_counter
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from stile import __version__
+from stile.config.model import GatewayConfig
 from stile.core.catalog import View, matches
 from stile.core.context import CallContext, Reply
-from stile.core.results import adapt_reply, rewrite_uris
-from stile.observe.tracing import Tracing
+from stile.core.forward import NO_SPANS, UpstreamLeg, UpstreamSpans
+from stile.core.hub import Hub
+from stile.core.mrtr import InputBridge
+from stile.core.results import rewrite_uris
 from stile.upstreams.base import CallOptions, Upstream
-from stile.wire import eras, jsonrpc
+from stile.wire import eras, methods
 from stile.wire.errors import InvalidParams, MethodNotFound, StileError
 from stile.wire.headers import check_param_headers, param_headers
 
 if TYPE_CHECKING:
-    from stile.core.gateway import Gateway
+    from stile.core.catalog import ViewSource
 
-MAX_INPUT_ROUNDS = 8
-_tokens = itertools.count(1)
-_CAPABILITY_FOR = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+__all__ = ["NO_SPANS", "Router", "UpstreamSpans", "server_capabilities", "server_info"]
+LISTEN_FLAGS = {
+    "toolsListChanged": "notifications/tools/list_changed",
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
+_LIST_KEYS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
+              "resources/templates/list": "resourceTemplates"}
+_NOT_FOUND_CODES = frozenset({-32002, -32602})
+Handler = Callable[[CallContext, View], Awaitable[Reply]]
 
 
 def server_capabilities(view: View) -> dict[str, Any]:
@@ -51,42 +62,51 @@ def server_info(view: View) -> dict[str, Any]:
 
 
 class Router:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self._methods = {
+    def __init__(self, cfg: GatewayConfig, upstreams: Mapping[str, Upstream], views: ViewSource,
+                 inputs: InputBridge, hub: Hub, spans: UpstreamSpans = NO_SPANS) -> None:
+        self.cfg = cfg
+        self.upstreams = upstreams
+        self.views = views
+        self.hub = hub
+        self.leg = UpstreamLeg(upstreams, inputs, spans)
+        self.forward = self.leg.forward
+        # one handler per method of the table (a test keeps the two in step)
+        self.handlers: dict[str, Handler] = {
+            "initialize": self._initialize, "ping": self._ping, "logging/setLevel": self._set_level,
+            "server/discover": self._discover,
             "tools/list": self._list, "prompts/list": self._list, "resources/list": self._list,
-            "resources/templates/list": self._list, "tools/call": self._call_tool, "prompts/get": self._get_prompt,
-            "resources/read": self._by_uri, "resources/subscribe": self._subscribe,
-            "resources/unsubscribe": self._subscribe, "completion/complete": self._complete,
-            "ping": self._ping, "logging/setLevel": self._set_level, "server/discover": self._discover,
+            "resources/templates/list": self._list,
+            "tools/call": self._call_tool, "prompts/get": self._get_prompt, "resources/read": self._read,
+            "resources/subscribe": self._subscribe, "resources/unsubscribe": self._subscribe,
+            "completion/complete": self._complete, "subscriptions/listen": self._listen,
+            methods.GET_STREAM: self._admit, methods.SSE_STREAM: self._admit,
+            "notifications/initialized": self._admit, "notifications/cancelled": self._admit,
+            "notifications/progress": self._admit, "notifications/roots/list_changed": self._admit,
         }
 
     def _view(self, ctx: CallContext) -> View:
-        view = ctx.view or self.gw.view(ctx.virtual_server)
+        view = ctx.view or self.views.view(ctx.virtual_server)
         if view is None:
             raise MethodNotFound(f"unknown virtual server {ctx.virtual_server!r}")
         return view
 
     async def handle(self, ctx: CallContext) -> Reply:
-        fn = self._methods.get(ctx.method)
-        if fn is None:
-            return await self._passthrough(ctx)
-        return await fn(ctx)
+        view = self._view(ctx)
+        spec = methods.classify(ctx.method, ctx.era)
+        if spec is None:
+            return await self._passthrough(ctx, view)
+        return await self.handlers[spec.name](ctx, view)
 
     # --- lists ---------------------------------------------------------------------------
-    async def _list(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _list(self, ctx: CallContext, view: View) -> Reply:
         if ctx.view is None:
-            view = await self.gw.ensure_discovered(view)
-        key, items = {
-            "tools/list": ("tools", view.tools), "prompts/list": ("prompts", view.prompts),
-            "resources/list": ("resources", view.resources),
-            "resources/templates/list": ("resourceTemplates", view.templates),
-        }[ctx.method]
+            view = await self.views.ensure_discovered(view)
+        key = _LIST_KEYS[ctx.method]
+        items = {"tools": view.tools, "prompts": view.prompts, "resources": view.resources,
+                 "resourceTemplates": view.templates}[key]
         start = _decode_cursor(ctx.params.get("cursor"), ctx.method)
-        page_size = self.gw.cfg.virtual_servers[view.name].page_size
-        page = items[start:start + page_size]
-        result: dict[str, Any] = {key: page}
+        page_size = self.cfg.virtual_servers[view.name].page_size
+        result: dict[str, Any] = {key: items[start:start + page_size]}
         if start + page_size < len(items):
             result["nextCursor"] = _encode_cursor(start + page_size, ctx.method)
         if ctx.era == "modern":
@@ -94,12 +114,11 @@ class Router:
         return {"result": result}
 
     # --- named requests --------------------------------------------------------------------
-    async def _call_tool(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _call_tool(self, ctx: CallContext, view: View) -> Reply:
         name = ctx.params.get("name")
         target = view.tool_index.get(name) if isinstance(name, str) else None
         if target is None:
-            raise InvalidParams(f"Unknown tool: {name}")
+            raise InvalidParams(f"Unknown tool: {_shown(name)}")
         args = ctx.params.get("arguments")
         hdrs: dict[str, str] = {}
         if target.header_map:
@@ -110,79 +129,112 @@ class Router:
         reply = await self.forward(ctx, target.upstream, {**ctx.params, "name": target.original}, hdrs)
         return rewrite_uris(reply, view, target.upstream)
 
-    async def _get_prompt(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _get_prompt(self, ctx: CallContext, view: View) -> Reply:
         name = ctx.params.get("name")
         target = view.prompt_index.get(name) if isinstance(name, str) else None
         if target is None:
-            raise InvalidParams(f"Unknown prompt: {name}")
+            raise InvalidParams(f"Unknown prompt: {_shown(name)}")
         reply = await self.forward(ctx, target.upstream, {**ctx.params, "name": target.original})
         return rewrite_uris(reply, view, target.upstream)
 
-    def _resolve_uri(self, ctx: CallContext, view: View) -> tuple[str, str]:
+    def _visible(self, ctx: CallContext, view: View) -> tuple[str, str]:
         uri = ctx.params.get("uri")
-        hit = view.resolve_uri(uri) if isinstance(uri, str) else None
-        if hit is None or not self._resource_allowed(view, *hit):
+        hit = view.visible_uri(uri)
+        if hit is None:
             raise _not_found(ctx, uri)
         return hit
 
-    def _resource_allowed(self, view: View, upstream: str, uri: str) -> bool:
-        vs = self.gw.cfg.virtual_servers[view.name]
-        ref = f"{upstream}.{uri}"
-        if view.resource_filter is not None and not view.resource_filter(upstream, uri):
-            return False
-        if matches(ref, vs.deny_resources):
-            return False
-        return vs.allow_resources is None or matches(ref, vs.allow_resources)
-
-    async def _by_uri(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
-        up, uri = self._resolve_uri(ctx, view)
+    async def _read(self, ctx: CallContext, view: View) -> Reply:
+        up, uri = self._visible(ctx, view)
         reply = await self.forward(ctx, up, {**ctx.params, "uri": uri})
+        err = reply.get("error")
+        if isinstance(err, dict) and err.get("code") in _NOT_FOUND_CODES and "not found" in str(
+                err.get("message", "")).lower():
+            raise _not_found(ctx, ctx.params.get("uri"))  # one canonical not-found, whoever said it
         return rewrite_uris(reply, view, up)
 
-    async def _subscribe(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _subscribe(self, ctx: CallContext, view: View) -> Reply:
         exposed = ctx.params.get("uri")
-        up, uri = self._resolve_uri(ctx, view)
+        up, uri = self._visible(ctx, view)
         reply = await self.forward(ctx, up, {**ctx.params, "uri": uri})
         if "result" in reply and ctx.session_id is not None and isinstance(exposed, str):
-            subs = self.gw.subscriptions.setdefault(ctx.session_id, set())
+            subs = self.hub.session_uris(ctx.session_id)
             if ctx.method == "resources/subscribe":
                 subs.add(exposed)
             else:
                 subs.discard(exposed)
         return reply
 
-    async def _complete(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _complete(self, ctx: CallContext, view: View) -> Reply:
         ref = ctx.params.get("ref")
         if not isinstance(ref, dict):
             raise InvalidParams("completion/complete needs a `ref` object")
-        if ref.get("type") == "ref/prompt":
-            target = view.prompt_index.get(ref.get("name"))  # type: ignore[arg-type]
+        kind = ref.get("type")
+        if kind == "ref/prompt":
+            name = ref.get("name")
+            target = view.prompt_index.get(name) if isinstance(name, str) else None
             if target is None:
-                raise InvalidParams(f"Unknown prompt: {ref.get('name')}")
+                raise InvalidParams(f"Unknown prompt: {_shown(name)}")
             up, new_ref = target.upstream, {**ref, "name": target.original}
-        elif ref.get("type") == "ref/resource":
+        elif kind == "ref/resource":
             uri = ref.get("uri")
-            hit = view.resolve_uri(uri) if isinstance(uri, str) else None
-            if hit is None:
-                raise InvalidParams(f"Unknown resource template: {uri}")
+            hit = view.visible_template(uri)
+            if hit is None or not self._resource_admitted(view, *hit):
+                raise InvalidParams(f"Unknown resource template: {_shown(uri)}")
             up, new_ref = hit[0], {**ref, "uri": hit[1]}
         else:
             raise InvalidParams("ref.type must be ref/prompt or ref/resource")
         return await self.forward(ctx, up, {**ctx.params, "ref": new_ref})
 
-    # --- local answers ---------------------------------------------------------------------
-    async def _ping(self, ctx: CallContext) -> Reply:
+    @staticmethod
+    def _resource_admitted(view: View, upstream: str, uri: str) -> bool:
+        if view.resource_rule is not None and not view.resource_rule(f"{upstream}.{uri}"):
+            return False
+        return view.resource_filter is None or view.resource_filter(upstream, uri)
+
+    # --- streams, sessions and notifications: admitted here, served by the frontend ---------
+    async def _initialize(self, ctx: CallContext, view: View) -> Reply:
+        result: dict[str, Any] = {"protocolVersion": ctx.protocol_version,
+                                  "capabilities": server_capabilities(view), "serverInfo": server_info(view)}
+        instructions = self._instructions(view)
+        if instructions:
+            result["instructions"] = instructions
+        return {"result": result}
+
+    async def _admit(self, ctx: CallContext, view: View) -> Reply:
         return {"result": {}}
 
-    async def _set_level(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _listen(self, ctx: CallContext, view: View) -> Reply:
+        """`subscriptions/listen`: what the stream will deliver. Every requested URI is acknowledged;
+        only the visible ones are subscribed upstream and delivered (hidden ones look nonexistent)."""
+        wanted = ctx.params.get("notifications")
+        wanted = wanted if isinstance(wanted, dict) else {}
+        honored: dict[str, Any] = {k: True for k in LISTEN_FLAGS if wanted.get(k) is True}
+        uris = wanted.get("resourceSubscriptions")
+        requested = sorted({u for u in uris if isinstance(u, str)}) if isinstance(uris, list) else []
+        cap = self.cfg.limits.max_listen_subscriptions
+        if len(requested) > cap:
+            raise InvalidParams(f"at most {cap} resourceSubscriptions per listen request", http_status=400)
+        deliver: list[str] = []
+        if requested:
+            honored["resourceSubscriptions"] = requested
+            hits = {u: view.visible_uri(u) for u in requested}
+            deliver = [u for u, hit in hits.items() if hit is not None]
+            await asyncio.gather(*(self._subscribe_upstream(*hit) for hit in hits.values() if hit is not None))
+        return {"result": {"notifications": honored, "deliver": deliver}}
+
+    async def _subscribe_upstream(self, upstream: str, uri: str) -> None:
+        with contextlib.suppress(StileError):  # best effort: the upstream may not support it
+            await self.upstreams[upstream].request("resources/subscribe", {"uri": uri})
+
+    # --- local answers ---------------------------------------------------------------------
+    async def _ping(self, ctx: CallContext, view: View) -> Reply:
+        return {"result": {}}
+
+    async def _set_level(self, ctx: CallContext, view: View) -> Reply:
         legacy = CallOptions(client_era="legacy")
         for name in view.upstreams:
-            up = self.gw.upstreams[name]
+            up = self.upstreams[name]
             if "logging" in up.capabilities:
                 try:  # best effort, on the upstream's (shared) legacy session; modern-only upstreams refuse it
                     await up.request("logging/setLevel", dict(ctx.params), legacy)
@@ -190,129 +242,42 @@ class Router:
                     continue
         return {"result": {}}
 
-    async def _discover(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
+    async def _discover(self, ctx: CallContext, view: View) -> Reply:
         result: dict[str, Any] = {
             "resultType": "complete", "supportedVersions": list(eras.MODERN_VERSIONS),
             "capabilities": server_capabilities(view), "ttlMs": 0, "cacheScope": "private",
             "_meta": {eras.META_SERVER_INFO: server_info(view)},
         }
-        instructions = self.gw.cfg.virtual_servers[view.name].instructions
-        if instructions is None and len(view.upstreams) == 1:
-            instructions = self.gw.upstreams[view.upstreams[0]].instructions
+        instructions = self._instructions(view)
         if instructions:
             result["instructions"] = instructions
         return {"result": result}
 
-    async def _passthrough(self, ctx: CallContext) -> Reply:
-        view = self._view(ctx)
-        if len(view.upstreams) != 1:
-            raise MethodNotFound(f"Method not found: {ctx.method}")
-        return await self.forward(ctx, view.upstreams[0], dict(ctx.params))
+    def _instructions(self, view: View) -> str | None:
+        text = self.cfg.virtual_servers[view.name].instructions
+        if text is None and len(view.upstreams) == 1:
+            text = self.upstreams[view.upstreams[0]].instructions
+        return text
 
-    # --- the upstream leg ------------------------------------------------------------------
-    async def forward(self, ctx: CallContext, upstream: str, params: dict[str, Any],
-                      headers: dict[str, str] | None = None) -> Reply:
-        up = self.gw.upstreams[upstream]
-        meta = params.get("_meta")
-        client_token = meta.get("progressToken") if isinstance(meta, dict) else None
-        up_token: str | None = None
-        if client_token is not None and isinstance(meta, dict):
-            up_token = f"stile-{next(_tokens)}"
-            params = {**params, "_meta": {**meta, "progressToken": up_token}}
-
-        async def on_message(msg: jsonrpc.Message) -> None:
-            p = msg.get("params")
-            if msg.get("method") == "notifications/progress" and isinstance(p, dict):
-                msg = {**msg, "params": {**p, "progressToken": client_token}}
-            await ctx.channel.notify(msg)
-
-        async def on_request(method: str, p: dict[str, Any]) -> dict[str, Any]:
-            if method == "ping":
-                return {}
-            cap = _CAPABILITY_FOR.get(method)
-            if not ctx.channel.can_request or (cap is not None and cap not in ctx.client_caps):
-                raise MethodNotFound(f"the client does not support {method}")
-            return await ctx.channel.request(method, p)
-
-        tracing = self.gw.tracing
-        span = tracing.start_upstream(ctx, upstream, params) if tracing.spans else None  # the upstream's parent
-        opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
-                           client_era=ctx.era,
-                           client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
-                           extra_headers=headers or {}, trace_headers=Tracing.upstream_headers(ctx, span))
-        stats = ctx.stats
-        started = perf_counter()
-        try:
-            if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
-                reply = adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
-            else:
-                reply = await self._exchange(ctx, up, params, opts, on_request)
-        except BaseException as exc:
-            if span is not None:
-                Tracing.end_upstream(span, None, exc)
-            raise
-        finally:
-            stats.upstream_seconds += perf_counter() - started
-        if span is not None:
-            Tracing.end_upstream(span, reply)
-        return reply
-
-    async def _exchange(self, ctx: CallContext, up: Upstream, params: dict[str, Any], opts: CallOptions,
-                        on_request: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
-        """One request upstream, plus the rounds a modern upstream's `input_required` takes for a legacy client."""
-        reply = await up.request(ctx.method, params, opts)
-        rounds = 0
-        while ctx.era == "legacy" and _input_required(reply) and ctx.channel.can_request:
-            rounds += 1
-            if rounds > MAX_INPUT_ROUNDS:
-                raise StileError(f"upstream {up.name!r} asked for input more than {MAX_INPUT_ROUNDS} times")
-            res = reply["result"]
-            answers: dict[str, Any] = {}
-            for key, req in (res.get("inputRequests") or {}).items():
-                answers[key] = await on_request(req.get("method", ""), req.get("params") or {})
-            retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
-            retry["inputResponses"] = answers
-            if "requestState" in res:
-                retry["requestState"] = res["requestState"]
-            reply = await up.request(ctx.method, retry, opts)
-        return adapt_reply(reply, ctx.era, up.era)
-
-    async def _bridge_inputs(self, ctx: CallContext, up: Upstream, params: dict[str, Any],
-                             opts: CallOptions) -> Reply:
-        """A legacy upstream's server->client requests, asked of a modern client through MRTR."""
-        bridge = self.gw.inputs
-        binding = _binding(ctx, up.name, params)
-        if bridge.owns(params):
-            return await bridge.resume(params, binding)
-        clean = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
-
-        async def call(ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
-            async def on_request(method: str, p: dict[str, Any]) -> dict[str, Any]:
-                if method == "ping":
-                    return {}
-                cap = _CAPABILITY_FOR.get(method)
-                if cap is None or cap not in ctx.client_caps:
-                    raise MethodNotFound(f"the client does not support {method}")
-                return await ask(method, p)
-
-            return await up.request(ctx.method, clean, replace(opts, on_request=on_request))
-
-        return await bridge.start(call, binding)
+    async def _passthrough(self, ctx: CallContext, view: View) -> Reply:
+        """An unclassified method: forwarded only when the virtual server lists it and the roles grant it."""
+        routes = self.cfg.virtual_servers[view.name].passthrough_methods
+        upstream = next((up for pattern, up in routes.items() if matches(ctx.method, [pattern])), None)
+        granted = view.method_filter is None or view.method_filter(ctx.method)
+        if upstream is None or upstream not in view.upstreams or not granted or ctx.request_id is None:
+            raise MethodNotFound(f"Method not found: {_shown(ctx.method)}",
+                                 http_status=404 if ctx.era == "modern" else 200)
+        return await self.forward(ctx, upstream, dict(ctx.params))
 
 
-def _binding(ctx: CallContext, upstream: str, params: dict[str, Any]) -> str:
-    key = eras.NAMED_METHODS.get(ctx.method, "name")
-    return f"{ctx.virtual_server}|{upstream}|{ctx.method}|{params.get(key)}"
-
-
-def _input_required(reply: Reply) -> bool:
-    res = reply.get("result")
-    return isinstance(res, dict) and res.get("resultType") == "input_required"
+def _shown(value: Any) -> str:
+    """A client-supplied value quoted in an error message, bounded."""
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= 256 else text[:256] + "..."
 
 
 def _not_found(ctx: CallContext, uri: Any) -> StileError:
-    err = InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+    err = InvalidParams(f"Resource not found: {_shown(uri)}", data={"uri": uri if isinstance(uri, str) else None})
     if ctx.era == "legacy":
         err.jsonrpc_code = -32002
     return err

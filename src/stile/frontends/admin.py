@@ -17,10 +17,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from stile.config.model import GatewayConfig
 from stile.core.context import Principal
-from stile.core.gateway import Gateway
 from stile.frontends.asgi import Scope, Send, send_json
 from stile.identity.authn import Authenticator, AuthRequired
+from stile.observe.audit import AuditLog
 from stile.observe.audit_query import (
     GROUP_BY,
     Filter,
@@ -47,16 +48,19 @@ class BadParam(Exception):
 
 
 class AdminApi:
-    def __init__(self, gw: Gateway, authn: Authenticator, base_url: Callable[[dict[str, str]], str]) -> None:
-        self.gw = gw
+    def __init__(self, cfg: GatewayConfig, audit: AuditLog, state_url: str | None, authn: Authenticator,
+                 base_url: Callable[[dict[str, str]], str]) -> None:
+        self.cfg = cfg
+        self.audit = audit
+        self.state_url = state_url
         self.authn = authn
         self.base_url = base_url
 
     def source(self) -> Source | None:
-        return audit_source(self.gw.cfg.audit, self.gw.state_url)
+        return audit_source(self.cfg.audit, self.state_url)
 
     async def handle(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
-        admin = self.gw.cfg.admin
+        admin = self.cfg.admin
         if not admin.enabled:
             await send_json(send, 404, {"error": "not_found"})
             return
@@ -102,9 +106,9 @@ class AdminApi:
 
     def _audit_access(self, scope: Scope, headers: dict[str, str], outcome: str, reason: str | None,
                       principal: Principal | None = None) -> None:
-        if self.gw.audit.enabled:
+        if self.audit.enabled:
             query = scope.get("query_string", b"").decode("latin-1")[:1024]
-            self.gw.audit.record_http("(admin)", headers, outcome, reason or query,
+            self.audit.record_http("(admin)", headers, outcome, reason or query,
                                          method=f"GET {scope['path']}", principal=principal)
 
     async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from stile.assembly import Runtime
 from stile.core.context import ANONYMOUS, Principal
-from stile.core.gateway import Gateway
 from stile.frontends.admin import AdminApi
 from stile.frontends.asgi import (
     BodyTooLarge,
@@ -39,13 +39,17 @@ WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 class StileApp:
-    def __init__(self, gw: Gateway, *, bind_host: str = "127.0.0.1", start_gateway: bool = True,
+    def __init__(self, runtime: Runtime, *, bind_host: str = "127.0.0.1", start_gateway: bool = True,
                  state_url: str | None = None) -> None:
-        self.gw = gw
+        self.runtime = runtime
+        self.gw = gw = runtime.gateway
+        self.metrics = runtime.observers.metrics
+        self.audit = runtime.observers.audit
         self.mcp = StreamableEndpoint(gw)
         self.sse = LegacySseEndpoint(gw, self.mcp)
+        state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
-        self.admin = AdminApi(gw, self.authn, self.base_url)
+        self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
@@ -73,7 +77,7 @@ class StileApp:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 if self._start_gateway:
-                    await self.gw.start()
+                    await self.runtime.start()
                 # Everything allocated so far lives for the process: keep it out of the collector's scans,
                 # and collect young objects less often (fewer pauses in the p99 tail under load).
                 gc.freeze()
@@ -81,7 +85,7 @@ class StileApp:
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 if self._start_gateway:
-                    await self.gw.stop()
+                    await self.runtime.stop()
                 await self.authn.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -116,7 +120,7 @@ class StileApp:
             await self._ready(send)
             return
         if path == "/metrics":
-            await send_bytes(send, 200, self.gw.metrics.render(), content_type=CONTENT_TYPE.encode())
+            await send_bytes(send, 200, self.metrics.render(), content_type=CONTENT_TYPE.encode())
             return
         headers = header_map(scope)
         if path.startswith(WELL_KNOWN):
@@ -152,11 +156,10 @@ class StileApp:
                 self._refused(vs, headers, "denied", f"insufficient scope (missing {' '.join(sorted(missing))})")
                 await self._insufficient_scope(send, headers, vs)
                 return
-        if kind == "sse":
-            await self.sse.handle(scope, vs, tail, headers, receive, send, principal)
-            return
         try:
-            if method == "POST":
+            if kind == "sse":
+                await self.sse.handle(scope, vs, tail, headers, receive, send, principal)
+            elif method == "POST":
                 await self._post(vs, headers, receive, send, principal)
             elif method == "GET":
                 await self.mcp.get(vs, headers, receive, send, principal)
@@ -202,16 +205,16 @@ class StileApp:
                   principal: Principal) -> None:
         """A request the transport refused before the pipeline (bad JSON, unknown session, wrong headers...)."""
         reason = type(exc).__name__
-        self.gw.metrics.rejected(vs, reason)
-        if self.gw.audit.enabled:
-            self.gw.audit.record_http(vs, headers, "error", exc.message, method=method and method[:128],
+        self.metrics.rejected(vs, reason)
+        if self.audit.enabled:
+            self.audit.record_http(vs, headers, "error", exc.message, method=method and method[:128],
                                       principal=principal if principal.method != "none" else None,
                                       error_type=reason, code=exc.jsonrpc_code)
 
     def _refused(self, vs: str, headers: dict[str, str], outcome: str, reason: str) -> None:
-        self.gw.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)
-        if self.gw.audit.enabled:
-            self.gw.audit.record_http(vs, headers, outcome, reason)
+        self.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)
+        if self.audit.enabled:
+            self.audit.record_http(vs, headers, outcome, reason)
 
     # --- OAuth 2.1 resource server (RFC 9728) -------------------------------------------------
     def base_url(self, headers: dict[str, str]) -> str:

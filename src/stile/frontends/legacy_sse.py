@@ -8,6 +8,7 @@ session, so this transport is process-local by nature.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,6 @@ from urllib.parse import parse_qs
 import orjson
 
 from stile.core.context import ANONYMOUS, CallContext, Principal
-from stile.core.router import server_capabilities, server_info
 from stile.frontends.asgi import (
     SSE_HEADERS,
     BodyTooLarge,
@@ -29,8 +29,8 @@ from stile.frontends.asgi import (
 )
 from stile.frontends.channel import ClientReplyError
 from stile.tasks import spawn
-from stile.wire import eras, jsonrpc, sse
-from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
+from stile.wire import eras, jsonrpc, methods, sse
+from stile.wire.errors import INTERNAL_ERROR, ClientError, MethodNotFound, StileError
 from stile.wire.jsonrpc import Message
 
 if TYPE_CHECKING:
@@ -102,6 +102,8 @@ class LegacySseEndpoint:
             await send_json(send, 405, jsonrpc.error(None, -32600, "method not allowed"))
 
     async def _stream(self, vs: str, receive: Receive, send: Send, principal: Principal) -> None:
+        await self.gw.handle(CallContext(vs, methods.SSE_STREAM, {}, None, "legacy", eras.LATEST_LEGACY,
+                                         principal=principal))  # admitted by the chain before it opens
         cid = secrets.token_urlsafe(18)
         conn = self.conns[cid] = _Conn(vs, principal=principal)
         watcher = spawn(self._watch(receive, conn), name="sse-disconnect")
@@ -144,29 +146,41 @@ class LegacySseEndpoint:
             fut = conn.pending.get(str(msg.get("id")))
             if fut is not None and not fut.done():
                 fut.set_result(msg)
-        elif jsonrpc.is_request(msg):
+        else:
             spawn(self._request(conn, msg), name="sse-request")
 
     async def _request(self, conn: _Conn, msg: Message) -> None:
-        params = msg.get("params") or {}
-        if msg["method"] == "initialize":
-            conn.version = eras.negotiate_legacy(params.get("protocolVersion"))
+        """One request or notification from the client, through the chain; the answer goes on the stream."""
+        params = msg.get("params")
+        params = params if isinstance(params, dict) else {}
+        rid = msg.get("id")
+        if msg["method"] == "initialize" and rid is not None:
+            version = eras.negotiate_legacy(params.get("protocolVersion"))
             raw_caps = params.get("capabilities")
-            conn.caps = raw_caps if isinstance(raw_caps, dict) else {}
-            conn.info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
-            view = self.gw.views[conn.vs]
-            reply = jsonrpc.result(msg["id"], {"protocolVersion": conn.version,
-                                               "capabilities": server_capabilities(view),
-                                               "serverInfo": server_info(view)})
-            self.gw.observe.answered_locally(CallContext(conn.vs, "initialize", params, msg["id"], "legacy",
-                                                         conn.version, conn.caps, conn.info,
-                                                         principal=conn.principal), reply)
-            conn.put(reply)
+            caps = raw_caps if isinstance(raw_caps, dict) else {}
+            info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
+            ctx = CallContext(conn.vs, "initialize", params, rid, "legacy", version, caps, info,
+                              principal=conn.principal)
+            try:
+                reply = await self.gw.handle(ctx)
+            except StileError as exc:
+                conn.put({"jsonrpc": "2.0", "id": rid, "error": exc.to_error()})
+                return
+            if "result" in reply:
+                conn.version, conn.caps, conn.info = version, caps, info
+            conn.put({"jsonrpc": "2.0", "id": rid, **reply})
             return
         channel = _QueueChannel(conn, self.mcp.request_timeout)
-        ctx = CallContext(conn.vs, msg["method"], params, msg["id"], "legacy", conn.version, conn.caps, conn.info,
+        ctx = CallContext(conn.vs, msg["method"], params, rid, "legacy", conn.version, conn.caps, conn.info,
                           principal=conn.principal, channel=channel)
+        if rid is None:  # a notification: recorded by the chain, never answered
+            if methods.client_method(ctx.method):
+                with contextlib.suppress(StileError):
+                    await self.gw.handle(ctx)
+            return
         try:
+            if not methods.client_method(ctx.method) or ctx.method == "initialize":
+                raise MethodNotFound(f"Method not found: {ctx.method[:256]}")
             reply = await self.gw.handle(ctx)
             conn.put({"jsonrpc": "2.0", "id": msg["id"], **reply})
         except StileError as exc:

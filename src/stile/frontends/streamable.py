@@ -7,18 +7,18 @@ Era of an inbound message: `initialize` or an `Mcp-Session-Id` header means lega
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stile.core.context import ANONYMOUS, CallContext, Principal
-from stile.core.router import server_capabilities, server_info
 from stile.core.sessions import LegacySession, owner_of
 from stile.frontends.asgi import Receive, Send, send_empty, send_json
 from stile.frontends.channel import Relay, ResponseChannel
 from stile.frontends.listen import serve_get_stream, serve_listen
 from stile.tasks import spawn
-from stile.wire import eras, jsonrpc
+from stile.wire import eras, jsonrpc, methods
 from stile.wire.errors import (
     INTERNAL_ERROR,
     HeaderMismatch,
@@ -36,11 +36,6 @@ if TYPE_CHECKING:
     from stile.core.gateway import Gateway
 
 log = logging.getLogger("stile.frontend")
-MODERN_METHODS = frozenset({
-    "server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
-    "prompts/list", "prompts/get", "completion/complete", "subscriptions/listen",
-    "tasks/get", "tasks/update", "tasks/cancel",
-})
 SESSION_HEADER = b"mcp-session-id"
 # Modern errors that travel with HTTP 400 (SEP-2243 / SEP-2575), also when an upstream raised them.
 _HTTP_400_CODES = frozenset({-32020, -32021, -32022})
@@ -74,7 +69,7 @@ class StreamableEndpoint:
             session = self._open_session(sid, vs, principal)
             await self._legacy(vs, msg, session, sid, headers, receive, send, principal)
         elif msg.get("method") == "initialize" and not (isinstance(meta, dict) and eras.META_VERSION in meta):
-            await self._initialize(vs, msg, send, principal)
+            await self._initialize(vs, msg, headers, send, principal)
         elif isinstance(meta, dict) and eras.META_VERSION in meta:
             await self._modern(vs, msg, meta, headers, receive, send, principal)
         elif headers.get("mcp-protocol-version") in eras.MODERN_VERSIONS:
@@ -92,7 +87,10 @@ class StreamableEndpoint:
                 return
             raise InvalidRequest("Bad Request: Missing session ID")
         session = self._open_session(sid, vs, principal)
-        await serve_get_stream(self.gw, vs, session, receive, send)
+        await self.gw.handle(CallContext(vs, methods.GET_STREAM, {}, None, "legacy", session.version,
+                                         session.client_caps, session.client_info, principal=principal,
+                                         headers=headers, session_id=session.nonce))
+        await serve_get_stream(self.gw.hub, vs, session, receive, send)
 
     async def delete(self, vs: str, headers: dict[str, str], send: Send, principal: Principal = ANONYMOUS) -> None:
         sid = headers.get("mcp-session-id")
@@ -102,7 +100,7 @@ class StreamableEndpoint:
         session = self._open_session(sid, vs, principal)
         self.gw.closed_sessions.add(session.nonce)
         self.gw.sealer.forget(session.nonce)
-        self.gw.subscriptions.pop(session.nonce, None)
+        self.gw.hub.drop_session(session.nonce)
         await send_empty(send, 200)
 
     def _open_session(self, sid: str, vs: str, principal: Principal) -> LegacySession:
@@ -127,21 +125,29 @@ class StreamableEndpoint:
                 continue
             if jsonrpc.is_response(msg):
                 self.relay.answer(msg)
-            elif jsonrpc.is_request(msg) and msg["method"] != "initialize":
+                continue
+            if jsonrpc.is_notification(msg):
+                with contextlib.suppress(StileError):  # a notification has no answer; the chain records it
+                    await self._notification(vs, msg, session, headers, principal)
+                continue
+            try:
+                if msg["method"] == "initialize" or not methods.client_method(msg["method"]):
+                    raise MethodNotFound(f"Method not found: {str(msg['method'])[:256]}")
                 ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
                                   session.client_caps, session.client_info, principal=principal, headers=headers,
                                   session_id=session.nonce)
-                try:
-                    out.append({"jsonrpc": "2.0", "id": msg["id"], **(await self.gw.handle(ctx))})
-                except StileError as exc:
-                    out.append(error_body(msg["id"], exc))
+                out.append({"jsonrpc": "2.0", "id": msg["id"], **(await self.gw.handle(ctx))})
+            except StileError as exc:
+                out.append(error_body(msg["id"], exc))
         if not out:
             await send_empty(send, 202)
             return
         await send_json(send, 200, out, [(SESSION_HEADER, sid.encode())] if sid else None)
 
     # --- legacy ---------------------------------------------------------------------------
-    async def _initialize(self, vs: str, msg: Message, send: Send, principal: Principal) -> None:
+    async def _initialize(self, vs: str, msg: Message, headers: dict[str, str], send: Send,
+                          principal: Principal) -> None:
+        """A new legacy session: the chain admits it (a principal with no role gets 403), then its id is minted."""
         if "id" not in msg:
             raise InvalidRequest("initialize must be a request")
         params = msg.get("params") or {}
@@ -149,19 +155,34 @@ class StreamableEndpoint:
         raw_caps = params.get("capabilities")
         caps: dict[str, Any] = raw_caps if isinstance(raw_caps, dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
-        sid, sess = self.gw.sealer.mint(version, vs, caps, info, owner_of(principal))
-        view = self.gw.views[vs]
-        result: dict[str, Any] = {"protocolVersion": version, "capabilities": server_capabilities(view),
-                                  "serverInfo": server_info(view)}
-        instructions = self.gw.cfg.virtual_servers[vs].instructions
-        if instructions is None and len(view.upstreams) == 1:
-            instructions = self.gw.upstreams[view.upstreams[0]].instructions
-        if instructions:
-            result["instructions"] = instructions
-        reply = jsonrpc.result(msg["id"], result)
-        self.gw.observe.answered_locally(CallContext(vs, "initialize", params, msg["id"], "legacy", version, caps, info,
-                                                     principal=principal, session_id=sess.nonce), reply)
-        await send_json(send, 200, reply, [(SESSION_HEADER, sid.encode())])
+        ctx = CallContext(vs, "initialize", params, msg["id"], "legacy", version, caps, info, principal=principal,
+                          headers=headers)
+        reply = await self.gw.handle(ctx)
+        if "result" not in reply:
+            await send_json(send, 200, {"jsonrpc": "2.0", "id": msg["id"], **reply})
+            return
+        sid, _ = self.gw.sealer.mint(version, vs, caps, info, owner_of(principal))
+        await send_json(send, 200, {"jsonrpc": "2.0", "id": msg["id"], **reply}, [(SESSION_HEADER, sid.encode())])
+
+    async def _notification(self, vs: str, msg: Message, session: LegacySession | None, headers: dict[str, str],
+                            principal: Principal, era: methods.Era = "legacy", version: str | None = None,
+                            caps: dict[str, Any] | None = None) -> None:
+        """A client notification crosses the chain (and the audit); the frontend then acts on `cancelled`."""
+        params = msg.get("params")
+        params = params if isinstance(params, dict) else {}
+        ctx = CallContext(vs, msg["method"], params, None, era,
+                          version or (session.version if session else eras.LATEST_LEGACY),
+                          caps if caps is not None else (session.client_caps if session else {}),
+                          session.client_info if session else None, principal=principal, headers=headers,
+                          session_id=session.nonce if session else None)
+        if not methods.client_method(msg["method"]):
+            raise MethodNotFound("Method not found")
+        await self.gw.handle(ctx)
+        if msg["method"] == "notifications/cancelled" and session is not None:
+            rid = params.get("requestId")
+            cancel = self.inflight.get((session.nonce, rid)) if jsonrpc.is_valid_id(rid) else None
+            if cancel is not None:
+                cancel()
 
     async def _legacy(self, vs: str, msg: Message, session: LegacySession, sid: str, headers: dict[str, str],
                       receive: Receive, send: Send, principal: Principal) -> None:
@@ -173,20 +194,29 @@ class StreamableEndpoint:
             await send_empty(send, 202)
             return
         if jsonrpc.is_notification(msg):
-            if msg["method"] == "notifications/cancelled":
-                rid = (msg.get("params") or {}).get("requestId")
-                cancel = self.inflight.get((session.nonce, rid))
-                if cancel is not None:
-                    cancel()
-            await send_empty(send, 202)
+            await self._notify_or_refuse(vs, msg, session, headers, principal, send)
             return
         if msg["method"] == "initialize":
             raise InvalidRequest("session already initialized")
+        if not methods.client_method(msg["method"]):
+            raise MethodNotFound(f"Method not found: {str(msg['method'])[:256]}")
         ctx = CallContext(vs, msg["method"], msg.get("params") or {}, msg["id"], "legacy", session.version,
                           session.client_caps, session.client_info, None, principal=principal, headers=headers,
                           session_id=session.nonce)
         sess_hdr = [(SESSION_HEADER, sid.encode())]
         await self._run(ctx, receive, send, sess_hdr, self.relay, key=(session.nonce, msg["id"]))
+
+    async def _notify_or_refuse(self, vs: str, msg: Message, session: LegacySession | None,
+                                headers: dict[str, str], principal: Principal, send: Send,
+                                era: methods.Era = "legacy", version: str | None = None,
+                                caps: dict[str, Any] | None = None) -> None:
+        """202 for a notification the chain admitted or merely ignored; a refusal (403...) keeps its status."""
+        try:
+            await self._notification(vs, msg, session, headers, principal, era, version, caps)
+        except StileError as exc:
+            if exc.http_status >= 400:
+                raise
+        await send_empty(send, 202)
 
     # --- modern ---------------------------------------------------------------------------
     async def _modern(self, vs: str, msg: Message, meta: dict[str, Any], headers: dict[str, str],
@@ -206,17 +236,18 @@ class StreamableEndpoint:
         params = msg.get("params") or {}
         check_modern_headers(headers, method, params)
         if jsonrpc.is_notification(msg):
-            await send_empty(send, 202)
+            await self._notify_or_refuse(vs, msg, None, headers, principal, send, "modern", version, caps)
             return
-        if method not in MODERN_METHODS:
-            raise MethodNotFound(f"Method not found: {method}", http_status=404)
+        if not methods.client_method(method):
+            raise MethodNotFound(f"Method not found: {str(method)[:256]}", http_status=404)
         info = meta.get(eras.META_CLIENT_INFO)
         level = meta.get(eras.META_LOG_LEVEL)
         ctx = CallContext(vs, method, params, msg["id"], "modern", version, caps,
                           info if isinstance(info, dict) else None, level if isinstance(level, str) else None,
                           principal=principal, headers=headers)
         if method == "subscriptions/listen":
-            await serve_listen(self.gw, ctx, receive, send)
+            admitted = await self.gw.handle(ctx)
+            await serve_listen(self.gw.hub, ctx, admitted, receive, send)
             return
         await self._run(ctx, receive, send, [], None, key=None)
 

@@ -19,8 +19,7 @@ from stile.observe.tracing import Tracing
 from stile.wire.errors import StileError
 
 if TYPE_CHECKING:
-    from stile.core.catalog import Target
-    from stile.core.gateway import Gateway
+    from stile.core.catalog import Target, ViewSource
 
 DENIALS = frozenset({"PolicyDenied", "Forbidden"})
 _INDEX = {"tools/call": "tool_index", "prompts/get": "prompt_index"}
@@ -37,8 +36,8 @@ def outcome_of(exc: StileError) -> tuple[str, str | None]:
 
 
 class Observe:
-    def __init__(self, gw: Gateway, metrics: Metrics, audit: AuditLog, tracing: Tracing) -> None:
-        self.gw = gw
+    def __init__(self, views: ViewSource, metrics: Metrics, audit: AuditLog, tracing: Tracing) -> None:
+        self.views = views
         self.metrics = metrics
         self.audit = audit
         self.tracing = tracing
@@ -48,14 +47,14 @@ class Observe:
         index_name = _INDEX.get(ctx.method)
         if index_name is None:
             return "", None
-        view = ctx.view or self.gw.view(ctx.virtual_server)
+        view = ctx.view or self.views.view(ctx.virtual_server)
         name = ctx.params.get("name")
         target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
         return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
 
     def _resource_upstream(self, ctx: CallContext) -> str:
         uri = ctx.params.get("uri") if ctx.method in _BY_URI else None
-        view = self.gw.view(ctx.virtual_server) if isinstance(uri, str) else None
+        view = self.views.view(ctx.virtual_server) if isinstance(uri, str) else None
         hit = view.resolve_uri(uri) if view is not None and isinstance(uri, str) else None
         return hit[0] if hit is not None else ""
 
@@ -82,11 +81,6 @@ class Observe:
             outcome = "is_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
             self._finish(ctx, time.perf_counter() - start, outcome, None, None, None, reply)
         return reply
-
-    def answered_locally(self, ctx: CallContext, reply: Reply) -> None:
-        """A request the frontend answers itself (`initialize`): accounted for like any other."""
-        self.tracing.begin(ctx)
-        self._finish(ctx, 0.0, "ok", None, None, None, reply)
 
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
                 reason: str | None, reply: Reply | None) -> None:

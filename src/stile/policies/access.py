@@ -19,7 +19,8 @@ from stile.core.context import CallContext, CallNext, Reply
 from stile.wire.errors import ClientError
 
 if TYPE_CHECKING:
-    from stile.core.gateway import Gateway
+    from stile.config.model import GatewayConfig
+    from stile.core.catalog import ViewSource
 
 LIST_METHODS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 
@@ -46,22 +47,32 @@ class _Grant:
         return any(matches(ref, r.allow_tools) and (not r.read_only or _read_only(item)) for r in self.roles)
 
     def prompt(self, ref: str) -> bool:
-        return any(r.allow_prompts is None or matches(ref, r.allow_prompts) for r in self.roles)
+        if any(matches(ref, r.deny_prompts) for r in self.roles):
+            return False
+        return any(matches(ref, r.allow_prompts) for r in self.roles)
 
     def resource(self, upstream: str, uri: str) -> bool:
         ref = f"{upstream}.{uri}"
-        return any(r.allow_resources is None or matches(ref, r.allow_resources) for r in self.roles)
+        if any(matches(ref, r.deny_resources) for r in self.roles):
+            return False
+        return any(matches(ref, r.allow_resources) for r in self.roles)
+
+    def method(self, method: str) -> bool:
+        return any(matches(method, r.allow_methods) for r in self.roles)
 
 
 def narrow(view: View, roles: list[RoleConfig]) -> View:
+    """The part of `view` the roles grant; everything else is absent, exactly as if it did not exist."""
     grant = _Grant(roles)
     tools, tool_index = _keep(view.tools, view.tool_index, lambda ref, item: grant.tool(ref, item))
     prompts, prompt_index = _keep(view.prompts, view.prompt_index, lambda ref, item: grant.prompt(ref))
     resources = [r for r in view.resources if _resource_ok(view, grant, r.get("uri"))]
-    templates = [t for t in view.templates if _resource_ok(view, grant, t.get("uriTemplate"))]
+    template_index = {k: v for k, v in view.template_index.items() if grant.resource(*v)}
+    templates = [t for t in view.templates if t.get("uriTemplate") in template_index]
     index = {k: v for k, v in view.resource_index.items() if grant.resource(*v)}
     return replace(view, tools=tools, tool_index=tool_index, prompts=prompts, prompt_index=prompt_index,
-                   resources=resources, templates=templates, resource_index=index, resource_filter=grant.resource)
+                   resources=resources, templates=templates, resource_index=index, template_index=template_index,
+                   resource_filter=grant.resource, method_filter=grant.method)
 
 
 def _resource_ok(view: View, grant: _Grant, uri: Any) -> bool:
@@ -84,12 +95,13 @@ def _keep(items: list[dict[str, Any]], index: dict[str, Target], ok: Any) -> tup
 class AccessControl:
     """The pipeline policy: narrows the view for authenticated principals; anonymous views pass through."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, cfg: GatewayConfig, views: ViewSource) -> None:
+        self.cfg = cfg
+        self.views = views
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[View, View]] = {}  # -> (source view, narrowed)
 
     def roles_for(self, virtual_server: str, role_names: tuple[str, ...]) -> list[RoleConfig]:
-        roles = self.gw.cfg.roles
+        roles = self.cfg.roles
         out = []
         for name in role_names:
             role = roles.get(name)
@@ -98,14 +110,14 @@ class AccessControl:
         return out
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
-        vs = self.gw.cfg.virtual_servers.get(ctx.virtual_server)
+        vs = self.cfg.virtual_servers.get(ctx.virtual_server)
         if vs is None or vs.auth == "none":
             return await call_next(ctx)
-        view = self.gw.view(ctx.virtual_server)
+        view = self.views.view(ctx.virtual_server)
         if view is None:
             return await call_next(ctx)
         if ctx.method in LIST_METHODS:
-            view = await self.gw.ensure_discovered(view)
+            view = await self.views.ensure_discovered(view)
         key = (ctx.virtual_server, ctx.principal.roles)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is view:

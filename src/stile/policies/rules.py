@@ -24,7 +24,7 @@ from stile.policies.cel_fast import NeedsCel, Program, compile_fast
 from stile.wire.errors import ClientError
 
 if TYPE_CHECKING:
-    from stile.core.gateway import Gateway
+    from stile.core.catalog import ViewSource
 
 log = logging.getLogger("stile.rules")
 _VARIABLES = {"principal": cel.Type.DYN, "tool": cel.Type.DYN, "arguments": cel.Type.DYN, "request": cel.Type.DYN}
@@ -116,12 +116,12 @@ def decide(rules: list[_Compiled], data: dict[str, Any]) -> Decision:
 class Rules:
     """The pipeline policy; runs after access control, on the request the caller is allowed to see."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.rules = compile_rules(gw.cfg.rules)
+    def __init__(self, rules: list[RuleConfig], views: ViewSource) -> None:
+        self.views = views
+        self.rules = compile_rules(rules)
 
     def context_data(self, ctx: CallContext) -> dict[str, Any] | None:
-        view = ctx.view or self.gw.view(ctx.virtual_server)
+        view = ctx.view or self.views.view(ctx.virtual_server)
         if view is None:
             return None
         params = ctx.params

@@ -1,0 +1,78 @@
+"""The composition root: builds the gateway, its observers and each virtual server's policy chain.
+
+Nothing below this module wires services together: `core` knows views, upstreams and the router,
+`observe` knows what to record, `policies` know how to decide, and the frontends get a `Runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from stile.config.model import GatewayConfig
+from stile.core.gateway import Gateway
+from stile.observe.audit import AuditLog
+from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
+from stile.observe.audit_store import StoreSink
+from stile.observe.metrics import Metrics
+from stile.observe.observers import Observers
+from stile.observe.spool import SpooledSink
+from stile.observe.tracing import Tracing
+from stile.policies.registry import PolicyDeps, build_chains
+
+log = logging.getLogger("stile.gateway")
+
+
+@dataclass
+class Runtime:
+    """A gateway with its observers, started and stopped as one."""
+
+    cfg: GatewayConfig
+    gateway: Gateway
+    observers: Observers
+    state_url: str | None
+
+    async def start(self) -> None:
+        await self.observers.audit.start()
+        await self.gateway.start()
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.observers.audit.aclose()
+        await self.observers.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
+
+
+def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
+    tracing = Tracing(cfg.tracing)
+    gw = Gateway(cfg, spans=tracing)
+    audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
+                     per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
+                                 if vs.audit_arguments is not None},
+                     costs=cfg.costs, queue_size=cfg.audit.queue_size)
+    observers = Observers(Metrics(gw, audit=audit), audit, tracing)
+    gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers), gw.router.handle))
+    return Runtime(cfg, gw, observers, state_url)
+
+
+def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
+    """The configured audit sinks, each behind its own spool (the store one only when a state URL is known)."""
+    audit = cfg.audit
+    inner: list[Sink] = []
+    if audit.store and state_url:
+        inner.append(StoreSink(state_url, audit.chain))
+    if audit.jsonl:
+        inner.append(JsonlSink(Path(audit.jsonl)))
+    if audit.stdout:
+        inner.append(StdoutSink())
+    spool_dir = Path(audit.spool_dir) if audit.spool_dir else default_spool_dir(state_url)
+    return [SpooledSink(sink, spool_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sink.name)}.spool",
+                        retry_seconds=audit.retry_seconds) for sink in inner]
+
+
+def default_spool_dir(state_url: str | None) -> Path:
+    """`audit-spool` beside a SQLite state database, else in the working directory."""
+    if state_url and state_url.startswith("sqlite:///"):
+        return Path(state_url.removeprefix("sqlite:///")).resolve().parent / "audit-spool"
+    return Path.cwd() / "audit-spool"

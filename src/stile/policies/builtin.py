@@ -1,0 +1,29 @@
+"""The built-in policies, registered by name (imported by the registry on first use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stile.core.pipeline import Policy
+from stile.observe.policy import Observe
+from stile.policies.access import AccessControl
+from stile.policies.registry import PolicyDeps, PolicyType, register
+from stile.policies.rules import Rules
+
+
+def _observe(deps: PolicyDeps, config: Any) -> Policy:
+    o = deps.observers
+    return Observe(deps.views, o.metrics, o.audit, o.tracing)
+
+
+def _access(deps: PolicyDeps, config: Any) -> Policy:
+    return AccessControl(deps.cfg, deps.views)
+
+
+def _rules(deps: PolicyDeps, config: Any) -> Policy:
+    return Rules(deps.cfg.rules, deps.views)
+
+
+OBSERVE = register(PolicyType("observe", _observe, doc="metrics, audit and tracing of every outcome"))
+ACCESS = register(PolicyType("access", _access, doc="roles narrow the view; no role: 403"))
+RULES = register(PolicyType("rules", _rules, doc="CEL rules on tools/call and prompts/get"))
