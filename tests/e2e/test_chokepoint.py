@@ -21,7 +21,8 @@ from stile.stores.keys import hash_for_config
 from tests.e2e.helpers import LEGACY_HEADERS, MODERN, modern_meta
 from tests.support import ready_process, stile_server
 
-KEYS = {name: f"stile_test_{name}_{secrets.token_urlsafe(24)}" for name in ("limited", "norole", "methods", "admin")}
+KEYS = {name: f"stile_test_{name}_{secrets.token_urlsafe(24)}"
+        for name in ("limited", "norole", "methods", "admin", "tools", "wide")}
 
 
 @dataclass
@@ -45,6 +46,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 {"name": "norole-bot", "hash": hash_for_config(KEYS["norole"]), "roles": ["elsewhere"]},
                 {"name": "methods-bot", "hash": hash_for_config(KEYS["methods"]), "roles": ["methods"]},
                 {"name": "auditor", "hash": hash_for_config(KEYS["admin"]), "roles": ["admin"]},
+                {"name": "tools-bot", "hash": hash_for_config(KEYS["tools"]), "roles": ["tools-only"]},
+                {"name": "wide-bot", "hash": hash_for_config(KEYS["wide"]), "roles": ["wide"]},
             ]},
             "upstreams": {"surface": {"url": f"{upstream}/mcp"}},
             "roles": {
@@ -52,11 +55,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "methods": {"virtual_servers": ["guarded"], **visible, "allow_methods": ["vault/*"]},
                 "elsewhere": {"virtual_servers": ["other"], "allow_tools": ["surface.*"]},
                 "tools-only": {"allow_tools": ["surface.*"]},
+                "wide": {"virtual_servers": ["wide"], "allow_tools": ["surface.*"], "allow_resources": ["surface.*"],
+                         "allow_prompts": ["surface.*"]},
             },
             "virtual_servers": {
                 "guarded": {"upstreams": ["surface"], "passthrough_methods": {"vault/*": "surface"}},
                 "open": {"upstreams": ["surface"], "auth": "none", "prefix": "never"},
                 "other": {"upstreams": ["surface"]},
+                "wide": {"upstreams": ["surface"], "deny_resources": ["surface.res://secret"]},
             },
         }
         with stile_server(config) as base:
@@ -216,6 +222,27 @@ async def test_a_role_without_resource_or_prompt_grants_sees_none(env: Env, http
         "surface+res://public"]
     assert [t["uriTemplate"] for t in (await limited.call("resources/templates/list", {}))["result"][
         "resourceTemplates"]] == ["surface+pub://{item}"]
+
+
+async def test_a_role_without_resource_or_prompt_grants_gets_none_by_default(
+        env: Env, http: aiohttp.ClientSession) -> None:
+    client = await _client(http, env, "modern", KEYS["tools"], vs="other")
+    for method, key in (("prompts/list", "prompts"), ("resources/list", "resources"),
+                        ("resources/templates/list", "resourceTemplates")):
+        assert (await client.call(method, {}))["result"][key] == [], method
+    assert len((await client.call("tools/list", {}))["result"]["tools"]) == 2
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_a_hidden_uri_and_a_nonexistent_one_of_a_visible_upstream_answer_alike(
+        env: Env, http: aiohttp.ClientSession, era: str) -> None:
+    client = await _client(http, env, era, KEYS["wide"], vs="wide")
+    before = await _counts(env)
+    hidden, unknown = "surface+res://secret", "surface+res://nopeet"
+    _, raw_h = await client.send("resources/read", {"uri": hidden}, name=hidden)
+    _, raw_u = await client.send("resources/read", {"uri": unknown}, name=unknown)
+    assert raw_h.replace(hidden.encode(), unknown.encode()).replace(b'"id":1', b'"id":2') == raw_u, (raw_h, raw_u)
+    assert await _counts(env) == before
 
 
 # --- finding 3 and must-have 3: hidden equals unknown, everywhere ------------------------------
