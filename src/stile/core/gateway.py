@@ -56,7 +56,8 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, policies: Sequence[Policy] | None = None,
                  state_url: str | None = None) -> None:
         self.cfg = cfg
-        self.upstreams: dict[str, Upstream] = {n: make_upstream(n, c) for n, c in cfg.upstreams.items()}
+        self.upstreams: dict[str, Upstream] = {
+            n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
         self.views: dict[str, View] = {}
         self.hub = Hub()
