@@ -86,7 +86,7 @@ class LimitsConfig(_Strict):
     header_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=30.0, gt=0, description="seconds to receive a request body after its head")
     max_connections: int | None = Field(default=None, ge=1,
-                                        description="open client connections, beyond: 503; default min(10000, fd limit/2)")
+                                        description="client connections, beyond: 503; default min(10000, fds/2)")
     max_upstream_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
                                              description="an upstream response body, SSE event or stdio line")
     max_json_depth: int = Field(default=64, ge=4)
