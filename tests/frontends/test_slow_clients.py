@@ -38,6 +38,22 @@ def _read_reply(s: socket.socket) -> bytes:
             return b"".join(chunks)
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One whole response with a content-length body (so the next one on the connection starts clean)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(rest) < length and (chunk := s.recv(4096)):
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
 def _exchange(base: str, data: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(_addr(base), timeout=timeout) as s:
         s.sendall(data)
@@ -94,15 +110,9 @@ def test_a_complete_body_is_answered_and_the_connection_stays_usable(base: str) 
     with socket.create_connection(_addr(base), timeout=10.0) as s:
         for _ in range(2):
             s.sendall(_post_head(len(body)) + body)
-            reply = _read_reply(s)
+            reply = _read_response(s)
             assert reply.startswith(b"HTTP/1.1 "), reply
             assert not reply.startswith(b"HTTP/1.1 408"), reply
-            # read the body it announced, so the next request starts clean
-            head, _, rest = reply.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            while len(rest) < length:
-                rest += s.recv(4096)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +124,7 @@ def capped() -> Iterator[str]:
 
 def _healthz(s: socket.socket) -> bytes:
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    return _read_reply(s)
+    return _read_response(s)
 
 
 def test_connections_beyond_max_connections_get_503_and_the_others_keep_working(capped: str) -> None:
@@ -139,3 +149,21 @@ def test_connections_beyond_max_connections_get_503_and_the_others_keep_working(
         if reply.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
             break
     assert reply.startswith(b"HTTP/1.1 200"), reply
+
+
+def test_on_a_keep_alive_connection_the_next_request_gets_its_own_deadlines(base: str) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    with socket.create_connection(_addr(base), timeout=10.0) as s:
+        s.sendall(_post_head(len(body)) + body)
+        first = _read_response(s)
+        assert first.startswith(b"HTTP/1.1 ") and not first.startswith(b"HTTP/1.1 408"), first
+        start = time.monotonic()
+        s.sendall(_post_head(500) + b"{")  # the second request's body stalls
+        second = b""
+        while b"408" not in second:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            second += chunk
+    assert b"HTTP/1.1 408" in second, second
+    assert time.monotonic() - start < 5.0
