@@ -71,6 +71,8 @@ class SseUpstream(UpstreamBase):
                 raise UpstreamUnavailable(self.name, "no endpoint event on the SSE stream") from exc
             if self._endpoint_error is not None:
                 raise UpstreamUnavailable(self.name, self._endpoint_error)
+            if self._endpoint is None:
+                raise UpstreamUnavailable(self.name, self._last_error or "SSE stream closed before its endpoint event")
             msg = await self._rpc.call("initialize", initialize_params(), timeout=self.cfg.connect_timeout)
             if "result" not in msg:
                 raise UpstreamUnavailable(self.name, "initialize failed")
@@ -85,7 +87,8 @@ class SseUpstream(UpstreamBase):
             async with self._http.get(self.url, headers={"Accept": "text/event-stream", **self.cfg.headers},
                                       timeout=timeout) as resp:
                 if resp.status != 200:
-                    log.error("upstream %s: SSE GET answered HTTP %s", self.name, resp.status)
+                    self._last_error = f"SSE GET answered HTTP {resp.status}"
+                    log.error("upstream %s: %s", self.name, self._last_error)
                     return
                 dec = sse.Decoder(self.max_response)
                 async for chunk in resp.content.iter_any():
