@@ -84,7 +84,7 @@ async def hostile_stats(http: aiohttp.ClientSession, hostile: str) -> dict[str, 
 
 @pytest.mark.parametrize(("upstream", "tool", "what"), [
     ("web", "huge", "response"), ("web", "endless", "SSE event"), ("stream", "huge", "SSE event"),
-    ("stream", "endless", "SSE event"), ("proc", "huge", "stdout line")])
+    ("stream", "endless", "SSE event"), ("proc", "huge", "stdout line"), ("proc", "huge_tail", "stdout line")])
 async def test_an_oversized_upstream_answer_is_a_clear_error_and_the_upstream_keeps_working(
     env: Env, http: aiohttp.ClientSession, upstream: str, tool: str, what: str
 ) -> None:
