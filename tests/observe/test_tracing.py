@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 from stile.config.observe import TracingConfig
 from stile.core.context import CallContext, Principal
-from stile.observe.tracing import Tracing, parse_traceparent
+from stile.observe.tracing import Tracing, parse_traceparent, valid_tracestate
 from stile.wire.errors import StileError
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -40,12 +40,38 @@ META_TP = f"00-{META_TRACE}-b7ad6b7169203331-01"
     (f"00-{TRACE}-{PARENT}-0G", None),
     (f"00-{TRACE[:-1]}-{PARENT}-01", None),
     (f"00_{TRACE}_{PARENT}_01", None),
+    (f"{SAMPLED}\r\nX-Injected: 1", None),  # CR/LF never pass
+    (f"{SAMPLED}\n", None),
+    (f"01-{TRACE}-{PARENT}-01-\u2603", None),  # a future version's extra fields are printable ASCII
+    (f"01-{TRACE}-{PARENT}-01-" + "a" * 300, None),  # length cap
     ("", None),
     (None, None),
     (42, None),
 ])
 def test_parse_traceparent(value: Any, expected: tuple[str, str, str] | None) -> None:
     assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("rojo=00f067aa0ba902b7", "rojo=00f067aa0ba902b7"),
+    ("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    ("tenant@vendor=x,, b=y z", "tenant@vendor=x,b=y z"),  # empty members dropped; inner spaces allowed
+    ("", None),
+    ("a=b\r\nX-Injected: 1", None),
+    ("a=b\n", None),
+    ("a=caf\u00e9", None),
+    ("a=\u2603", None),
+    ("Upper=x", None),  # keys are lower case
+    ("a=b=c", None),
+    ("a=", None),
+    ("a=b " + ",c=d" * 0, "a=b"),  # trailing whitespace of a member is OWS
+    (",".join(f"k{i}=v" for i in range(33)), None),  # at most 32 members
+    ("a=" + "x" * 600, None),
+    (None, None),
+    (7, None),
+])
+def test_valid_tracestate(value: Any, expected: str | None) -> None:
+    assert valid_tracestate(value) == expected
 
 
 def request(method: str = "tools/call", params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stile.upstreams import h1
-from stile.upstreams.h1 import H1Error, H1Pool, H1Timeout
+from stile.upstreams.h1 import H1Error, H1HeaderError, H1Pool, H1Timeout, H1TooLarge
 
 DEADLINE = 15.0
 BIG = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MiB
@@ -488,6 +488,10 @@ def test_header_injection_and_other_origins_are_refused() -> None:
     pool = H1Pool("http://127.0.0.1:1/mcp")
     with pytest.raises(ValueError, match="CR or LF"):
         pool._encode("GET", "/", {"X-A": "b\r\nX-Evil: 1"}, b"")
+    with pytest.raises(H1HeaderError, match="CR or LF"):
+        pool._encode("GET", "/", {"tracestate": "a=b\nX-Evil: 1"}, b"")
+    with pytest.raises(H1HeaderError, match="non-Latin-1"):
+        pool._encode("GET", "/", {"tracestate": "a=\u2603"}, b"")
     with pytest.raises(ValueError, match="origin"):
         pool._target_of("http://127.0.0.1:2/mcp")
     with pytest.raises(ValueError):
@@ -660,3 +664,19 @@ def test_flow_control_pauses_a_slow_consumer() -> None:
         assert conn in pool._idle and not transport.paused
 
     asyncio.run(main())
+
+
+def test_read_with_a_limit_refuses_bigger_bodies_and_closes_only_that_connection(run: Callable[[Main], None]) -> None:
+    async def main() -> None:
+        async with serving() as srv, pool_for(srv) as pool:
+            resp = await pool.request("GET", {}, url="/big")  # content-length announced: refused up front
+            with pytest.raises(H1TooLarge, match=f"{len(BIG)} bytes, more than 65536"):
+                await resp.read(65536)
+            resp = await pool.request("GET", {}, url="/chunked")  # no length: refused as it arrives
+            with pytest.raises(H1TooLarge, match="larger than 10 bytes"):
+                await resp.read(10)
+            async with await pool.request("GET", {}, url="/chunked") as resp:
+                assert await resp.read(19) == b"hello chunked world"  # exactly at the limit is fine
+            assert await get(pool, "/big") == (200, BIG)  # the pool works on (with a new connection)
+
+    run(main)

@@ -143,3 +143,34 @@ def test_splitting_a_stream_at_arbitrary_points_yields_the_same_events(
 @given(st.binary(max_size=300), st.lists(st.integers(min_value=0), max_size=8))
 def test_decoder_never_raises_and_is_split_invariant_on_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
     assert decode_all(split_at(data, cuts)) == decode_all([data])
+
+
+def test_an_event_that_never_ends_raises_event_too_large_instead_of_buffering() -> None:
+    dec = Decoder(max_event=1024)
+    assert dec.feed(b"data: ok\n\n") == [Event(data="ok")]
+    dec.feed(b"data: " + b"x" * 1000)
+    with pytest.raises(sse.EventTooLarge, match="1024 bytes"):
+        dec.feed(b"x" * 100)  # no line end yet, the line alone is over the limit
+
+
+def test_many_data_lines_of_one_event_count_towards_the_limit() -> None:
+    dec = Decoder(max_event=1024)
+    with pytest.raises(sse.EventTooLarge):
+        for _ in range(100):
+            dec.feed(b"data: " + b"y" * 50 + b"\n")
+
+
+def test_events_under_the_limit_pass_however_many_there_are() -> None:
+    dec = Decoder(max_event=1024)
+    out = []
+    for _ in range(200):
+        out.extend(dec.feed(b"data: " + b"z" * 900 + b"\n\n"))
+    assert len(out) == 200 and out[0].data == "z" * 900
+
+
+def test_a_long_line_in_many_small_chunks_is_scanned_once() -> None:
+    dec = Decoder()
+    for _ in range(20_000):
+        assert dec.feed(b"a" * 100) == []
+    assert dec._scanned == 2_000_000
+    assert dec.feed(b"\n\n") == []  # a line with no field name ("aaa...") is ignored; the event is empty

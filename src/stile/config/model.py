@@ -88,6 +88,11 @@ class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0, description="seconds to receive a request body after its head")
+    max_connections: int | None = Field(default=None, ge=1,
+                                        description="client connections, beyond: 503; default min(10000, fds/2)")
+    max_upstream_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
+                                             description="an upstream response body, SSE event or stdio line")
     max_json_depth: int = Field(default=64, ge=4)
     max_listen_subscriptions: int = Field(default=256, ge=1)  # resourceSubscriptions in one subscriptions/listen
 

@@ -48,7 +48,8 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS) -> None:
         self.cfg = cfg
-        self.upstreams: dict[str, Upstream] = {n: make_upstream(n, c) for n, c in cfg.upstreams.items()}
+        self.upstreams: dict[str, Upstream] = {
+            n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
         self.views: dict[str, View] = {}
         self.hub = Hub()

@@ -1,18 +1,28 @@
-"""uvicorn's httptools protocol with two slow-client defences uvicorn lacks.
+"""uvicorn's httptools protocol with the slow-client and connection defences uvicorn lacks.
 
+- **Connection cap**: beyond `max_connections` open connections (idle keep-alive, SSE and listen streams
+  included) a new connection gets `503 Service Unavailable` and is closed at once; the others keep working.
 - **Header-receipt timeout**: a connection must deliver a complete request head within
   `header_timeout` seconds of connecting (or of starting the next request), else it gets
   `408 Request Timeout` and is closed (slowloris).
+- **Body timeout**: the whole request body must arrive within `body_timeout` seconds of its head, else
+  `408` (or, if the application already answered, just a close).
 - **Header size cap**: a request head larger than `max_header_bytes` gets `431` and is closed
   before the application sees it.
+
+The two deadlines share one lazy timer per connection: a phase change only moves `_deadline`; the timer,
+when it fires early, re-arms itself for the deadline, so a keep-alive request costs no timer of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_IDLE, _HEAD, _BODY = 0, 1, 2
 
 
 def _reply(transport: asyncio.Transport, status: bytes) -> None:
@@ -23,41 +33,65 @@ def _reply(transport: asyncio.Transport, status: bytes) -> None:
         transport.close()
 
 
-def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout: float = 30.0,
+                     max_connections: int | None = None) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _head_timer: asyncio.TimerHandle | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _deadline = 0.0
+        _phase = _IDLE
         _head_bytes = 0
-        _in_head = False
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._in_head = True
-            self._head_bytes = 0
-            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+        def _start(self, phase: int, seconds: float) -> None:
+            self._phase = phase
+            self._deadline = deadline = self.loop.time() + seconds
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(deadline, self._expire)
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _stop_timer(self) -> None:
+            self._phase = _IDLE
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
-        def _head_timeout(self) -> None:
-            self._head_timer = None
-            if self._in_head:
+        def _expire(self) -> None:
+            self._timer = None
+            if self._phase == _IDLE:
+                return  # the next request head arms it again
+            if self.loop.time() < self._deadline:
+                self._timer = self.loop.call_at(self._deadline, self._expire)
+                return
+            phase, self._phase = self._phase, _IDLE
+            if phase == _BODY and self.cycle is not None and self.cycle.response_started:
+                self.transport.close()  # the application answered already (say, 413 mid-body): no second status
+            else:
                 _reply(self.transport, b"408 Request Timeout")
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            if max_connections is not None and len(self.connections) > max_connections:
+                _reply(transport, b"503 Service Unavailable")
+                return
+            self._head_bytes = 0
+            self._start(_HEAD, header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._stop_timer()
             super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():  # refused (503) or cut off (408/431): read no further
+                return
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             # the first byte of a request (also the next one on a keep-alive connection) starts its deadline
             super().on_message_begin()
-            if not self._in_head:
-                self._arm()
+            if self._phase != _HEAD:
+                self._head_bytes = 0
+                self._start(_HEAD, header_timeout)
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url))
@@ -70,19 +104,30 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpT
         def _count(self, n: int) -> None:
             self._head_bytes += n
             if self._head_bytes > max_header_bytes:
-                self._disarm()
-                self._in_head = False
+                self._stop_timer()
                 _reply(self.transport, b"431 Request Header Fields Too Large")
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
-            self._disarm()
             if self.transport.is_closing():
+                self._stop_timer()
                 return
+            self._start(_BODY, body_timeout)  # ends at on_message_complete (at once for a bodiless request)
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._phase = _IDLE
+            super().on_message_complete()
 
     return GuardedHttpToolsProtocol
 
 
+def default_max_connections() -> int:
+    """Half the process's file-descriptor limit (the rest: upstream connections, files), at most 10,000."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 10_000 if soft == resource.RLIM_INFINITY else max(16, min(10_000, soft // 2))
+
+
 def http_protocol(limits: Any) -> type[HttpToolsProtocol]:
-    return guarded_protocol(float(limits.header_timeout), int(limits.max_header_bytes))
+    cap = limits.max_connections
+    return guarded_protocol(float(limits.header_timeout), int(limits.max_header_bytes), float(limits.body_timeout),
+                            default_max_connections() if cap is None else int(cap))

@@ -48,7 +48,12 @@ from stile.config.observe import TracingConfig
 from stile.core.context import CallContext
 from stile.wire.errors import StileError
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?")
+_MAX_TRACEPARENT = 256
+# W3C tracestate list-member: key (simple, or tenant@system) "=" value of printable ASCII but "," and "="
+_TS_KEY = r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+_TS_MEMBER = re.compile(_TS_KEY + r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_MAX_TS_MEMBERS = 32
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _ROOT = Context()  # an explicit empty parent: a request without a client context starts a new trace
@@ -63,14 +68,28 @@ def parse_traceparent(value: Any) -> tuple[str, str, str] | None:
     Version 00 must be exactly four fields; a higher version may carry more after them (W3C: parse what
     version 00 defines and ignore the rest); version ff, all-zero ids and uppercase hex are invalid.
     """
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > _MAX_TRACEPARENT:
         return None
-    m = _TRACEPARENT.match(value.strip())
+    m = _TRACEPARENT.fullmatch(value.strip(" \t"))
     if m is None or m.group(1) == "ff" or m.group(2) == _ZERO_TRACE or m.group(3) == _ZERO_SPAN:
         return None
     if m.group(5) is not None and m.group(1) == "00":
         return None
     return m.group(2), m.group(3), m.group(4)
+
+
+def valid_tracestate(value: Any) -> str | None:
+    """`value` if it is a W3C tracestate (at most 32 list-members, 512 characters), else None.
+
+    Anything else (CR/LF, non-ASCII, malformed members) is dropped whole, as the W3C spec asks.
+    """
+    if not isinstance(value, str) or len(value) > _MAX_TRACESTATE:
+        return None
+    members = [m.strip(" \t") for m in value.split(",")]
+    members = [m for m in members if m]
+    if len(members) > _MAX_TS_MEMBERS or not all(_TS_MEMBER.fullmatch(m) for m in members):
+        return None
+    return ",".join(members) or None
 
 
 def incoming(ctx: CallContext) -> tuple[str | None, str | None]:
@@ -127,8 +146,7 @@ class Tracing:
         tp, ts = incoming(ctx)
         parsed = parse_traceparent(tp)
         stats = ctx.stats
-        if parsed is None or ts is None or len(ts) > _MAX_TRACESTATE:
-            ts = None
+        ts = None if parsed is None else valid_tracestate(ts)
         stats.tracestate = ts
         if self._tracer is None:
             if parsed is None:  # ids need uniqueness, not secrecy: the SDK's own generator uses getrandbits too

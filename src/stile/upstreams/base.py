@@ -83,12 +83,19 @@ class Upstream(Protocol):
     def last_error(self) -> str | None: ...
 
 
-class UpstreamBase:
-    """State every transport keeps: identity, negotiated surface, health."""
+DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
 
-    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+
+class UpstreamBase:
+    """State every transport keeps: identity, negotiated surface, health.
+
+    `max_response` (`limits.max_upstream_response_bytes`) caps one response body, SSE event or stdio line.
+    """
+
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
         self.name = name
         self.cfg = cfg
+        self.max_response = max_response
         self.era: Era | None = None if cfg.era == "auto" else cfg.era
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
@@ -147,6 +154,8 @@ def narrow_caps(caps: dict[str, Any]) -> dict[str, Any]:
 def adapt_params(era: Era, params: dict[str, Any], opts: CallOptions) -> dict[str, Any]:
     """Add or strip the per-request `_meta` keys the upstream's era expects."""
     meta = params.get("_meta")
+    if opts.trace_headers and isinstance(meta, dict) and "tracestate" in meta:
+        meta = {k: v for k, v in meta.items() if k != "tracestate"}  # Stile's hop carries the (valid) one
     if era == "modern":
         new_meta = dict(meta) if isinstance(meta, dict) else {}
         new_meta.update(modern_meta(opts))

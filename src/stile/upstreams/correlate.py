@@ -94,6 +94,18 @@ class Correlator:
         with contextlib.suppress(UpstreamUnavailable):
             await self._write(reply)
 
+    def fail(self, rid: str | None, error: StileError) -> bool:
+        """Fail the call `rid` (None: the sole call in flight, if there is exactly one); False if none was."""
+        if rid is None:
+            if len(self._pending) != 1:
+                return False
+            rid = next(iter(self._pending))
+        fut = self._pending.get(rid)
+        if fut is None or fut.done():
+            return False
+        fut.set_exception(error)
+        return True
+
     def fail_all(self, why: str) -> None:
         for fut in self._pending.values():
             if not fut.done():

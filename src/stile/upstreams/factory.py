@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from stile.config.model import UpstreamConfig
-from stile.upstreams.base import Upstream
+from stile.upstreams.base import DEFAULT_MAX_RESPONSE, Upstream
 from stile.upstreams.http import HttpUpstream
 from stile.upstreams.sse import SseUpstream
 from stile.upstreams.stdio import StdioUpstream
 
 
-def make_upstream(name: str, cfg: UpstreamConfig) -> Upstream:
+def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
     kind = cfg.kind
     if kind == "stdio":
-        return StdioUpstream(name, cfg)
+        return StdioUpstream(name, cfg, max_response)
     if kind == "sse":
-        return SseUpstream(name, cfg)
-    return HttpUpstream(name, cfg)
+        return SseUpstream(name, cfg, max_response)
+    return HttpUpstream(name, cfg, max_response)

@@ -27,8 +27,10 @@ Design:
   then see the request twice).
 
 Not supported: proxies, redirects, compression, 100-continue uploads, streamed request bodies, trailers
-(parsed, dropped), protocol upgrades, HTTP/2. Response heads are capped at ``_MAX_HEAD`` bytes; bodies
-are not capped (use ``iter_chunks`` to bound memory). Time limits other than connecting are the caller's
+(parsed, dropped), protocol upgrades, HTTP/2. Response heads are capped at ``_MAX_HEAD`` bytes; a body
+read whole is capped by ``read(limit)`` (``H1TooLarge``; streams are bounded by their reader, ``iter_chunks``
+holds at most ~``_HIGH_WATER``). Header values with CR, LF or non-Latin-1 text are refused (``H1HeaderError``)
+before anything is sent. Time limits other than connecting are the caller's
 (``asyncio.timeout`` around a call is safe: cancellation closes the connection).
 """
 
@@ -43,7 +45,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["H1Error", "H1Pool", "H1Response", "H1Timeout"]
+__all__ = ["H1Error", "H1HeaderError", "H1Pool", "H1Response", "H1Timeout", "H1TooLarge"]
 
 _HIGH_WATER = 256 * 1024  # buffered body bytes per response before reading pauses
 _MAX_HEAD = 64 * 1024  # response status line + headers
@@ -58,6 +60,14 @@ class H1Error(Exception):
 
 class H1Timeout(H1Error):
     """No connection within ``connect_timeout``."""
+
+
+class H1TooLarge(H1Error):
+    """A body read whole was larger than the caller's limit (the connection is closed, nothing more is read)."""
+
+
+class H1HeaderError(H1Error, ValueError):
+    """A request line or header would carry CR, LF or non-Latin-1 text (header injection): nothing was sent."""
 
 
 class _Stale(H1Error):
@@ -89,15 +99,27 @@ class H1Response:
         self._error: H1Error | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    async def read(self) -> bytes:
-        """The whole (remaining) body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole (remaining) body; more than `limit` bytes closes the response and raises H1TooLarge."""
         if self._done and self._error is None:  # fast path: everything arrived with the headers
             data = b"".join(self._chunks)
             self._chunks.clear()
             self._size = 0
+            if limit is not None and len(data) > limit:
+                raise H1TooLarge(f"response body larger than {limit} bytes")
             return data
+        if limit is not None:
+            announced = self.headers.get("content-length", "")
+            if announced.isdigit() and int(announced) > limit:
+                self.close()
+                raise H1TooLarge(f"response body of {announced} bytes, more than {limit}")
         parts = []
+        size = 0
         while (chunk := await self._next()) is not None:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.close()
+                raise H1TooLarge(f"response body larger than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -399,8 +421,11 @@ class H1Pool:
         parts.append("\r\n")
         head = "".join(parts)
         if head.count("\n") != lines + 1 or head.count("\r") != lines + 1:
-            raise ValueError("CR or LF in the request method, target or a header")
-        data = head.encode("latin-1")  # UnicodeEncodeError (a ValueError) for non-latin-1 text
+            raise H1HeaderError("CR or LF in the request method, target or a header")
+        try:
+            data = head.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise H1HeaderError("non-Latin-1 text in the request method, target or a header") from exc
         if len(body) <= _COPY_LIMIT:
             return data + body, b"", reuse
         return data, body, reuse

@@ -17,6 +17,7 @@ from typing import Any
 from stile.config.model import UpstreamConfig
 from stile.tasks import spawn
 from stile.upstreams.base import (
+    DEFAULT_MAX_RESPONSE,
     DEFAULT_OPTIONS,
     CallOptions,
     Era,
@@ -27,10 +28,10 @@ from stile.upstreams.base import (
     initialize_params,
     is_modern_discover,
 )
-from stile.upstreams.h1 import H1Error, H1Pool, H1Response
+from stile.upstreams.h1 import H1Error, H1HeaderError, H1Pool, H1Response, H1TooLarge
 from stile.wire import eras, jsonrpc, sse
 from stile.wire import headers as mcp_headers
-from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable
+from stile.wire.errors import InvalidParams, StileError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream.http")
@@ -38,9 +39,9 @@ _ACCEPT = "application/json, text/event-stream"
 
 
 class HttpUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
         assert cfg.url is not None
-        super().__init__(name, cfg)
+        super().__init__(name, cfg, max_response)
         self.url = cfg.url
         self._ids = IdSource()
         self._session_id: str | None = None
@@ -157,11 +158,17 @@ class HttpUpstream(UpstreamBase):
             raise UpstreamUnavailable(self.name, f"cannot reach upstream ({type(exc).__name__})") from exc
 
     async def _messages(self, resp: H1Response) -> AsyncIterator[Message]:
+        """The JSON-RPC messages of a response; UpstreamTooLarge (connection closed) past `max_response`."""
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("text/event-stream"):
-            dec = sse.Decoder()
+            dec = sse.Decoder(self.max_response)
             async for chunk in resp.iter_chunks():
-                for ev in dec.feed(chunk):
+                try:
+                    events = dec.feed(chunk)
+                except sse.EventTooLarge as exc:
+                    resp.close()
+                    raise UpstreamTooLarge(self.name, self.max_response, "SSE event") from exc
+                for ev in events:
                     if ev.data:
                         try:
                             value = jsonrpc.loads(ev.data)
@@ -171,7 +178,10 @@ class HttpUpstream(UpstreamBase):
                         if isinstance(value, dict):
                             yield value
         elif ctype.startswith("application/json"):
-            data = await resp.read()
+            try:
+                data = await resp.read(self.max_response)
+            except H1TooLarge as exc:
+                raise UpstreamTooLarge(self.name, self.max_response, "response body") from exc
             try:
                 value = jsonrpc.loads(data)
             except ValueError:
@@ -187,7 +197,7 @@ class HttpUpstream(UpstreamBase):
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
                 async with await self._send("POST", self._headers(era="legacy"), body) as resp:
-                    await resp.read()
+                    await resp.read(self.max_response)
         except (TimeoutError, H1Error) as exc:
             log.warning("upstream %s: notification %s not delivered: %s", self.name, method, type(exc).__name__)
 
@@ -244,7 +254,7 @@ class HttpUpstream(UpstreamBase):
             async with asyncio.timeout(self.cfg.timeout):
                 async with await self._send("POST", h, body) as resp:
                     if resp.status == 404 and era == "legacy" and self._session_id is not None:
-                        await resp.read()
+                        await resp.read(self.max_response)
                         raise _SessionLost
                     got_any = False
                     async for msg in self._messages(resp):
@@ -262,6 +272,10 @@ class HttpUpstream(UpstreamBase):
         except asyncio.CancelledError:
             self._cancel_later(rid, era)
             raise
+        except H1TooLarge as exc:
+            raise UpstreamTooLarge(self.name, self.max_response) from exc
+        except H1HeaderError as exc:  # a header value the client supplied cannot be sent (CR/LF, non-Latin-1)
+            raise InvalidParams(f"a value for upstream {self.name!r} cannot be sent in an HTTP header") from exc
         except H1Error as exc:
             raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
 
@@ -285,7 +299,7 @@ class HttpUpstream(UpstreamBase):
         body = jsonrpc.dumps(reply)
         try:
             async with await self._send("POST", self._headers(era="legacy"), body) as resp:
-                await resp.read()
+                await resp.read(self.max_response)
         except H1Error as exc:
             log.warning("upstream %s: could not deliver answer: %s", self.name, type(exc).__name__)
 
@@ -299,7 +313,7 @@ class HttpUpstream(UpstreamBase):
                 else:
                     await self._listen_legacy()
                 delay = 0.5
-            except (H1Error, TimeoutError, ValueError) as exc:
+            except (H1Error, TimeoutError, ValueError, UpstreamTooLarge) as exc:
                 log.debug("upstream %s listener: %s", self.name, type(exc).__name__)
                 if isinstance(exc, H1Error):
                     self._last_error = f"cannot reach upstream ({type(exc).__name__})"

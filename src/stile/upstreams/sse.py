@@ -1,5 +1,11 @@
 """Legacy HTTP+SSE upstream (2024-11-05 transport): GET opens the stream, whose first `endpoint`
-event names the URL to POST messages to; every answer comes back on the stream."""
+event names the URL to POST messages to; every answer comes back on the stream.
+
+The endpoint must be on the configured URL's origin (scheme, host, port; relative URLs resolve against
+it): the POSTs carry the upstream's configured headers (often a secret), so an upstream naming another
+host fails with a clear error and nothing is sent there. An SSE event over `max_response` bytes closes
+the stream (pending calls fail naming the limit); the next call opens a new one.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from stile.config.model import UpstreamConfig
 from stile.tasks import spawn
 from stile.upstreams.base import (
+    DEFAULT_MAX_RESPONSE,
     DEFAULT_OPTIONS,
     CallOptions,
     UpstreamBase,
@@ -22,20 +29,21 @@ from stile.upstreams.base import (
 )
 from stile.upstreams.correlate import Correlator
 from stile.wire import jsonrpc, sse
-from stile.wire.errors import StileError, UpstreamUnavailable
+from stile.wire.errors import StileError, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream.sse")
 
 
 class SseUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
         assert cfg.url is not None
-        super().__init__(name, cfg)
+        super().__init__(name, cfg, max_response)
         self.era = "legacy"
         self.url = cfg.url
         self._http: aiohttp.ClientSession | None = None
         self._endpoint: str | None = None
+        self._endpoint_error: str | None = None  # the stream named an endpoint on another origin
         self._rpc = Correlator(name, self._post, lambda: self.on_notification, "e")
         self._ready = asyncio.Event()
         self._endpoint_seen = asyncio.Event()
@@ -53,6 +61,7 @@ class SseUpstream(UpstreamBase):
             if self._http is None:
                 self._http = aiohttp.ClientSession()
             self._endpoint_seen.clear()
+            self._endpoint_error = None
             if self._reader is None or self._reader.done():
                 self._reader = spawn(self._read(), name=f"sse-{self.name}")
             try:
@@ -60,6 +69,10 @@ class SseUpstream(UpstreamBase):
                     await self._endpoint_seen.wait()
             except TimeoutError as exc:
                 raise UpstreamUnavailable(self.name, "no endpoint event on the SSE stream") from exc
+            if self._endpoint_error is not None:
+                raise UpstreamUnavailable(self.name, self._endpoint_error)
+            if self._endpoint is None:
+                raise UpstreamUnavailable(self.name, self._last_error or "SSE stream closed before its endpoint event")
             msg = await self._rpc.call("initialize", initialize_params(), timeout=self.cfg.connect_timeout)
             if "result" not in msg:
                 raise UpstreamUnavailable(self.name, "initialize failed")
@@ -74,22 +87,40 @@ class SseUpstream(UpstreamBase):
             async with self._http.get(self.url, headers={"Accept": "text/event-stream", **self.cfg.headers},
                                       timeout=timeout) as resp:
                 if resp.status != 200:
-                    log.error("upstream %s: SSE GET answered HTTP %s", self.name, resp.status)
+                    self._last_error = f"SSE GET answered HTTP {resp.status}"
+                    log.error("upstream %s: %s", self.name, self._last_error)
                     return
-                dec = sse.Decoder()
+                dec = sse.Decoder(self.max_response)
                 async for chunk in resp.content.iter_any():
                     for ev in dec.feed(chunk):
                         self._on_event(ev)
+                        if self._endpoint_error is not None:
+                            log.error("upstream %s: %s", self.name, self._endpoint_error)
+                            self._last_error = self._endpoint_error
+                            return
+        except sse.EventTooLarge:
+            why = UpstreamTooLarge(self.name, self.max_response, "SSE event").message
+            self._last_error = why
+            log.error("%s; closing the stream", why)
+            self._rpc.fail_all(why.split(": ", 1)[1])
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._last_error = f"SSE stream failed ({type(exc).__name__})"
             log.warning("upstream %s: SSE stream failed: %s", self.name, type(exc).__name__)
         finally:
             self._ready.clear()
+            self._endpoint = None
+            self._endpoint_seen.set()  # a start() waiting for the endpoint learns now that there is none
             self._rpc.fail_all("SSE stream closed")
 
     def _on_event(self, ev: sse.Event) -> None:
         if ev.event == "endpoint":
-            self._endpoint = urljoin(self.url, ev.data.strip())
+            endpoint = urljoin(self.url, ev.data.strip())
+            if _origin(endpoint) != _origin(self.url):
+                self._endpoint = None
+                self._endpoint_error = (f"the SSE stream named an endpoint on another origin ({_origin(endpoint)}, "
+                                        f"not {_origin(self.url)}); refusing to POST there")
+            else:
+                self._endpoint = endpoint
             self._endpoint_seen.set()
             return
         try:
@@ -105,7 +136,9 @@ class SseUpstream(UpstreamBase):
         try:
             async with self._http.post(self._endpoint, data=jsonrpc.dumps(msg),
                                        headers={"Content-Type": "application/json", **self.cfg.headers}) as resp:
-                await resp.read()
+                size = 0
+                while size <= self.max_response and (chunk := await resp.content.readany()):
+                    size += len(chunk)  # drained, not kept (an answer comes on the stream)
                 if resp.status >= 400:
                     raise UpstreamUnavailable(self.name, f"POST answered HTTP {resp.status}")
         except aiohttp.ClientError as exc:
@@ -129,3 +162,14 @@ class SseUpstream(UpstreamBase):
                 await self._reader
         if self._http is not None:
             await self._http.close()
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of `url` (default port filled in, host lower-cased) or "" when it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    except ValueError:  # an invalid port
+        return ""
+    host = (parts.hostname or "").lower()
+    return f"{parts.scheme.lower()}://{host}:{port}" if host and parts.scheme else ""

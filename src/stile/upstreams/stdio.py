@@ -3,6 +3,10 @@
 The child gets a cleared environment (only what config passes, plus PATH so interpreters resolve),
 its own process group (killed whole on shutdown), stderr copied to the log, and is restarted with
 exponential backoff if it dies. Era: `server/discover` first; any error or silence means legacy.
+
+A stdout line longer than `max_response` bytes is never held whole: it is skipped as it arrives, and the
+call it answers (its id is read from the line's head or tail, else the sole call in flight) fails with
+UpstreamTooLarge; the process keeps running and being supervised.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from stile.config.model import UpstreamConfig
 from stile.tasks import spawn
 from stile.upstreams.base import (
+    DEFAULT_MAX_RESPONSE,
     DEFAULT_OPTIONS,
     CallOptions,
     UpstreamBase,
@@ -28,18 +34,21 @@ from stile.upstreams.base import (
 )
 from stile.upstreams.correlate import Correlator
 from stile.wire import jsonrpc
-from stile.wire.errors import StileError, UpstreamTimeout, UpstreamUnavailable
+from stile.wire.errors import StileError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream.stdio")
 PROBE_TIMEOUT = 5.0
-MAX_LINE = 64 * 1024 * 1024
+_SNIFF = 4096  # bytes kept of an oversized line's head and tail, to find the id it answers
+# the id as the first member (after "jsonrpc") or the last member of the top-level object
+_HEAD_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*"([^"\\]{1,64})"')
+_TAIL_ID = re.compile(rb'[,{]\s*"id"\s*:\s*"([^"\\]{1,64})"\s*\}\s*$')
 
 
 class StdioUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
         assert cfg.command is not None
-        super().__init__(name, cfg)
+        super().__init__(name, cfg, max_response)
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._rpc = Correlator(name, self._write, lambda: self.on_notification, "p")
@@ -71,7 +80,7 @@ class StdioUpstream(UpstreamBase):
         env = {"PATH": path, **self.cfg.env}
         return await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=self.cfg.cwd, start_new_session=True, limit=MAX_LINE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=self.cfg.cwd, start_new_session=True, limit=self.max_response,
         )
 
     async def _supervise(self) -> None:
@@ -150,13 +159,16 @@ class StdioUpstream(UpstreamBase):
             await self._write(jsonrpc.notification(method, params))
 
     async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+        out = proc.stdout
+        assert out is not None
         while True:
             try:
-                line = await proc.stdout.readline()
-            except ValueError:
-                log.error("upstream %s: line longer than %d bytes; dropping", self.name, MAX_LINE)
+                line = await out.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                await self._skip_long_line(out, exc.consumed)
                 continue
+            except asyncio.IncompleteReadError as exc:  # end of output; a last line without newline counts
+                line = exc.partial
             if not line:
                 return
             try:
@@ -167,10 +179,32 @@ class StdioUpstream(UpstreamBase):
             if isinstance(msg, dict):
                 self._rpc.dispatch(msg)
 
+    async def _skip_long_line(self, out: asyncio.StreamReader, buffered: int) -> None:
+        """Discard a line over `max_response` bytes (chunk by chunk) and fail the call it answers."""
+        head = await out.read(min(buffered, _SNIFF))
+        tail = head
+        while True:
+            try:
+                tail = (tail + await out.readuntil(b"\n"))[-_SNIFF:]
+                break
+            except asyncio.LimitOverrunError as exc:
+                tail = (tail + await out.read(exc.consumed))[-_SNIFF:]
+            except asyncio.IncompleteReadError as exc:
+                tail = (tail + exc.partial)[-_SNIFF:]
+                break
+        m = _HEAD_ID.match(head) or _TAIL_ID.search(tail)
+        rid = m.group(1).decode("latin-1") if m else None
+        error = UpstreamTooLarge(self.name, self.max_response, "stdout line")
+        failed = self._rpc.fail(rid, error)
+        log.error("%s: skipped%s", error.message, f" (the answer to {rid})" if failed else "")
+
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
         while True:
-            line = await proc.stderr.readline()
+            try:
+                line = await proc.stderr.readline()
+            except ValueError:  # longer than the stream limit: readline dropped it
+                continue
             if not line:
                 return
             log.info("upstream %s stderr: %s", self.name, line.decode("utf-8", "replace").rstrip())

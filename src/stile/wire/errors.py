@@ -12,6 +12,7 @@
     +-- UpstreamError          the upstream failed; message names the upstream, never its secrets
         +-- UpstreamUnavailable  connection refused / reset / process dead
         +-- UpstreamTimeout      no answer within the upstream's timeout
+        +-- UpstreamTooLarge     a response (body, SSE event, stdio line) over limits.max_upstream_response_bytes
 
 Errors returned *by* an upstream (JSON-RPC error objects) are not exceptions: they pass through
 as responses. Exceptions here are always generated locally, so a client can tell them apart.
@@ -104,3 +105,11 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     jsonrpc_code = UPSTREAM_TIMEOUT
+
+
+class UpstreamTooLarge(UpstreamError):
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+
+    def __init__(self, upstream: str, limit: int, what: str = "response") -> None:
+        super().__init__(upstream, f"{what} larger than limits.max_upstream_response_bytes ({limit} bytes)")
+        self.limit = limit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -28,12 +29,31 @@ def encode(data: bytes, *, event: str | None = "message", id: str | None = None)
 COMMENT_KEEPALIVE = b": keep-alive\n\n"
 
 
-class Decoder:
-    """Feed bytes with `feed`; it returns the events completed so far."""
+class EventTooLarge(ValueError):
+    """One SSE line, or the data of one event, is longer than the decoder's `max_event` bytes."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"SSE event larger than {limit} bytes")
+        self.limit = limit
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class Decoder:
+    """Feed bytes with `feed`; it returns the events completed so far.
+
+    With `max_event`, an incomplete line or an event's data beyond that many bytes raises `EventTooLarge`
+    (the stream is then unusable: drop it), so a sender that never ends an event cannot grow memory.
+    Each byte is scanned once, however the stream is cut into chunks.
+    """
+
+    def __init__(self, max_event: int | None = None) -> None:
+        self._buf = bytearray()
+        self._scanned = 0  # bytes at the start of `_buf` known to hold no line end
+        self._max = max_event
         self._data: list[str] = []
+        self._size = 0  # data bytes of the event so far
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
@@ -44,33 +64,25 @@ class Decoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        self._buf += chunk
+        buf = self._buf
+        buf += chunk
         events: list[Event] = []
-        while True:
-            idx = self._find_eol()
-            if idx is None:
-                break
-            end, skip = idx
-            line = self._buf[:end].decode("utf-8", errors="replace")
-            self._buf = self._buf[end + skip :]
+        pos = 0
+        search = self._scanned
+        while (m := _EOL.search(buf, search)) is not None:
+            line = buf[pos : m.start()].decode("utf-8", errors="replace")
+            pos = search = m.end()
+            if pos == len(buf) and m.end() - m.start() == 1 and buf[m.start()] == 0x0D:
+                self._skip_lf = True  # a lone CR ends the line now; \r\n may be split across chunks
             ev = self._line(line)
             if ev is not None:
                 events.append(ev)
+        if pos:
+            del buf[:pos]
+        self._scanned = len(buf)
+        if self._max is not None and len(buf) > self._max:
+            raise EventTooLarge(self._max)
         return events
-
-    def _find_eol(self) -> tuple[int, int] | None:
-        buf = self._buf
-        n = buf.find(b"\n")
-        r = buf.find(b"\r")
-        if n < 0 and r < 0:
-            return None
-        if r >= 0 and (n < 0 or r < n):
-            if r + 1 < len(buf) and buf[r + 1 : r + 2] == b"\n":
-                return r, 2
-            if r + 1 == len(buf):
-                self._skip_lf = True  # a lone CR ends the line now; \r\n may be split across chunks
-            return r, 1
-        return n, 1
 
     def _line(self, line: str) -> Event | None:
         if line == "":
@@ -79,7 +91,7 @@ class Decoder:
                 return None
             ev = Event(data="\n".join(self._data), event=self._event or "message", id=self._id,
                        retry=self._retry)
-            self._data, self._event, self._id, self._retry = [], "", None, None
+            self._data, self._event, self._id, self._retry, self._size = [], "", None, None, 0
             return ev
         if line.startswith(":"):
             return None
@@ -88,6 +100,9 @@ class Decoder:
             value = value[1:]
         if field == "data":
             self._data.append(value)
+            self._size += len(value) + 1
+            if self._max is not None and self._size > self._max:
+                raise EventTooLarge(self._max)
         elif field == "event":
             self._event = value
         elif field == "id":
