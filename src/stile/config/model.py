@@ -85,6 +85,7 @@ class LimitsConfig(_Strict):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0)
     max_json_depth: int = Field(default=64, ge=4)
+    session_lifetime: float = Field(default=86_400.0, gt=0)  # seconds a legacy session id opens after initialize
 
 
 class GatewayConfig(_Strict):

@@ -22,6 +22,7 @@ from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.pipeline import Policy, build
 from stile.core.router import Router
+from stile.core.session_guard import SessionGuard
 from stile.core.sessions import SessionSealer, resolve_key
 from stile.observe.audit import AuditLog
 from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
@@ -32,6 +33,7 @@ from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.access import AccessControl
 from stile.policies.rules import Rules
+from stile.stores.revocations import open_revocation_store
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
 from stile.upstreams.factory import make_upstream
@@ -61,9 +63,10 @@ class Gateway:
         self.views: dict[str, View] = {}
         self.hub = Hub()
         self.subscriptions: dict[str, set[str]] = {}  # legacy session nonce -> subscribed exposed URIs
-        self.closed_sessions: set[str] = set()
         key, self.key_source = resolve_key(cfg.session_key)
         self.sealer = SessionSealer(key)
+        self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
+                                     lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
         self.inputs = InputBridge(key)
         self.router = Router(self)
         self.state_url = state_url
@@ -94,6 +97,7 @@ class Gateway:
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.audit.aclose()
         await self.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
+        await self.sessions.aclose()
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)

@@ -22,6 +22,7 @@ from stile import __version__
 from stile.core.catalog import View, matches
 from stile.core.context import CallContext, Reply
 from stile.core.results import adapt_reply, rewrite_uris
+from stile.core.sessions import owner_of
 from stile.observe.tracing import Tracing
 from stile.upstreams.base import CallOptions, Upstream
 from stile.wire import eras, jsonrpc
@@ -283,8 +284,9 @@ class Router:
         """A legacy upstream's server->client requests, asked of a modern client through MRTR."""
         bridge = self.gw.inputs
         binding = _binding(ctx, up.name, params)
+        owner = owner_of(ctx.principal)
         if bridge.owns(params):
-            return await bridge.resume(params, binding)
+            return await bridge.resume(params, binding, owner)
         clean = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
 
         async def call(ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
@@ -298,7 +300,7 @@ class Router:
 
             return await up.request(ctx.method, clean, replace(opts, on_request=on_request))
 
-        return await bridge.start(call, binding)
+        return await bridge.start(call, binding, owner)
 
 
 def _binding(ctx: CallContext, upstream: str, params: dict[str, Any]) -> str:
