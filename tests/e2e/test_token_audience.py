@@ -127,7 +127,8 @@ async def test_with_public_url_the_audience_is_the_configured_url_whatever_the_h
 async def test_on_loopback_the_host_header_is_limited_to_loopback_names(notes: str, signing: RSAKey) -> None:
     key = "stile_gitops_" + secrets.token_urlsafe(32)
     with serve_on(gateway_config(notes, signing, key), "127.0.0.1") as served:
-        status, body = await tools_list(served.base, Authorization=f"Bearer {token(signing, served.base + '/mcp/scoped')}")
+        own = token(signing, served.base + "/mcp/scoped")
+        status, body = await tools_list(served.base, Authorization=f"Bearer {own}")
         assert status == 200, body
         foreign = token(signing, "http://other-service/mcp/scoped")
         status, _ = await tools_list(served.base, Host="other-service", Authorization=f"Bearer {foreign}")

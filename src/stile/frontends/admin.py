@@ -47,7 +47,7 @@ class BadParam(Exception):
 
 
 class AdminApi:
-    def __init__(self, gw: Gateway, authn: Authenticator, base_url: Callable[[dict[str, str]], str]) -> None:
+    def __init__(self, gw: Gateway, authn: Authenticator, base_url: Callable[[dict[str, str]], str | None]) -> None:
         self.gw = gw
         self.authn = authn
         self.base_url = base_url
@@ -61,7 +61,8 @@ class AdminApi:
             await send_json(send, 404, {"error": "not_found"})
             return
         try:
-            principal = await self.authn.authenticate(headers, f"{self.base_url(headers)}/admin")
+            base = self.base_url(headers)
+            principal = await self.authn.authenticate(headers, base and f"{base}/admin")
         except AuthRequired as exc:
             self._audit_access(scope, headers, "unauthenticated", exc.message)
             challenge = 'Bearer realm="stile-admin"' + (', error="invalid_token"' if headers.get("authorization")

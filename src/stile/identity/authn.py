@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from stile.config.model import GatewayConfig
 from stile.core.context import Principal
+from stile.identity.audience import NO_AUDIENCE
 from stile.identity.jwt import IssuerConfig, JwtVerifier, TokenError
 from stile.stores.keys import KeyStore, open_key_store, verify_against_hash
 from stile.wire.errors import ClientError
@@ -60,14 +61,16 @@ class Authenticator:
         if self._store is not None:
             await self._store.aclose()
 
-    async def authenticate(self, headers: Mapping[str, str], audience: str) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], audience: str | None) -> Principal:
+        """The caller, or AuthRequired. `audience` is the virtual server's canonical URL, None when the
+        gateway cannot know it (identity/audience.py): then only issuers with a fixed `audience` verify."""
         token = _credential(headers)
         if token is None:
             raise AuthRequired("authentication required")
         # Verified credentials are cached by their SHA-256 (never the token itself): a cached principal
         # costs one hash and a dict lookup. Declared keys live as long as the config; store keys for
         # `key_cache_seconds` (a revocation elsewhere takes effect within it); JWTs until `exp` (<= 60 s).
-        digest = hashlib.sha256(f"{audience}\n{token}".encode()).digest()
+        digest = hashlib.sha256(f"{audience or ''}\n{token}".encode()).digest()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
@@ -78,7 +81,7 @@ class Authenticator:
             self._cache[digest] = (principal, time.monotonic() + ttl)
         return principal
 
-    async def _verify(self, token: str, audience: str) -> tuple[Principal, float]:
+    async def _verify(self, token: str, audience: str | None) -> tuple[Principal, float]:
         if token.startswith(API_KEY_PREFIX):
             return await self._api_key(token)
         if self.jwt is None:
@@ -87,6 +90,8 @@ class Authenticator:
         # virtual server's canonical URL. The unverified `iss` only routes: the verifier checks it again.
         if _unverified_issuer(token) in self._fixed_audience:
             audience = ""
+        elif audience is None:
+            raise AuthRequired(NO_AUDIENCE)
         try:
             got = await self.jwt.verify(token, audience=audience or None)
         except TokenError as exc:
