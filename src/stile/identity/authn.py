@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ log = logging.getLogger("stile.authn")
 API_KEY_PREFIX = "stile_"
 CACHE_SIZE = 10_000
 JWT_CACHE_SECONDS = 60.0
+REFUSED_KEY = "invalid, revoked or expired API key"
 
 
 class AuthRequired(ClientError):
@@ -41,12 +43,19 @@ class AuthRequired(ClientError):
     http_status = 401
 
 
+class UnknownKey(AuthRequired):
+    """A well-formed key the store does not accept (unknown, wrong, revoked or expired)."""
+
+
 class Authenticator:
     def __init__(self, cfg: GatewayConfig, state_url: str) -> None:
         self.cfg = cfg
         self.state_url = state_url
         self._store: KeyStore | None = None
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        # Keys the store refused, by digest -> until (monotonic), least recently refused first: a retried or
+        # flooded unknown key costs a dict lookup, not a query, for `key_cache_seconds` (bounded LRU).
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
         issuers = issuer_configs(cfg)
         self.jwt = JwtVerifier(issuers) if issuers else None
         self._fixed_audience = {j.issuer for j in cfg.auth.jwt if j.audience}
@@ -71,15 +80,38 @@ class Authenticator:
         # costs one hash and a dict lookup. Declared keys live as long as the config; store keys for
         # `key_cache_seconds` (a revocation elsewhere takes effect within it); JWTs until `exp` (<= 60 s).
         digest = hashlib.sha256(f"{audience or ''}\n{token}".encode()).digest()
+        now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[1] > time.monotonic():
+        if hit is not None and hit[1] > now:
             return hit[0]
-        principal, ttl = await self._verify(token, audience)
+        until = self._refused.get(digest)
+        if until is not None:
+            if until > now:
+                self._refused.move_to_end(digest)
+                raise UnknownKey(REFUSED_KEY)
+            del self._refused[digest]
+        try:
+            principal, ttl = await self._verify(token, audience)
+        except UnknownKey:
+            self._remember_refusal(digest, now)
+            raise
         if ttl > 0:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[digest] = (principal, time.monotonic() + ttl)
         return principal
+
+    def _remember_refusal(self, digest: bytes, now: float) -> None:
+        ttl = self.cfg.auth.key_cache_seconds
+        if ttl <= 0:
+            return
+        self._refused[digest] = now + ttl
+        self._refused.move_to_end(digest)
+        while len(self._refused) > CACHE_SIZE:
+            self._refused.popitem(last=False)
+
+    def cached_refusals(self) -> int:
+        return len(self._refused)
 
     async def _verify(self, token: str, audience: str | None) -> tuple[Principal, float]:
         if token.startswith(API_KEY_PREFIX):
@@ -111,7 +143,7 @@ class Authenticator:
                 return Principal(agent=declared.name, roles=tuple(declared.roles), method="api_key"), float("inf")
         record = await self.store.verify(key)
         if record is None:
-            raise AuthRequired("invalid, revoked or expired API key")
+            raise UnknownKey(REFUSED_KEY)
         ttl = self.cfg.auth.key_cache_seconds
         if record.expires_at is not None:
             ttl = min(ttl, (record.expires_at - datetime.now(UTC)).total_seconds())
