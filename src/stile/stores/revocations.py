@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stile.stores.keys import async_url
@@ -96,11 +96,14 @@ class SqlRevocations:
         async with self._lock:
             if not self._ready:
                 try:
-                    async with self._engine.begin() as conn:
-                        await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
-                except IntegrityError:
-                    pass  # another replica created the table (or its index) at the same moment
+                    await self._create()
+                except DBAPIError:  # another replica created the table (or its index) at the same moment:
+                    await self._create()  # checkfirst now sees it; a real failure raises again
                 self._ready = True
+
+    async def _create(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
 
     async def revoke(self, nonce: str, expires_at: float) -> None:
         await self._ensure()
