@@ -51,6 +51,9 @@ class SessionGuard:
         session = self.sealer.open(sid, vs)
         if session is None or session.owner != owner or self._wall() - session.issued > self.lifetime:
             raise SessionNotFound("Session not found")
+        seen = self._live.get(session.nonce)  # the hot path: checked recently, no await
+        if seen is not None and self._clock() - seen < self.cache_seconds:
+            return session
         if await self._is_revoked(session.nonce, session.issued + self.lifetime):
             raise SessionNotFound("Session not found")
         return session

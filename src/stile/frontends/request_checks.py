@@ -13,8 +13,6 @@ from collections.abc import Iterable
 
 from stile.wire.errors import ClientError
 
-_CREDENTIALS = (b"authorization", b"x-api-key")
-
 
 class UnsupportedMediaType(ClientError):
     http_status = 415
@@ -24,15 +22,16 @@ class UnsupportedMediaType(ClientError):
 
 
 def repeated_credential(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The name of a credential header sent more than once, else None."""
-    seen: list[bytes] = []
+    """The name of a credential header sent more than once, else None (ASGI header names are lowercase)."""
+    auth = key = 0
     for name, _ in raw:
-        low = name.lower()
-        if low in _CREDENTIALS:
-            if low in seen:
-                return low.decode()
-            seen.append(low)
-    return None
+        if name == b"authorization":
+            auth += 1
+        elif name == b"x-api-key":
+            key += 1
+    if auth > 1:
+        return "authorization"
+    return "x-api-key" if key > 1 else None
 
 
 def is_json(content_type: str | None) -> bool:
