@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.fixtures import fixture_server
 from tests.support import notes_upstream, stile_server
 
 PING = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+PG_URL = os.environ.get("STILE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def new_key() -> str:
@@ -65,10 +67,13 @@ async def test_a_deleted_session_stays_deleted_after_a_restart(tmp_path: Path) -
                 assert await ping(http, base, kept) == 200  # other sessions survive the restart
 
 
-async def test_a_session_deleted_on_one_replica_is_404_on_the_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_session_deleted_on_one_replica_is_404_on_the_other(tmp_path: Path, backend: str) -> None:
     key = new_key()
     with notes_upstream() as notes:
         cfg = config(notes, tmp_path / "state.db", auth={"key_cache_seconds": 0})
+        if backend == "postgres":  # the revocation table in PostgreSQL; the audit trail stays out of it
+            cfg.update(state=PG_URL, audit={"store": False, "stdout": True})
         with stile_server(cfg, env={"STILE_SESSION_KEY": key}) as a, \
                 stile_server(cfg, env={"STILE_SESSION_KEY": key}) as b:
             async with aiohttp.ClientSession() as http:
