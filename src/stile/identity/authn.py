@@ -79,6 +79,7 @@ class Authenticator:
         # Verified credentials are cached by their SHA-256 (never the token itself): a cached principal
         # costs one hash and a dict lookup. Declared keys live as long as the config; store keys for
         # `key_cache_seconds` (a revocation elsewhere takes effect within it); JWTs until `exp` (<= 60 s).
+        # Keys the store refused are remembered for `key_cache_seconds` too (`_refused`).
         digest = hashlib.sha256(f"{audience or ''}\n{token}".encode()).digest()
         now = time.monotonic()
         hit = self._cache.get(digest)
