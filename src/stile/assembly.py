@@ -46,7 +46,7 @@ class Runtime:
 
 def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     tracing = Tracing(cfg.tracing)
-    gw = Gateway(cfg, spans=tracing)
+    gw = Gateway(cfg, spans=tracing, state_url=state_url)
     audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},

@@ -10,6 +10,7 @@ from stile.assembly import assemble
 from stile.config.model import GatewayConfig
 from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
+from stile.identity.audience import audience_warning
 
 log = logging.getLogger("stile")
 
@@ -21,6 +22,9 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
             log.info("virtual server %s requires authentication (API key or bearer token)", name)
         elif vs.auth == "none":
             log.warning("virtual server %s: auth: none (anonymous access)", name)
+    warning = audience_warning(cfg, host)
+    if warning:
+        log.warning("%s", warning)
     log.info("session key: %s", runtime.gateway.key_source)
     return StileApp(runtime, bind_host=host, state_url=state_url)
 

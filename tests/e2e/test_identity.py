@@ -227,6 +227,24 @@ async def test_a_legacy_session_cannot_be_used_by_another_principal(env: Env) ->
             assert r.status == 404
 
 
+async def test_a_session_owner_is_not_confused_by_colons_in_claims(env: Env) -> None:
+    """azp `a:b` + sub `c` and azp `a` + sub `b:c` are two principals, whatever the encoding of the owner."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    hdrs = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    first = {**hdrs, "Authorization": f"Bearer {_token(env, azp='a:b', sub='c')}"}
+    second = {**hdrs, "Authorization": f"Bearer {_token(env, azp='a', sub='b:c')}"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{env.base}/mcp/scoped", json=init, headers=first) as r:
+            assert r.status == 200
+            sid = r.headers["mcp-session-id"]
+        async with http.post(f"{env.base}/mcp/scoped", json=ping, headers={**first, "Mcp-Session-Id": sid}) as r:
+            assert r.status == 200
+        async with http.post(f"{env.base}/mcp/scoped", json=ping, headers={**second, "Mcp-Session-Id": sid}) as r:
+            assert r.status == 404
+
+
 async def test_a_revoked_key_is_refused_on_the_next_request(env: Env) -> None:
     key = _stile_cli("keys", "create", "--config", str(env.config), "--name", "short-lived", "--roles", "support")
     assert await _tools(env, key=key)

@@ -131,3 +131,17 @@ def test_resolve_key_refuses_a_malformed_environment_key(monkeypatch: pytest.Mon
     monkeypatch.setenv("STILE_SESSION_KEY", "too-short")
     with pytest.raises(ValueError):
         resolve_key(None)
+
+
+# --- owners ------------------------------------------------------------------------------------------
+
+
+def test_owners_stay_apart_whatever_characters_their_claims_contain() -> None:
+    from stile.core.context import Principal
+    from stile.core.sessions import owner_of
+
+    assert owner_of(Principal(agent="a:b", user="c", method="jwt")) != owner_of(
+        Principal(agent="a", user="b:c", method="jwt"))
+    assert owner_of(Principal(agent="a", user=None, method="jwt")) != owner_of(
+        Principal(agent="a", user="", method="jwt"))
+    assert owner_of(Principal()) == owner_of(None) == ""

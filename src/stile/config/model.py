@@ -95,6 +95,7 @@ class LimitsConfig(_Strict):
                                              description="an upstream response body, SSE event or stdio line")
     max_json_depth: int = Field(default=64, ge=4)
     max_listen_subscriptions: int = Field(default=256, ge=1)  # resourceSubscriptions in one subscriptions/listen
+    session_lifetime: float = Field(default=86_400.0, gt=0)  # seconds a legacy session id opens after initialize
 
 
 class GatewayConfig(_Strict):

@@ -13,11 +13,10 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Any, Protocol
 
-import orjson
-
 from stile.core.context import CallContext, Reply
 from stile.core.mrtr import InputBridge
 from stile.core.results import adapt_reply
+from stile.core.sessions import owner_of
 from stile.upstreams.base import CallOptions, Upstream
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import MethodNotFound, StileError
@@ -136,8 +135,9 @@ class UpstreamLeg:
         """A legacy upstream's server->client requests, asked of a modern client through MRTR."""
         bridge = self.inputs
         binding = _binding(ctx, up.name, params)
+        owner = owner_of(ctx.principal)
         if bridge.owns(params):
-            return await bridge.resume(params, binding)
+            return await bridge.resume(params, binding, owner)
         clean = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
 
         async def call(ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
@@ -151,14 +151,13 @@ class UpstreamLeg:
 
             return await up.request(ctx.method, clean, replace(opts, on_request=on_request))
 
-        return await bridge.start(call, binding)
+        return await bridge.start(call, binding, owner)
 
 
 def _binding(ctx: CallContext, upstream: str, params: dict[str, Any]) -> str:
-    """What a sealed requestState is bound to: the call and the principal that started it."""
+    """What a sealed requestState is bound to (with the owner, sealed beside it): the call."""
     key = eras.NAMED_METHODS.get(ctx.method, "name")
-    p = ctx.principal
-    return orjson.dumps([ctx.virtual_server, upstream, ctx.method, params.get(key), p.method, p.agent, p.user]).decode()
+    return f"{ctx.virtual_server}|{upstream}|{ctx.method}|{params.get(key)}"
 
 
 def _input_required(reply: Reply) -> bool:

@@ -18,7 +18,9 @@ from stile.core.context import CallContext, CallNext, Reply
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.router import NO_SPANS, Router, UpstreamSpans
+from stile.core.session_guard import SessionGuard
 from stile.core.sessions import SessionSealer, resolve_key
+from stile.stores.revocations import open_revocation_store
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
 from stile.upstreams.factory import make_upstream
@@ -46,16 +48,19 @@ class Gateway:
     virtual server's chain around `router.handle` and installs it with `install_chains`.
     """
 
-    def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS) -> None:
+    def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS, state_url: str | None = None) -> None:
         self.cfg = cfg
         self.upstreams: dict[str, Upstream] = {
             n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
         self.views: dict[str, View] = {}
         self.hub = Hub()
-        self.closed_sessions: set[str] = set()
         key, self.key_source = resolve_key(cfg.session_key)
         self.sealer = SessionSealer(key)
+        self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
+                                     lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
+        self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
+                                     lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
         self.inputs = InputBridge(key)
         self.router = Router(cfg, self.upstreams, self, self.inputs, self.hub, spans)
         self.chains: dict[str, CallNext] = {}
@@ -91,6 +96,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
+        await self.sessions.aclose()
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)

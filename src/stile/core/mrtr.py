@@ -4,7 +4,8 @@ A legacy upstream asks mid-call (sampling, elicitation, roots); a 2026-07-28 cli
 asked on the wire, so Stile answers the client `input_required` with those requests and a sealed
 `requestState`, keeps the upstream call open, and resumes it when the client retries with
 `inputResponses`. Pending calls are process-local (the retry must reach the same replica) and
-expire after PENDING_TTL seconds; the state is AES-GCM sealed and bound to the tool and method.
+expire after PENDING_TTL seconds; the state is AES-GCM sealed and bound to the tool, the method and the
+principal (`owner_of`): another caller presenting it gets the same answer as for an unknown state.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Pending:
     asks: asyncio.Queue[_Ask] = field(default_factory=asyncio.Queue)
     open_asks: dict[str, _Ask] = field(default_factory=dict)
     binding: str = ""
+    owner: str = ""
     expires: float = 0.0
     counter: int = 0
 
@@ -59,9 +61,10 @@ class InputBridge:
         state = params.get("requestState")
         return isinstance(state, str) and state.startswith(STATE_PREFIX)
 
-    async def start(self, call: Callable[[AskFn], Coroutine[Any, Any, Reply]], binding: str) -> Reply:
+    async def start(self, call: Callable[[AskFn], Coroutine[Any, Any, Reply]], binding: str,
+                    owner: str = "") -> Reply:
         """Run an upstream call whose server->client requests become input requests."""
-        pending = Pending(binding=binding)
+        pending = Pending(binding=binding, owner=owner)
 
         async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
             pending.counter += 1
@@ -73,11 +76,12 @@ class InputBridge:
         pending.task = spawn(call(ask), name="mrtr-call")
         return await self._drive(pending)
 
-    async def resume(self, params: dict[str, Any], binding: str) -> Reply:
-        pid = self._open(params.get("requestState"), binding)
-        pending = self._pending.pop(pid, None) if pid is not None else None
-        if pending is None or pending.expires < time.monotonic():
+    async def resume(self, params: dict[str, Any], binding: str, owner: str = "") -> Reply:
+        pid = self._open(params.get("requestState"), binding, owner)
+        pending = self._pending.get(pid) if pid is not None else None
+        if pid is None or pending is None or pending.owner != owner or pending.expires < time.monotonic():
             raise InvalidParams("requestState is unknown or expired: send the original request again without it")
+        del self._pending[pid]
         responses = params.get("inputResponses")
         responses = responses if isinstance(responses, dict) else {}
         for key, ask in list(pending.open_asks.items()):
@@ -107,7 +111,7 @@ class InputBridge:
         self._expire_later(pid)
         requests = {k: {"method": a.method, "params": a.params} for k, a in pending.open_asks.items()}
         return {"result": {"resultType": "input_required", "inputRequests": requests,
-                           "requestState": self._seal(pid, pending.binding)}}
+                           "requestState": self._seal(pid, pending.binding, pending.owner)}}
 
     def _expire_later(self, pid: str) -> None:
         def drop() -> None:
@@ -119,12 +123,12 @@ class InputBridge:
 
         asyncio.get_running_loop().call_later(PENDING_TTL, drop)
 
-    def _seal(self, pid: str, binding: str) -> str:
+    def _seal(self, pid: str, binding: str, owner: str) -> str:
         nonce = secrets.token_bytes(12)
-        body = orjson.dumps({"p": pid, "b": binding, "t": int(time.time())})
+        body = orjson.dumps({"p": pid, "b": binding, "o": owner, "t": int(time.time())})
         return STATE_PREFIX + base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, body, _AAD)).decode()
 
-    def _open(self, state: Any, binding: str) -> str | None:
+    def _open(self, state: Any, binding: str, owner: str) -> str | None:
         if not isinstance(state, str) or not state.startswith(STATE_PREFIX):
             return None
         try:
@@ -132,7 +136,7 @@ class InputBridge:
             data = orjson.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
         except (binascii.Error, ValueError, InvalidTag):
             return None
-        if not isinstance(data, dict) or data.get("b") != binding:
+        if not isinstance(data, dict) or data.get("b") != binding or data.get("o") != owner:
             return None
         pid = data.get("p")
         return pid if isinstance(pid, str) else None

@@ -2,7 +2,8 @@
 
 The id carries the negotiated version, the client's capabilities and info, and the virtual server;
 the key comes from STILE_SESSION_KEY (base64 of 32 bytes), `session_key` in config, or is random per
-process. Tampered, foreign-key or wrong-virtual-server ids open to None (answered 404).
+process. Tampered, foreign-key or wrong-virtual-server ids open to None (answered 404). Lifetime, owner
+and revocation (DELETE) are checked by `core/session_guard.py`.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class LegacySession:
 
 
 def owner_of(principal: Any) -> str:
-    """A stable identity for binding sessions: auth method, agent and user."""
+    """A stable identity for binding sessions and MRTR state: auth method, agent and user.
+
+    A JSON array, so claims containing any separator stay apart (azp `a:b` + sub `c` is not azp `a` +
+    sub `b:c`); None and "" are distinct too."""
     if principal is None or getattr(principal, "method", "none") == "none":
         return ""
-    return f"{principal.method}:{principal.agent or ''}:{principal.user or ''}"
+    return orjson.dumps([principal.method, principal.agent, principal.user]).decode()
 
 
 class SessionSealer:

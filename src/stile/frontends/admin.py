@@ -49,7 +49,7 @@ class BadParam(Exception):
 
 class AdminApi:
     def __init__(self, cfg: GatewayConfig, audit: AuditLog, state_url: str | None, authn: Authenticator,
-                 base_url: Callable[[dict[str, str]], str]) -> None:
+                 base_url: Callable[[dict[str, str]], str | None]) -> None:
         self.cfg = cfg
         self.audit = audit
         self.state_url = state_url
@@ -65,7 +65,8 @@ class AdminApi:
             await send_json(send, 404, {"error": "not_found"})
             return
         try:
-            principal = await self.authn.authenticate(headers, f"{self.base_url(headers)}/admin")
+            base = self.base_url(headers)
+            principal = await self.authn.authenticate(headers, base and f"{base}/admin")
         except AuthRequired as exc:
             self._audit_access(scope, headers, "unauthenticated", exc.message)
             challenge = 'Bearer realm="stile-admin"' + (', error="invalid_token"' if headers.get("authorization")

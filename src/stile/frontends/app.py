@@ -27,14 +27,15 @@ from stile.frontends.asgi import (
     send_text,
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
+from stile.frontends.request_checks import UnsupportedMediaType, is_json, repeated_credential
 from stile.frontends.streamable import StreamableEndpoint, error_body
+from stile.identity.audience import LOOPBACK, host_sets_audience
 from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
 from stile.observe.metrics import CONTENT_TYPE
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 
 log = logging.getLogger("stile.app")
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
@@ -49,13 +50,14 @@ class StileApp:
         self.sse = LegacySseEndpoint(gw, self.mcp)
         state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
-        self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.base_url)
+        self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
         self.max_header = limits.max_header_bytes
         self.max_depth = limits.max_json_depth
         local = bind_host in LOOPBACK
+        self.host_sets_audience = host_sets_audience(gw.cfg, bind_host)  # else bearer tokens are refused
         self.allowed_hosts = {h.lower() for h in gw.cfg.allowed_hosts} or (set(LOOPBACK) if local else set())
         self.allowed_origins = {o.lower().rstrip("/") for o in gw.cfg.allowed_origins}
 
@@ -135,6 +137,10 @@ class StileApp:
         if not self._origin_ok(headers):
             await send_text(send, 403, "Invalid Origin header")
             return
+        repeated = repeated_credential(scope["headers"])
+        if repeated is not None:
+            await send_json(send, 400, jsonrpc.error(None, -32600, f"more than one {repeated} header: send one"))
+            return
         if path.startswith("/admin/"):
             await self.admin.handle(scope, headers, send)
             return
@@ -146,7 +152,8 @@ class StileApp:
         principal = ANONYMOUS
         if self.gw.cfg.virtual_servers[vs].auth != "none":
             try:
-                principal = await self.authn.authenticate(headers, self.resource_url(headers, vs))
+                base = self.audience_base(headers)
+                principal = await self.authn.authenticate(headers, base and f"{base}/mcp/{vs}")
             except AuthRequired as exc:
                 self._refused(vs, headers, "unauthenticated", exc.message)
                 await self._challenge(send, headers, vs, exc)
@@ -156,6 +163,11 @@ class StileApp:
                 self._refused(vs, headers, "denied", f"insufficient scope (missing {' '.join(sorted(missing))})")
                 await self._insufficient_scope(send, headers, vs)
                 return
+        if method == "POST" and (kind == "mcp" or tail == "messages") and not is_json(headers.get("content-type")):
+            refused = UnsupportedMediaType()
+            self._rejected(vs, headers, refused, None, principal)
+            await send_json(send, 415, error_body(None, refused))
+            return
         try:
             if kind == "sse":
                 await self.sse.handle(scope, vs, tail, headers, receive, send, principal)
@@ -221,6 +233,10 @@ class StileApp:
         if self.gw.cfg.public_url:
             return self.gw.cfg.public_url.rstrip("/")
         return f"http://{headers.get('host', '127.0.0.1')}"
+
+    def audience_base(self, headers: dict[str, str]) -> str | None:
+        """The base of token audiences; None off loopback without public_url (identity/audience.py)."""
+        return self.base_url(headers) if self.host_sets_audience else None
 
     def resource_url(self, headers: dict[str, str], vs: str) -> str:
         """The virtual server's canonical URL: the audience its tokens must carry."""

@@ -25,7 +25,6 @@ from stile.wire.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
-    SessionNotFound,
     StileError,
     UnsupportedVersion,
 )
@@ -66,7 +65,7 @@ class StreamableEndpoint:
         meta = params.get("_meta") if isinstance(params, dict) else None
         sid = headers.get("mcp-session-id")
         if sid is not None:
-            session = self._open_session(sid, vs, principal)
+            session = await self._open_session(sid, vs, principal)
             await self._legacy(vs, msg, session, sid, headers, receive, send, principal)
         elif msg.get("method") == "initialize" and not (isinstance(meta, dict) and eras.META_VERSION in meta):
             await self._initialize(vs, msg, headers, send, principal)
@@ -86,7 +85,7 @@ class StreamableEndpoint:
                 await send_empty(send, 405, [(b"allow", b"POST")])
                 return
             raise InvalidRequest("Bad Request: Missing session ID")
-        session = self._open_session(sid, vs, principal)
+        session = await self._open_session(sid, vs, principal)
         await self.gw.handle(CallContext(vs, methods.GET_STREAM, {}, None, "legacy", session.version,
                                          session.client_caps, session.client_info, principal=principal,
                                          headers=headers, session_id=session.nonce))
@@ -97,23 +96,19 @@ class StreamableEndpoint:
         if sid is None:
             await send_empty(send, 405, [(b"allow", b"POST")])
             return
-        session = self._open_session(sid, vs, principal)
-        self.gw.closed_sessions.add(session.nonce)
-        self.gw.sealer.forget(session.nonce)
+        session = await self._open_session(sid, vs, principal)
+        await self.gw.sessions.close(session)
         self.gw.hub.drop_session(session.nonce)
         await send_empty(send, 200)
 
-    def _open_session(self, sid: str, vs: str, principal: Principal) -> LegacySession:
-        session = self.gw.sealer.open(sid, vs)
-        if session is None or session.nonce in self.gw.closed_sessions or session.owner != owner_of(principal):
-            raise SessionNotFound("Session not found")
-        return session
+    async def _open_session(self, sid: str, vs: str, principal: Principal) -> LegacySession:
+        return await self.gw.sessions.open(sid, vs, owner_of(principal))
 
     async def _batch(self, vs: str, msgs: list[Any], headers: dict[str, str], send: Send,
                      principal: Principal) -> None:
         """JSON-RPC batches exist only in 2025-03-26 sessions; every other era refuses them."""
         sid = headers.get("mcp-session-id")
-        session = self._open_session(sid, vs, principal) if sid is not None else None
+        session = await self._open_session(sid, vs, principal) if sid is not None else None
         if session is None or session.version != "2025-03-26" or not msgs or len(msgs) > MAX_BATCH:
             raise InvalidRequest("batch requests are not supported in this protocol version")
         out: list[Message] = []

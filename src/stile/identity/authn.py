@@ -15,11 +15,13 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from stile.config.model import GatewayConfig
 from stile.core.context import Principal
+from stile.identity.audience import NO_AUDIENCE
 from stile.identity.jwt import IssuerConfig, JwtVerifier, TokenError
 from stile.stores.keys import KeyStore, open_key_store, verify_against_hash
 from stile.wire.errors import ClientError
@@ -31,6 +33,7 @@ log = logging.getLogger("stile.authn")
 API_KEY_PREFIX = "stile_"
 CACHE_SIZE = 10_000
 JWT_CACHE_SECONDS = 60.0
+REFUSED_KEY = "invalid, revoked or expired API key"
 
 
 class AuthRequired(ClientError):
@@ -40,12 +43,19 @@ class AuthRequired(ClientError):
     http_status = 401
 
 
+class UnknownKey(AuthRequired):
+    """A well-formed key the store does not accept (unknown, wrong, revoked or expired)."""
+
+
 class Authenticator:
     def __init__(self, cfg: GatewayConfig, state_url: str) -> None:
         self.cfg = cfg
         self.state_url = state_url
         self._store: KeyStore | None = None
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        # Keys the store refused, by digest -> until (monotonic), least recently refused first: a retried or
+        # flooded unknown key costs a dict lookup, not a query, for `key_cache_seconds` (bounded LRU).
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
         issuers = issuer_configs(cfg)
         self.jwt = JwtVerifier(issuers) if issuers else None
         self._fixed_audience = {j.issuer for j in cfg.auth.jwt if j.audience}
@@ -60,25 +70,51 @@ class Authenticator:
         if self._store is not None:
             await self._store.aclose()
 
-    async def authenticate(self, headers: Mapping[str, str], audience: str) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], audience: str | None) -> Principal:
+        """The caller, or AuthRequired. `audience` is the virtual server's canonical URL, None when the
+        gateway cannot know it (identity/audience.py): then only issuers with a fixed `audience` verify."""
         token = _credential(headers)
         if token is None:
             raise AuthRequired("authentication required")
         # Verified credentials are cached by their SHA-256 (never the token itself): a cached principal
         # costs one hash and a dict lookup. Declared keys live as long as the config; store keys for
         # `key_cache_seconds` (a revocation elsewhere takes effect within it); JWTs until `exp` (<= 60 s).
-        digest = hashlib.sha256(f"{audience}\n{token}".encode()).digest()
+        # Keys the store refused are remembered for `key_cache_seconds` too (`_refused`).
+        digest = hashlib.sha256(f"{audience or ''}\n{token}".encode()).digest()
+        now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[1] > time.monotonic():
+        if hit is not None and hit[1] > now:
             return hit[0]
-        principal, ttl = await self._verify(token, audience)
+        until = self._refused.get(digest)
+        if until is not None:
+            if until > now:
+                self._refused.move_to_end(digest)
+                raise UnknownKey(REFUSED_KEY)
+            del self._refused[digest]
+        try:
+            principal, ttl = await self._verify(token, audience)
+        except UnknownKey:
+            self._remember_refusal(digest, now)
+            raise
         if ttl > 0:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[digest] = (principal, time.monotonic() + ttl)
         return principal
 
-    async def _verify(self, token: str, audience: str) -> tuple[Principal, float]:
+    def _remember_refusal(self, digest: bytes, now: float) -> None:
+        ttl = self.cfg.auth.key_cache_seconds
+        if ttl <= 0:
+            return
+        self._refused[digest] = now + ttl
+        self._refused.move_to_end(digest)
+        while len(self._refused) > CACHE_SIZE:
+            self._refused.popitem(last=False)
+
+    def cached_refusals(self) -> int:
+        return len(self._refused)
+
+    async def _verify(self, token: str, audience: str | None) -> tuple[Principal, float]:
         if token.startswith(API_KEY_PREFIX):
             return await self._api_key(token)
         if self.jwt is None:
@@ -87,6 +123,8 @@ class Authenticator:
         # virtual server's canonical URL. The unverified `iss` only routes: the verifier checks it again.
         if _unverified_issuer(token) in self._fixed_audience:
             audience = ""
+        elif audience is None:
+            raise AuthRequired(NO_AUDIENCE)
         try:
             got = await self.jwt.verify(token, audience=audience or None)
         except TokenError as exc:
@@ -106,7 +144,7 @@ class Authenticator:
                 return Principal(agent=declared.name, roles=tuple(declared.roles), method="api_key"), float("inf")
         record = await self.store.verify(key)
         if record is None:
-            raise AuthRequired("invalid, revoked or expired API key")
+            raise UnknownKey(REFUSED_KEY)
         ttl = self.cfg.auth.key_cache_seconds
         if record.expires_at is not None:
             ttl = min(ttl, (record.expires_at - datetime.now(UTC)).total_seconds())
