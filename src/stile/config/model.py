@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
-from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, TracingConfig
+from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, MetricsConfig, TracingConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -85,6 +86,7 @@ class LimitsConfig(_Strict):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0)
     max_json_depth: int = Field(default=64, ge=4)
+    max_metric_series: int = Field(default=10_000, ge=10)  # label sets per metric family; more go to (overflow)
 
 
 class GatewayConfig(_Strict):
@@ -103,6 +105,8 @@ class GatewayConfig(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    trusted_proxies: list[str] = Field(default_factory=list)  # CIDRs whose X-Forwarded-For/Forwarded is believed
     costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
 
     @field_validator("upstreams", "virtual_servers")
@@ -111,6 +115,16 @@ class GatewayConfig(_Strict):
         for name in value:
             if not _NAME.match(name):
                 raise ValueError(f"name {name!r} must match {_NAME.pattern}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {cidr!r} is not an IP address or CIDR ({exc})") from None
         return value
 
     @field_validator("costs")

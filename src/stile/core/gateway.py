@@ -37,6 +37,7 @@ from stile.upstreams.base import Upstream
 from stile.upstreams.factory import make_upstream
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError
+from stile.wire.forwarded import ClientAddress
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.gateway")
@@ -67,11 +68,13 @@ class Gateway:
         self.inputs = InputBridge(key)
         self.router = Router(self)
         self.state_url = state_url
+        self.client_address = ClientAddress(cfg.trusted_proxies)  # who sent a request (trusted_proxies)
         self.audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                               per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                           if vs.audit_arguments is not None},
-                              costs=cfg.costs, queue_size=cfg.audit.queue_size)
-        self.metrics = Metrics(self, audit=self.audit)
+                              costs=cfg.costs, queue_size=cfg.audit.queue_size,
+                              client_address=self.client_address)
+        self.metrics = Metrics(self, audit=self.audit, max_series=cfg.limits.max_metric_series)
         self.tracing = Tracing(cfg.tracing)
         self.observe = Observe(self, self.metrics, self.audit, self.tracing)
         if policies is None:

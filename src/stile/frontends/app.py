@@ -1,7 +1,8 @@
 """The ASGI application: routing, DNS-rebinding defences, limits, health, lifespan.
 
 Routes: `/mcp/<vs>` (Streamable HTTP, both eras), `/sse/<vs>` + `/sse/<vs>/messages` (legacy
-HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable).
+HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable), `/metrics` (who may read it, and
+the details of /readyz: `metrics_access.py`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from stile.frontends.asgi import (
     send_text,
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
+from stile.frontends.metrics_access import MetricsAccess
 from stile.frontends.streamable import StreamableEndpoint, error_body
 from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
 from stile.observe.metrics import CONTENT_TYPE
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
+from stile.wire.forwarded import PEER
 
 log = logging.getLogger("stile.app")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -46,6 +49,7 @@ class StileApp:
         self.sse = LegacySseEndpoint(gw, self.mcp)
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
         self.admin = AdminApi(gw, self.authn, self.base_url)
+        self.metrics_access = MetricsAccess(gw, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
@@ -112,12 +116,6 @@ class StileApp:
         if path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
             return
-        if path == "/readyz":
-            await self._ready(send)
-            return
-        if path == "/metrics":
-            await send_bytes(send, 200, self.gw.metrics.render(), content_type=CONTENT_TYPE.encode())
-            return
         headers = header_map(scope)
         if path.startswith(WELL_KNOWN):
             await self._resource_metadata(path, headers, send)
@@ -130,6 +128,16 @@ class StileApp:
             return
         if not self._origin_ok(headers):
             await send_text(send, 403, "Invalid Origin header")
+            return
+        client = scope.get("client")
+        if client:
+            headers[PEER] = client[0]  # resolved lazily with trusted_proxies (wire/forwarded.py)
+        if path == "/readyz":
+            await self._ready(headers, send)
+            return
+        if path == "/metrics":
+            if await self.metrics_access.allow_metrics(headers, send):
+                await send_bytes(send, 200, self.gw.metrics.render(), content_type=CONTENT_TYPE.encode())
             return
         if path.startswith("/admin/"):
             await self.admin.handle(scope, headers, send)
@@ -261,10 +269,13 @@ class StileApp:
             body["scopes_supported"] = auth.scopes_supported
         await send_json(send, 200, body)
 
-    async def _ready(self, send: Send) -> None:
+    async def _ready(self, headers: dict[str, str], send: Send) -> None:
+        details = await self.metrics_access.may_see_details(headers)  # error text may name internal hosts
         status: dict[str, Any] = {}
         for name, up in self.gw.upstreams.items():
             inv = self.gw.inventories[name]
-            status[name] = {"ready": up.healthy and inv.ok, "era": up.era, "error": up.last_error or inv.error}
+            status[name] = {"ready": up.healthy and inv.ok, "era": up.era}
+            if details:
+                status[name]["error"] = up.last_error or inv.error
         ok = all(s["ready"] for s in status.values())
         await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})

@@ -44,7 +44,9 @@ class Observe:
         self.tracing = tracing
 
     def _target(self, ctx: CallContext) -> tuple[str, Target | None]:
-        """(exposed name for labels, target) of a named request; `(unknown)` for names the view lacks."""
+        """(exposed name, target) of a named request in the virtual server's view; `(unknown)` if it lacks it.
+
+        For the audit trail, which names what a caller tried even when its role hides it."""
         index_name = _INDEX.get(ctx.method)
         if index_name is None:
             return "", None
@@ -52,6 +54,17 @@ class Observe:
         name = ctx.params.get("name")
         target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
         return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
+
+    def _visible(self, ctx: CallContext, tool: str) -> bool:
+        """Whether the caller could see `tool`: metrics label hidden names exactly like unknown ones.
+
+        Observe runs before access control, so the caller's narrowed view comes back in `ctx.stats.view`.
+        A virtual server with authentication but no narrowed view (refused before narrowing) shows nothing."""
+        view = ctx.view or ctx.stats.view
+        if view is None:
+            vs = self.gw.cfg.virtual_servers.get(ctx.virtual_server)
+            return vs is not None and vs.auth == "none"
+        return tool in getattr(view, _INDEX[ctx.method])
 
     def _resource_upstream(self, ctx: CallContext) -> str:
         uri = ctx.params.get("uri") if ctx.method in _BY_URI else None
@@ -92,8 +105,12 @@ class Observe:
                 reason: str | None, reply: Reply | None) -> None:
         tool, target = self._target(ctx)
         upstream = target.upstream if target is not None else self._resource_upstream(ctx)
-        self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
-                             ctx.stats.upstream_seconds)
+        if target is None or self._visible(ctx, tool):
+            self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
+                                 ctx.stats.upstream_seconds)
+        else:
+            self.metrics.observe(ctx.virtual_server, ctx.method, "(unknown)", "", outcome, seconds,
+                                 ctx.stats.upstream_seconds)
         if outcome == "denied":
             self.metrics.denial(ctx.virtual_server, error_type or "denied")
         self.tracing.end(ctx, outcome, error_type, code, reason, upstream)
