@@ -177,18 +177,19 @@ class Metrics:
 
     def observe(self, vs: str, method: str, tool: str, upstream: str, outcome: str, seconds: float,
                 upstream_seconds: float) -> None:
-        if method not in KNOWN_METHODS:
-            method = OTHER_METHOD
+        # Stored keys only ever hold known method names, so a hit needs no check: an unknown method
+        # misses and is renamed `other` on the (rare) miss path, which also cuts and caps.
         key: tuple[str, ...] = (vs, method, tool, upstream, outcome)
         n = self.counts.get(key)
-        if n is None:  # a new label set (rare): cut, or counted as overflow once the family is full
-            key = self._admit("stile_requests", self.counts, key)
+        if n is None:
+            method = method_label(method)
+            key = self._admit("stile_requests", self.counts, (vs, method, tool, upstream, outcome))
             n = self.counts.get(key, 0)
         self.counts[key] = n + 1
         hkey: tuple[str, ...] = (vs, method)
         total = self.total.get(hkey)
         if total is None:
-            hkey = self._admit("stile_request_seconds", self.total, hkey)
+            hkey = self._admit("stile_request_seconds", self.total, (vs, method_label(method)))
             total = self.total.get(hkey)
             if total is None:
                 total = self.total[hkey] = _Hist()

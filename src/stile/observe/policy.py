@@ -42,29 +42,31 @@ class Observe:
         self.metrics = metrics
         self.audit = audit
         self.tracing = tracing
+        self._anonymous = frozenset(n for n, vs in gw.cfg.virtual_servers.items() if vs.auth == "none")
 
-    def _target(self, ctx: CallContext) -> tuple[str, Target | None]:
-        """(exposed name, target) of a named request in the virtual server's view; `(unknown)` if it lacks it.
+    def _target(self, ctx: CallContext) -> tuple[str, str, Target | None]:
+        """(metrics label, audit name, target) of a named request (`tools/call`, `prompts/get`).
 
-        For the audit trail, which names what a caller tried even when its role hides it."""
+        The label is the exposed name when the *caller* can see it, else `(unknown)`: a name its roles
+        hide looks exactly like one that does not exist. Observe runs before access control, so the
+        caller's narrowed view comes back in `ctx.stats.view`; a virtual server with authentication and
+        no narrowed view (refused before narrowing) shows the caller nothing. The audit trail, read by
+        admins, names what was tried: the exposed name and target in the virtual server's full view."""
         index_name = _INDEX.get(ctx.method)
         if index_name is None:
-            return "", None
-        view = ctx.view or self.gw.view(ctx.virtual_server)
+            return "", "", None
         name = ctx.params.get("name")
-        target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
-        return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
-
-    def _visible(self, ctx: CallContext, tool: str) -> bool:
-        """Whether the caller could see `tool`: metrics label hidden names exactly like unknown ones.
-
-        Observe runs before access control, so the caller's narrowed view comes back in `ctx.stats.view`.
-        A virtual server with authentication but no narrowed view (refused before narrowing) shows nothing."""
+        if not isinstance(name, str):
+            return "(unknown)", "(unknown)", None
         view = ctx.view or ctx.stats.view
-        if view is None:
-            vs = self.gw.cfg.virtual_servers.get(ctx.virtual_server)
-            return vs is not None and vs.auth == "none"
-        return tool in getattr(view, _INDEX[ctx.method])
+        if view is None and ctx.virtual_server in self._anonymous:
+            view = self.gw.view(ctx.virtual_server)
+        target = getattr(view, index_name).get(name) if view is not None else None
+        if target is not None:
+            return name, name, target
+        full = self.gw.view(ctx.virtual_server)  # the rare path: unknown, or hidden from this caller
+        target = getattr(full, index_name).get(name) if full is not None else None
+        return "(unknown)", (name if target is not None else "(unknown)"), target
 
     def _resource_upstream(self, ctx: CallContext) -> str:
         uri = ctx.params.get("uri") if ctx.method in _BY_URI else None
@@ -103,14 +105,10 @@ class Observe:
 
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
                 reason: str | None, reply: Reply | None) -> None:
-        tool, target = self._target(ctx)
+        label, tool, target = self._target(ctx)
         upstream = target.upstream if target is not None else self._resource_upstream(ctx)
-        if target is None or self._visible(ctx, tool):
-            self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
-                                 ctx.stats.upstream_seconds)
-        else:
-            self.metrics.observe(ctx.virtual_server, ctx.method, "(unknown)", "", outcome, seconds,
-                                 ctx.stats.upstream_seconds)
+        self.metrics.observe(ctx.virtual_server, ctx.method, label, "" if label == "(unknown)" else upstream,
+                             outcome, seconds, ctx.stats.upstream_seconds)
         if outcome == "denied":
             self.metrics.denial(ctx.virtual_server, error_type or "denied")
         self.tracing.end(ctx, outcome, error_type, code, reason, upstream)
