@@ -43,9 +43,19 @@ async def test_a_remote_client_needs_a_credential(tmp_path: Path) -> None:
     assert await access.allow_metrics(REMOTE, sent) is False and sent.status == 401
     assert await access.allow_metrics({**REMOTE, "authorization": f"Bearer {TOKEN}"}, Sent()) is True
     assert await access.allow_metrics({**REMOTE, "authorization": f"bearer  {TOKEN}"}, Sent()) is True
-    assert await access.allow_metrics({PEER: "127.0.0.1"}, Sent()) is True
+    assert await access.allow_metrics({PEER: "127.0.0.1", "host": "127.0.0.1:8080"}, Sent()) is True
+    assert await access.allow_metrics({PEER: "127.0.0.1", "host": "localhost"}, Sent()) is True
     assert await access.may_see_details(REMOTE) is False
-    assert await access.may_see_details({PEER: "::1"}) is True
+    assert await access.may_see_details({PEER: "::1", "host": "[::1]:9"}) is True
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8080", "127.0.0.1.attacker.example", ""])
+async def test_a_loopback_peer_naming_a_foreign_host_is_not_local(tmp_path: Path, host: str) -> None:
+    """Bound to 0.0.0.0 without `allowed_hosts` there is no Host check: DNS rebinding from a local browser."""
+    access = _access(tmp_path, {})
+    sent = Sent()
+    assert await access.allow_metrics({PEER: "127.0.0.1", "host": host}, sent) is False and sent.status == 401
+    assert await access.may_see_details({PEER: "127.0.0.1", "host": host}) is False
 
 
 async def test_a_token_hash_works_like_the_token(tmp_path: Path) -> None:
@@ -81,3 +91,19 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     cfg = parse_config({"upstreams": {}, "virtual_servers": {}, "trusted_proxies": ["10.0.0.1", "fd00::/8"]})
     assert cfg.trusted_proxies == ["10.0.0.1", "fd00::/8"]
     assert cfg.limits.max_metric_series == 10_000 and cfg.metrics.public is False
+
+
+async def test_public_metrics_are_warned_about_by_check_and_at_startup(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from rich.console import Console
+
+    from stile.cli.check import report
+    from stile.server import build_app
+
+    cfg = parse_config({"upstreams": {}, "virtual_servers": {}, "metrics": {"public": True}, "audit": {"store": False}})
+    out = Console(record=True, width=200)
+    assert await report(cfg, out, offline=True) == []  # a warning, not a problem: exit 0
+    assert "metrics.public: true" in out.export_text()
+    with caplog.at_level("WARNING", logger="stile"):
+        build_app(cfg, state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    assert any("metrics.public" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,9 @@ Both paths first pass the Host/Origin (DNS-rebinding) checks like every other pa
 served to:
 - a client on loopback: the TCP peer, or the forwarded client when the peer is in `trusted_proxies`
   (so Prometheus scraping on the same host needs no config, and a local reverse proxy listed in
-  `trusted_proxies` does not turn every remote client into a local one);
+  `trusted_proxies` does not turn every remote client into a local one). Unless `allowed_hosts` is
+  set (then the Host check has already run), its `Host` must be a loopback name too: a browser on
+  the gateway's host tricked by DNS rebinding sends the attacker's host name;
 - a request with `Authorization: Bearer <metrics.token>` (or matching `metrics.token_hash`), compared
   in constant time;
 - a principal holding one of `admin.roles` (API key or bearer token with the admin audience
@@ -50,8 +52,13 @@ class MetricsAccess:
             return hmac.compare_digest(value.encode(), self._token)
         return self.cfg.token_hash is not None and verify_against_hash(value, self.cfg.token_hash)
 
+    def _local(self, headers: dict[str, str]) -> bool:
+        if not is_loopback(self.gw.client_address(headers)):
+            return False
+        return bool(self.gw.cfg.allowed_hosts) or _loopback_host(headers.get("host", ""))
+
     def _local_or_token(self, headers: dict[str, str]) -> bool:
-        return is_loopback(self.gw.client_address(headers)) or self._token_ok(headers)
+        return self._local(headers) or self._token_ok(headers)
 
     async def _admin(self, headers: dict[str, str]) -> tuple[bool, str | None]:
         """(is an admin, why not) for a request carrying credentials; raises AuthRequired on bad ones."""
@@ -99,3 +106,13 @@ class MetricsAccess:
         self.gw.metrics.auth_failure(METRICS, "no_admin_role" if outcome == "denied" else outcome)
         if self.gw.audit.enabled:
             self.gw.audit.record_http(METRICS, headers, outcome, reason, method="GET /metrics")
+
+
+def _loopback_host(host: str) -> bool:
+    """`localhost`, `127.0.0.1:8080`, `[::1]:8080`... (a Host header naming this machine's loopback)."""
+    host = host.lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name == "localhost" or is_loopback(name)
