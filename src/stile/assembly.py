@@ -21,6 +21,7 @@ from stile.observe.observers import Observers
 from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
+from stile.wire.forwarded import ClientAddress
 
 log = logging.getLogger("stile.gateway")
 
@@ -50,8 +51,9 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
-                     costs=cfg.costs, queue_size=cfg.audit.queue_size)
-    observers = Observers(Metrics(gw, audit=audit), audit, tracing)
+                     costs=cfg.costs, queue_size=cfg.audit.queue_size,
+                     client_address=ClientAddress(cfg.trusted_proxies))
+    observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
     gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers), gw.router.handle))
     return Runtime(cfg, gw, observers, state_url)
 

@@ -13,6 +13,8 @@ from stile.frontends.protocol import http_protocol
 from stile.identity.audience import audience_warning
 
 log = logging.getLogger("stile")
+PUBLIC_METRICS_WARNING = ("metrics.public: true: /metrics is served to anyone who can reach the gateway "
+                          "(tool, upstream and virtual server names, traffic volumes)")
 
 
 def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None = None) -> StileApp:
@@ -22,6 +24,8 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
             log.info("virtual server %s requires authentication (API key or bearer token)", name)
         elif vs.auth == "none":
             log.warning("virtual server %s: auth: none (anonymous access)", name)
+    if cfg.metrics.public:
+        log.warning(PUBLIC_METRICS_WARNING)
     warning = audience_warning(cfg, host)
     if warning:
         log.warning("%s", warning)
@@ -33,6 +37,9 @@ def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", st
     app = build_app(cfg, host, state_url)
     config = uvicorn.Config(app, host=host, port=port, loop="auto", http=http_protocol(cfg.limits), lifespan="on",
                             log_level=log_level, access_log=False, timeout_keep_alive=30,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5,
+                            # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the peer; Stile
+                            # decides itself whom to believe (`trusted_proxies`, wire/forwarded.py)
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     server.run()

@@ -13,6 +13,9 @@ from stile.core.gateway import Gateway
 async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> list[str]:
     """Print the surface; return the problems found (collisions, unmatched allows, unreachable)."""
     problems: list[str] = []
+    if cfg.metrics.public:
+        out.print("[yellow]warning[/yellow] metrics.public: true: /metrics is served to anyone who can reach "
+                  "the gateway", highlight=False, soft_wrap=True)
     if offline:
         for name, vs in cfg.virtual_servers.items():
             out.print(f"[bold]{name}[/bold]: upstreams {', '.join(upstreams_of(vs, cfg)) or '(none)'}")

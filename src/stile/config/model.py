@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
-from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, TracingConfig
+from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, MetricsConfig, TracingConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -96,6 +97,7 @@ class LimitsConfig(_Strict):
     max_json_depth: int = Field(default=64, ge=4)
     max_listen_subscriptions: int = Field(default=256, ge=1)  # resourceSubscriptions in one subscriptions/listen
     session_lifetime: float = Field(default=86_400.0, gt=0)  # seconds a legacy session id opens after initialize
+    max_metric_series: int = Field(default=10_000, ge=10)  # label sets per metric family; more go to (overflow)
 
 
 class GatewayConfig(_Strict):
@@ -114,6 +116,8 @@ class GatewayConfig(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    trusted_proxies: list[str] = Field(default_factory=list)  # CIDRs whose X-Forwarded-For/Forwarded is believed
     costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
     chain: list[str] = Field(default_factory=lambda: ["observe", "access", "rules"])  # policies, outermost first
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy config, by policy name
@@ -124,6 +128,16 @@ class GatewayConfig(_Strict):
         for name in value:
             if not _NAME.match(name):
                 raise ValueError(f"name {name!r} must match {_NAME.pattern}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {cidr!r} is not an IP address or CIDR ({exc})") from None
         return value
 
     @field_validator("costs")

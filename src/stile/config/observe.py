@@ -1,10 +1,10 @@
-"""Observability config: `audit`, `tracing`, `admin`, `costs` (public keys; keep them working)."""
+"""Observability config: `audit`, `tracing`, `admin`, `metrics`, `costs` (public keys; keep them working)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ArgumentsMode = Literal["none", "digest", "redacted", "full"]
 
@@ -53,3 +53,23 @@ class AdminConfig(_Strict):
         if not value:
             raise ValueError("admin.roles needs at least one role (or set admin.enabled: false)")
         return value
+
+
+class MetricsConfig(_Strict):
+    """Who may read GET /metrics (and the error details of GET /readyz).
+
+    Default: clients on loopback (the TCP peer, or the forwarded client behind a `trusted_proxies` hop),
+    a request with `Authorization: Bearer <token>` (compared in constant time; `token` usually comes from
+    the environment, `token: "${METRICS_TOKEN}"`, or `token_hash` from `stile keys hash`), or a principal
+    holding one of `admin.roles`. `public: true` serves /metrics to anyone who passes the Host/Origin checks.
+    """
+
+    token: str | None = Field(default=None, min_length=16)
+    token_hash: str | None = Field(default=None, pattern=r"^hmac-sha256\$[^$]+\$[^$]+$")
+    public: bool = False
+
+    @model_validator(mode="after")
+    def _one_token(self) -> MetricsConfig:
+        if self.token is not None and self.token_hash is not None:
+            raise ValueError("set at most one of metrics.token and metrics.token_hash")
+        return self

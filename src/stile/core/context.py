@@ -60,11 +60,11 @@ ANONYMOUS = Principal()
 class RequestStats:
     """What one request measured on its way (mutable, unlike the context that carries it).
 
-    Set by the router (time spent waiting on upstreams) and tracing (trace context); read by metrics
-    and the audit trail when the request completes.
+    Set by the router (time spent waiting on upstreams), tracing (trace context) and access control
+    (the caller's view); read by metrics and the audit trail when the request completes.
     """
 
-    __slots__ = ("span", "trace_id", "traceparent", "tracestate", "upstream_seconds")
+    __slots__ = ("span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
 
     def __init__(self) -> None:
         self.upstream_seconds = 0.0
@@ -72,6 +72,7 @@ class RequestStats:
         self.tracestate: str | None = None
         self.trace_id: str | None = None
         self.span: Any = None  # the server span when tracing is enabled
+        self.view: View | None = None  # the caller's narrowed view, once access control computed it
 
 
 @dataclass(frozen=True, slots=True)

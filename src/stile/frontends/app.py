@@ -1,7 +1,8 @@
 """The ASGI application: routing, DNS-rebinding defences, limits, health, lifespan.
 
 Routes: `/mcp/<vs>` (Streamable HTTP, both eras), `/sse/<vs>` + `/sse/<vs>/messages` (legacy
-HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable).
+HTTP+SSE), `/healthz` (liveness), `/readyz` (every upstream reachable), `/metrics` (who may read it, and
+the details of /readyz: `metrics_access.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stile.frontends.asgi import (
     send_text,
 )
 from stile.frontends.legacy_sse import LegacySseEndpoint
+from stile.frontends.metrics_access import MetricsAccess
 from stile.frontends.request_checks import UnsupportedMediaType, is_json, repeated_credential
 from stile.frontends.streamable import StreamableEndpoint, error_body
 from stile.identity.audience import LOOPBACK, host_sets_audience
@@ -34,6 +36,7 @@ from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
 from stile.observe.metrics import CONTENT_TYPE
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
+from stile.wire.forwarded import PEER
 
 log = logging.getLogger("stile.app")
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -51,6 +54,7 @@ class StileApp:
         state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
         self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base)
+        self.metrics_access = MetricsAccess(runtime, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
         self.max_body = limits.max_body_bytes
@@ -118,12 +122,6 @@ class StileApp:
         if path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
             return
-        if path == "/readyz":
-            await self._ready(send)
-            return
-        if path == "/metrics":
-            await send_bytes(send, 200, self.metrics.render(), content_type=CONTENT_TYPE.encode())
-            return
         headers = header_map(scope)
         if path.startswith(WELL_KNOWN):
             await self._resource_metadata(path, headers, send)
@@ -140,6 +138,15 @@ class StileApp:
         repeated = repeated_credential(scope["headers"])
         if repeated is not None:
             await send_json(send, 400, jsonrpc.error(None, -32600, f"more than one {repeated} header: send one"))
+        client = scope.get("client")
+        if client:
+            headers[PEER] = client[0]  # resolved lazily with trusted_proxies (wire/forwarded.py)
+        if path == "/readyz":
+            await self._ready(headers, send)
+            return
+        if path == "/metrics":
+            if await self.metrics_access.allow_metrics(headers, send):
+                await send_bytes(send, 200, self.metrics.render(), content_type=CONTENT_TYPE.encode())
             return
         if path.startswith("/admin/"):
             await self.admin.handle(scope, headers, send)
@@ -280,10 +287,13 @@ class StileApp:
             body["scopes_supported"] = auth.scopes_supported
         await send_json(send, 200, body)
 
-    async def _ready(self, send: Send) -> None:
+    async def _ready(self, headers: dict[str, str], send: Send) -> None:
+        details = await self.metrics_access.may_see_details(headers)  # error text may name internal hosts
         status: dict[str, Any] = {}
         for name, up in self.gw.upstreams.items():
             inv = self.gw.inventories[name]
-            status[name] = {"ready": up.healthy and inv.ok, "era": up.era, "error": up.last_error or inv.error}
+            status[name] = {"ready": up.healthy and inv.ok, "era": up.era}
+            if details:
+                status[name]["error"] = up.last_error or inv.error
         ok = all(s["ready"] for s in status.values())
         await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})

@@ -35,6 +35,7 @@ from stile.core.catalog import matches
 from stile.core.context import CallContext, Principal
 from stile.observe.audit_sinks import Event, Sink, SinkError
 from stile.tasks import spawn
+from stile.wire.forwarded import ClientAddress
 
 log = logging.getLogger("stile.audit")
 BATCH = 1024
@@ -125,8 +126,9 @@ _Item = tuple[float, _Request | None, Outcome, dict[str, Any] | None]
 class AuditLog:
     def __init__(self, sinks: Sequence[Sink], *, arguments: ArgumentsMode = "redacted",
                  per_server: Mapping[str, ArgumentsMode] | None = None, costs: Mapping[str, float] | None = None,
-                 queue_size: int = 10_000) -> None:
+                 queue_size: int = 10_000, client_address: ClientAddress | None = None) -> None:
         self.sinks = list(sinks)
+        self.client_address = client_address or ClientAddress()
         self.arguments = arguments
         self.per_server = dict(per_server or {})
         self.cost = CostTable(costs or {})
@@ -173,9 +175,10 @@ class AuditLog:
                     method: str | None = None, principal: Principal | None = None,
                     error_type: str | None = None, code: int | None = None) -> None:
         """An HTTP request answered outside the pipeline: refused authentication or scope, a request the
-        transport rejected (bad JSON, unknown session, mismatched headers), or an admin query."""
+        transport rejected (bad JSON, unknown session, mismatched headers), or an admin query. The client
+        address is the TCP peer, or the forwarded client when the peer is a trusted proxy (`wire.forwarded`)."""
         extra: dict[str, Any] = {"virtual_server": virtual_server, "method": method or headers.get("mcp-method"),
-                                 "tool": headers.get("mcp-name"), "client_address": headers.get("x-forwarded-for")}
+                                 "tool": headers.get("mcp-name"), "client_address": self.client_address(headers)}
         if principal is not None:
             extra["principal"] = {"agent": principal.agent, "user": principal.user, "roles": list(principal.roles),
                                   "auth": principal.method}

@@ -1,11 +1,17 @@
 """Prometheus metrics: requests, latency (total, upstream, gateway overhead), health, audit, per registry.
 
 `Observe` (the first policy) reports every finished request here, denials included. Label values come
-from the gateway's own vocabulary (virtual server, method, exposed tool, upstream, outcome), never
-from free client input: an unknown tool name is recorded as `(unknown)` so a client cannot blow up
-the series count. The hot path only bumps plain integers (one event loop, no locks); the Prometheus
-families are built at scrape time. prometheus_client's own Counter/Histogram children cost ~10 µs a
-call here (locks, per-observation bucket scan), this ~1 µs.
+only from the gateway's own vocabulary, never from free client input:
+- `method`: one of the MCP methods Stile knows (`KNOWN_METHODS`), anything else is `other`;
+- `tool`: an exposed name in the *caller's* view, else `(unknown)` (hidden and unknown look the same);
+- virtual server and upstream names come from the config, outcomes and reasons from fixed sets.
+As a second line of defence every family holds at most `limits.max_metric_series` label sets: a new
+one beyond that is counted in the single `(overflow)` label set and in
+`stile_metric_series_overflow_total{family}`; label values are cut to `MAX_LABEL` characters.
+
+The hot path only bumps plain integers (one event loop, no locks); the Prometheus families are built at
+scrape time. prometheus_client's own Counter/Histogram children cost ~10 µs a call here (locks,
+per-observation bucket scan), this ~1 µs.
 """
 
 from __future__ import annotations
@@ -26,6 +32,23 @@ if TYPE_CHECKING:
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
            30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_LABEL = 128  # characters of a label value (exposed tool names are the only long ones)
+MAX_SERIES = 10_000  # default label sets per family (`limits.max_metric_series`)
+OVERFLOW = "(overflow)"
+OTHER_METHOD = "other"
+# The MCP methods a client may send, both eras (the lead's method table will replace this set).
+KNOWN_METHODS = frozenset({
+    "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
+    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "completion/complete", "logging/setLevel", "server/discover", "subscriptions/listen",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "notifications/roots/list_changed",
+    "tasks/get", "tasks/update", "tasks/cancel", "tasks/list", "tasks/result",
+})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 class _UpstreamCollector:
@@ -92,6 +115,9 @@ class _RequestCollector:
                        ["virtual_server", "reason"], m.auth_failures)
         yield _counter("stile_rejected", "requests the transport refused before the pipeline, by error class",
                        ["virtual_server", "reason"], m.rejections)
+        yield _counter("stile_metric_series_overflow", "observations counted in a family's (overflow) label set "
+                       "because the family already held limits.max_metric_series label sets",
+                       ["family"], {(family,): n for family, n in m.overflowed.items()})
         yield GaugeMetricFamily("stile_listen_streams", "open notification streams (legacy GET, listen)",
                                 value=float(m.gw.hub.count()))
         yield GaugeMetricFamily("stile_sessions_active", "legacy sessions used in the last 5 minutes (this replica)",
@@ -114,9 +140,11 @@ class _RequestCollector:
 
 
 class Metrics:
-    def __init__(self, gw: Gateway, registry: CollectorRegistry | None = None, audit: AuditLog | None = None) -> None:
+    def __init__(self, gw: Gateway, registry: CollectorRegistry | None = None, audit: AuditLog | None = None,
+                 max_series: int = MAX_SERIES) -> None:
         self.gw = gw
         self.audit = audit
+        self.max_series = max_series
         self.registry = registry or CollectorRegistry()
         self.counts: dict[tuple[str, ...], int] = {}
         self.total: dict[tuple[str, ...], _Hist] = {}
@@ -125,34 +153,64 @@ class Metrics:
         self.denied: dict[tuple[str, ...], int] = {}
         self.auth_failures: dict[tuple[str, ...], int] = {}
         self.rejections: dict[tuple[str, ...], int] = {}
+        self.overflowed: dict[str, int] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_UpstreamCollector(gw))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def _admit(self, family: str, store: dict[tuple[str, ...], Any], key: tuple[str, ...]) -> tuple[str, ...]:
+        """The key a label set not yet in `store` is counted under: itself, or `(overflow)` once full."""
+        key = tuple(v[:MAX_LABEL] for v in key)
+        if key in store or len(store) < self.max_series:
+            return key
+        self.overflowed[family] = self.overflowed.get(family, 0) + 1
+        return (OVERFLOW,) * len(key)
+
+    def _bump(self, family: str, store: dict[tuple[str, ...], int], key: tuple[str, ...]) -> None:
+        n = store.get(key)
+        if n is None:
+            key = self._admit(family, store, key)
+            n = store.get(key, 0)
+        store[key] = n + 1
+
     def observe(self, vs: str, method: str, tool: str, upstream: str, outcome: str, seconds: float,
                 upstream_seconds: float) -> None:
-        key = (vs, method, tool, upstream, outcome)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        hkey = (vs, method)
+        # Stored keys only ever hold known method names, so a hit needs no check: an unknown method
+        # misses and is renamed `other` on the (rare) miss path, which also cuts and caps.
+        key: tuple[str, ...] = (vs, method, tool, upstream, outcome)
+        n = self.counts.get(key)
+        if n is None:
+            method = method_label(method)
+            key = self._admit("stile_requests", self.counts, (vs, method, tool, upstream, outcome))
+            n = self.counts.get(key, 0)
+        self.counts[key] = n + 1
+        hkey: tuple[str, ...] = (vs, method)
         total = self.total.get(hkey)
         if total is None:
-            total = self.total[hkey] = _Hist()
-            self.overhead[hkey] = _Hist()
+            hkey = self._admit("stile_request_seconds", self.total, (vs, method_label(method)))
+            total = self.total.get(hkey)
+            if total is None:
+                total = self.total[hkey] = _Hist()
+                self.overhead[hkey] = _Hist()
         total.observe(seconds)
         self.overhead[hkey].observe(max(seconds - upstream_seconds, 0.0))
         if upstream and upstream_seconds:
-            up = self.upstream.get((upstream,))
+            ukey: tuple[str, ...] = (upstream,)
+            up = self.upstream.get(ukey)
             if up is None:
-                up = self.upstream[(upstream,)] = _Hist()
+                ukey = self._admit("stile_upstream_seconds", self.upstream, ukey)
+                up = self.upstream.get(ukey)
+                if up is None:
+                    up = self.upstream[ukey] = _Hist()
             up.observe(upstream_seconds)
 
     def denial(self, vs: str, reason: str) -> None:
-        self.denied[(vs, reason)] = self.denied.get((vs, reason), 0) + 1
+        self._bump("stile_denials", self.denied, (vs, reason))
 
     def rejected(self, vs: str, reason: str) -> None:
-        self.rejections[(vs, reason)] = self.rejections.get((vs, reason), 0) + 1
+        self._bump("stile_rejected", self.rejections, (vs, reason))
 
     def auth_failure(self, vs: str, reason: str) -> None:
-        self.auth_failures[(vs, reason)] = self.auth_failures.get((vs, reason), 0) + 1
+        self._bump("stile_auth_failures", self.auth_failures, (vs, reason))

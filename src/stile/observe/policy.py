@@ -36,21 +36,37 @@ def outcome_of(exc: StileError) -> tuple[str, str | None]:
 
 
 class Observe:
-    def __init__(self, views: ViewSource, metrics: Metrics, audit: AuditLog, tracing: Tracing) -> None:
+    def __init__(self, views: ViewSource, metrics: Metrics, audit: AuditLog, tracing: Tracing,
+                 anonymous: frozenset[str] = frozenset()) -> None:
         self.views = views
         self.metrics = metrics
         self.audit = audit
         self.tracing = tracing
+        self._anonymous = anonymous  # virtual servers with auth: none (their full view is the caller's)
 
-    def _target(self, ctx: CallContext) -> tuple[str, Target | None]:
-        """(exposed name for labels, target) of a named request; `(unknown)` for names the view lacks."""
+    def _target(self, ctx: CallContext) -> tuple[str, str, Target | None]:
+        """(metrics label, audit name, target) of a named request (`tools/call`, `prompts/get`).
+
+        The label is the exposed name when the *caller* can see it, else `(unknown)`: a name its roles
+        hide looks exactly like one that does not exist. Observe runs before access control, so the
+        caller's narrowed view comes back in `ctx.stats.view`; a virtual server with authentication and
+        no narrowed view (refused before narrowing) shows the caller nothing. The audit trail, read by
+        admins, names what was tried: the exposed name and target in the virtual server's full view."""
         index_name = _INDEX.get(ctx.method)
         if index_name is None:
-            return "", None
-        view = ctx.view or self.views.view(ctx.virtual_server)
+            return "", "", None
         name = ctx.params.get("name")
-        target = getattr(view, index_name).get(name) if view is not None and isinstance(name, str) else None
-        return (name if target is not None else "(unknown)"), target  # type: ignore[return-value]
+        if not isinstance(name, str):
+            return "(unknown)", "(unknown)", None
+        view = ctx.view or ctx.stats.view
+        if view is None and ctx.virtual_server in self._anonymous:
+            view = self.views.view(ctx.virtual_server)
+        target = getattr(view, index_name).get(name) if view is not None else None
+        if target is not None:
+            return name, name, target
+        full = self.views.view(ctx.virtual_server)  # the rare path: unknown, or hidden from this caller
+        target = getattr(full, index_name).get(name) if full is not None else None
+        return "(unknown)", (name if target is not None else "(unknown)"), target
 
     def _resource_upstream(self, ctx: CallContext) -> str:
         uri = ctx.params.get("uri") if ctx.method in _BY_URI else None
@@ -84,10 +100,10 @@ class Observe:
 
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
                 reason: str | None, reply: Reply | None) -> None:
-        tool, target = self._target(ctx)
+        label, tool, target = self._target(ctx)
         upstream = target.upstream if target is not None else self._resource_upstream(ctx)
-        self.metrics.observe(ctx.virtual_server, ctx.method, tool, upstream, outcome, seconds,
-                             ctx.stats.upstream_seconds)
+        self.metrics.observe(ctx.virtual_server, ctx.method, label, "" if label == "(unknown)" else upstream,
+                             outcome, seconds, ctx.stats.upstream_seconds)
         if outcome == "denied":
             self.metrics.denial(ctx.virtual_server, error_type or "denied")
         self.tracing.end(ctx, outcome, error_type, code, reason, upstream)

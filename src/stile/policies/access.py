@@ -121,6 +121,7 @@ class AccessControl:
         key = (ctx.virtual_server, ctx.principal.roles)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is view:
+            ctx.stats.view = cached[1]  # what the caller could see, for metrics labels (Observe runs first)
             return await call_next(ctx.with_view(cached[1]))
         roles = self.roles_for(ctx.virtual_server, ctx.principal.roles)
         if not roles:
@@ -129,4 +130,5 @@ class AccessControl:
             self._cache.clear()
         narrowed = narrow(view, roles)
         self._cache[key] = (view, narrowed)
+        ctx.stats.view = narrowed
         return await call_next(ctx.with_view(narrowed))

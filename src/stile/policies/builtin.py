@@ -13,7 +13,8 @@ from stile.policies.rules import Rules
 
 def _observe(deps: PolicyDeps, config: Any) -> Policy:
     o = deps.observers
-    return Observe(deps.views, o.metrics, o.audit, o.tracing)
+    anonymous = frozenset(n for n, vs in deps.cfg.virtual_servers.items() if vs.auth == "none")
+    return Observe(deps.views, o.metrics, o.audit, o.tracing, anonymous)
 
 
 def _access(deps: PolicyDeps, config: Any) -> Policy:
