@@ -10,6 +10,7 @@ from stile.config.model import GatewayConfig
 from stile.core.gateway import Gateway
 from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
+from stile.observe.audit_wal import WalError
 
 log = logging.getLogger("stile")
 
@@ -27,6 +28,10 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
     app = build_app(cfg, host, state_url)
+    try:
+        app.gw.audit.preflight()
+    except WalError as exc:
+        raise SystemExit(f"error: {exc}") from None
     config = uvicorn.Config(app, host=host, port=port, loop="auto", http=http_protocol(cfg.limits), lifespan="on",
                             log_level=log_level, access_log=False, timeout_keep_alive=30,
                             timeout_graceful_shutdown=5)
