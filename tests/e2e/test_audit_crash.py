@@ -104,10 +104,17 @@ def _jsonl_titles(path: Path) -> list[str]:
     return [e["arguments"]["title"] for e in events if e.get("method") == "tools/call"]
 
 
-def test_every_acknowledged_call_survives_a_sigkill(notes: str, tmp_path: Path) -> None:
+def _verify(cfg: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["audit", "verify", "--config", str(cfg)])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("durability", ["process", "fsync"])
+def test_every_acknowledged_call_survives_a_sigkill(notes: str, tmp_path: Path, durability: str) -> None:
     db, trail = tmp_path / "stile.db", tmp_path / "audit.jsonl"
     config: dict[str, Any] = {"state": f"sqlite:///{db}", "upstreams": {"notes": {"url": notes}},
-                              "virtual_servers": {"v": {"auth": "none"}}, "audit": {"jsonl": str(trail)}}
+                              "virtual_servers": {"v": {"auth": "none"}},
+                              "audit": {"jsonl": str(trail), "durability": durability}}
     cfg = tmp_path / "stile.yaml"
     cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
     port, log = free_port(), tmp_path / "stile.log"
@@ -116,6 +123,10 @@ def test_every_acknowledged_call_survives_a_sigkill(notes: str, tmp_path: Path) 
         acked = asyncio.run(_burst(f"http://127.0.0.1:{port}/mcp/v", proc))
         assert proc.wait(timeout=30) == -signal.SIGKILL
     assert len(acked) >= KILL_AFTER
+    lost = acked - set(_stored_titles(db))
+    assert lost, "the kill left nothing in flight: the burst does not exercise the crash"
+    code, output = _verify(cfg)  # the chains are intact, but verify sees what the WAL still holds
+    assert code == 1 and "acknowledged events are not in the trail yet" in output, output
 
     with gateway(cfg, port, log):  # the same config: it replays what the killed process had acknowledged
         pass  # a graceful stop writes everything queued
@@ -128,6 +139,10 @@ def test_every_acknowledged_call_survives_a_sigkill(notes: str, tmp_path: Path) 
     assert not acked - set(in_file), f"{len(acked - set(in_file))} acknowledged calls are not in {trail.name}"
     assert len(in_file) == len(set(in_file)), "a replayed event was written to the JSONL file twice"
 
-    result = CliRunner().invoke(app, ["audit", "verify", "--config", str(cfg)])
-    assert result.exit_code == 0, result.output
-    assert result.output.count("chain intact") == 2, result.output
+    code, output = _verify(cfg)
+    assert code == 0 and output.count("chain intact") == 2, output
+
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # delete the newest events: the chain stays intact
+        conn.execute("DELETE FROM stile_audit_events WHERE seq > (SELECT max(seq) - 3 FROM stile_audit_events)")
+    code, output = _verify(cfg)
+    assert code == 1 and "3 events missing at the tail" in output, output

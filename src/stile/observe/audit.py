@@ -40,6 +40,7 @@ from stile.config.observe import ArgumentsMode, Durability
 from stile.core.catalog import matches
 from stile.core.context import CallContext, Principal
 from stile.observe.audit_sinks import Event, Sink, SinkError
+from stile.observe.audit_tail import write_heads
 from stile.observe.audit_wal import GroupCommit, Wal
 from stile.tasks import spawn
 
@@ -164,6 +165,7 @@ class AuditLog:
         self.wal_errors = 0
         self.replayed = 0
         self._delivered = 0  # WAL position every sink has
+        self._heads: dict[str, Any] = {}
         self._last_wal_log = 0.0
 
     @property
@@ -207,6 +209,7 @@ class AuditLog:
                     log.error("audit write-ahead log: unreadable record skipped: %.200r", line)
             await self._to_sinks(events)
             self.replayed += len(events)
+        self._save_heads()
         await asyncio.to_thread(self.wal.discard_recovered)
 
     @property
@@ -271,7 +274,7 @@ class AuditLog:
         now = time.monotonic()
         if now - self._last_wal_log > 60:
             self._last_wal_log = now
-            log.error("audit write-ahead log: %s (%d events so far are queued without crash safety)", exc,
+            log.error("audit write-ahead log: %s (%d errors so far, stile_audit_wal_errors_total)", exc,
                       self.wal_errors)
 
     # --- the writer -------------------------------------------------------------------------
@@ -336,6 +339,24 @@ class AuditLog:
         await self._to_sinks([self.build(*record) for record, _ in batch])
         self._delivered = batch[-1][1]
         self.checkpoint()
+        self._save_heads()
+
+    def _save_heads(self) -> None:
+        """Record where each sink's chain ends (`heads.json`), so verify can tell a missing tail."""
+        if self.wal is None:
+            return
+        heads = {}
+        for sink in self.sinks:
+            head = getattr(getattr(sink, "inner", sink), "head", None)
+            value = head() if callable(head) else None
+            if isinstance(value, dict):
+                heads[sink.name] = value
+        if heads and heads != self._heads:
+            try:
+                write_heads(self.wal.directory, heads)
+                self._heads = heads
+            except OSError as exc:
+                self._wal_failed(exc)
 
     async def _to_sinks(self, events: list[Event]) -> None:
         for sink in self.sinks:

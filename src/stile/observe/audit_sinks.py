@@ -88,6 +88,10 @@ class JsonlSink:
         for e in fresh:
             self.recent.add(str(e.get("id")))
 
+    def head(self) -> dict[str, object]:
+        """Where this sink's chain ends (for `heads.json`)."""
+        return {"seq": self.chain.seq, "hash": self.chain.prev}
+
     async def aclose(self) -> None:
         return None
 
