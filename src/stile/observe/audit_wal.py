@@ -243,6 +243,7 @@ class GroupCommit:
         self.wal = wal
         self.on_synced = on_synced  # e.g. checkpoint: records are dropped only once an fsync covers them
         self.errors = 0
+        self.rounds = 0  # fsync rounds run
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -270,6 +271,7 @@ class GroupCommit:
         wal = self.wal
         if wal.position > wal.synced:
             target = wal.position
+            self.rounds += 1
             try:
                 target, fds, new_names = wal.sync_targets()
                 await asyncio.to_thread(sync_files, fds, wal.directory if new_names else None)
