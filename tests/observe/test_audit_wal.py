@@ -63,7 +63,7 @@ async def test_delivered_records_are_checkpointed(tmp_path: Path) -> None:
     assert log.wal is not None and log.wal.live is not None and log.wal.live.size > 0
     await until(fake, lambda: len(fake.written) == 5)
     await until(fake, lambda: log.written == 5)
-    assert log.wal.live.size == 0 and os.path.getsize(log.wal.live.path) == 0
+    assert log.wal.live.size == 0 and log.wal.live.path.stat().st_size == 0
     await log.aclose()
 
 
