@@ -1,7 +1,7 @@
 """The audit trail: one event per MCP request (and per refused authentication), to every sink.
 
-The request path only captures references and a timestamp (`record`, ~1 µs) into a bounded queue;
-the writer task builds the events (argument redaction, sizes, costs) and hands each batch to every
+The request path only captures small values and a timestamp (`record`) into a bounded queue;
+the writer task builds the events (sizes, costs) and hands each batch to every
 sink. Each sink keeps its own hash chain (`audit_chain`) and is wrapped in a spool, so an outage of
 one sink delays its events without losing them (`spool.py`).
 

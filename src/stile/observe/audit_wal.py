@@ -62,6 +62,16 @@ def _locked(fd: int) -> bool:
     return True
 
 
+def _locked_soon(fd: int, attempts: int = 3) -> bool:
+    """`_locked`, tried a few times: `stile audit verify` holds a dead segment's lock for an instant."""
+    for attempt in range(attempts):
+        if _locked(fd):
+            return True
+        if attempt + 1 < attempts:
+            time.sleep(0.01)  # at start, in a thread; only when another process holds a lock in this directory
+    return False
+
+
 def read_records(path: Path) -> Iterator[bytes]:
     """The complete lines of a segment (a torn last line, from a failed write, is left out)."""
     with path.open("rb") as f:
@@ -137,7 +147,7 @@ class Wal:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 continue  # another starting process replayed and removed it
-            if not _locked(fd):
+            if not _locked_soon(fd):
                 os.close(fd)  # a live process's segment
                 continue
             self.recovered.append((path, fd))
