@@ -263,8 +263,8 @@ class GroupCommit:
         self._task = spawn(self._loop(), name="audit-wal-fsync")
 
     async def wait(self, position: int) -> None:
-        if position <= self.wal.synced or self._stopped:
-            return
+        if position <= self.wal.synced or self._stopped or self._task is None or self._task.done():
+            return  # covered, stopping, or the fsync task is gone (logged by spawn): never hold a reply forever
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
         self._kick.set()
