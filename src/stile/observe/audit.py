@@ -197,7 +197,7 @@ class AuditLog:
         """Write what killed processes had acknowledged (their WAL records) to every sink, oldest first."""
         assert self.wal is not None
         if lines:
-            log.warning("audit: replaying %d events a stopped process had recorded in %s", len(lines),
+            log.warning("audit: replaying %d acknowledged events a process that died left in %s", len(lines),
                         self.wal.directory)
         for i in range(0, len(lines), BATCH):
             events = []
