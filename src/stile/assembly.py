@@ -52,7 +52,8 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
                      costs=cfg.costs, queue_size=cfg.audit.queue_size,
-                     client_address=ClientAddress(cfg.trusted_proxies))
+                     client_address=ClientAddress(cfg.trusted_proxies),
+                     wal_dir=audit_spool_dir(cfg, state_url) / "wal", durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
     gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers), gw.router.handle))
     return Runtime(cfg, gw, observers, state_url)
@@ -65,12 +66,17 @@ def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
     if audit.store and state_url:
         inner.append(StoreSink(state_url, audit.chain))
     if audit.jsonl:
-        inner.append(JsonlSink(Path(audit.jsonl)))
+        inner.append(JsonlSink(Path(audit.jsonl), fsync=audit.durability == "fsync"))
     if audit.stdout:
         inner.append(StdoutSink())
-    spool_dir = Path(audit.spool_dir) if audit.spool_dir else default_spool_dir(state_url)
+    spool_dir = audit_spool_dir(cfg, state_url)
     return [SpooledSink(sink, spool_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sink.name)}.spool",
                         retry_seconds=audit.retry_seconds) for sink in inner]
+
+
+def audit_spool_dir(cfg: GatewayConfig, state_url: str | None) -> Path:
+    """`audit.spool_dir`, else the default; the audit write-ahead log lives in its `wal` subdirectory."""
+    return Path(cfg.audit.spool_dir) if cfg.audit.spool_dir else default_spool_dir(state_url)
 
 
 def default_spool_dir(state_url: str | None) -> Path:

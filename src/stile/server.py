@@ -11,6 +11,7 @@ from stile.config.model import GatewayConfig
 from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
 from stile.identity.audience import audience_warning
+from stile.observe.audit_wal import WalError
 
 log = logging.getLogger("stile")
 PUBLIC_METRICS_WARNING = ("metrics.public: true: /metrics is served to anyone who can reach the gateway "
@@ -35,6 +36,10 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
     app = build_app(cfg, host, state_url)
+    try:
+        app.audit.preflight()
+    except WalError as exc:
+        raise SystemExit(f"error: {exc}") from None
     config = uvicorn.Config(app, host=host, port=port, loop="auto", http=http_protocol(cfg.limits), lifespan="on",
                             log_level=log_level, access_log=False, timeout_keep_alive=30,
                             timeout_graceful_shutdown=5,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from stile.assembly import assemble
 from stile.config.load import parse_config
-from stile.core.gateway import Gateway
 from stile.frontends.metrics_access import MetricsAccess
 from stile.identity.authn import Authenticator
 from stile.stores.keys import hash_for_config
@@ -21,8 +21,7 @@ REMOTE = {PEER: "203.0.113.9"}
 
 def _access(tmp_path: Path, metrics: dict[str, Any]) -> MetricsAccess:
     cfg = parse_config({"upstreams": {}, "virtual_servers": {}, "metrics": metrics, "audit": {"store": False}})
-    gw = Gateway(cfg)
-    return MetricsAccess(gw, Authenticator(cfg, f"sqlite:///{tmp_path / 'state.db'}"), lambda h: "http://gw")
+    return MetricsAccess(assemble(cfg), Authenticator(cfg, f"sqlite:///{tmp_path / 'state.db'}"), lambda h: "http://gw")
 
 
 class Sent:

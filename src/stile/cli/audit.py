@@ -34,8 +34,10 @@ from stile.observe.audit_query import (
     search,
     tail,
 )
+from stile.observe.audit_sinks import read_jsonl, tail_state
 from stile.observe.audit_sinks import verify_jsonl as verify
-from stile.observe.audit_store import DB_ERRORS, verify_store
+from stile.observe.audit_store import DB_ERRORS, chain_end, verify_store
+from stile.observe.audit_tail import head_problems, pending_ids, pending_problem, read_heads
 
 T = TypeVar("T")
 audit_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True, add_completion=False)
@@ -206,6 +208,7 @@ def verify_cmd(
 ) -> None:
     """Check every event's hash and chain; exit 0 when intact, 1 with the events that are not, 2 on bad input."""
     files, stores = [file] if file else [], [state] if state else []
+    loaded: LoadedConfig | None = None
     if not files and not stores and config is not None:
         loaded = load(config)
         jsonl = Path(loaded.config.audit.jsonl) if loaded.config.audit.jsonl else None
@@ -221,10 +224,38 @@ def verify_cmd(
             raise fail(f"no audit trail to verify ({path})")
     results = [(str(path), verify(path)) for path in files]
     results += [(display_url(url), _verify_store(url, chain)) for url in stores]
+    if loaded is not None:
+        results += _tail_checks(loaded, files, stores)
     for where, problems in results:
         typer.echo("\n".join(problems) if problems else f"{where}: chain intact")
     if any(problems for _, problems in results):
         raise typer.Exit(1)
+
+
+def _tail_checks(loaded: LoadedConfig, files: list[Path], stores: list[str]) -> list[tuple[str, list[str]]]:
+    """A gateway's own trail: is its tail there (heads.json), and is anything it acknowledged still in its WAL?"""
+    from stile.assembly import audit_spool_dir
+
+    url = state_url_for(loaded)
+    audit = loaded.config.audit
+    wal_dir = audit_spool_dir(loaded.config, url) / "wal"
+    heads, pending = read_heads(wal_dir), pending_ids(wal_dir)
+    out: list[tuple[str, list[str]]] = []
+    for store in stores:
+        try:
+            seq, found = asyncio.run(chain_end(store, audit.chain, pending))
+        except (*DB_ERRORS, ValueError) as exc:
+            raise fail(describe_error(store, exc, "verify")) from exc
+        head = next((h for name, h in heads.items() if name.startswith("store:") and h.get("chain") == audit.chain),
+                    None)
+        where = f"{display_url(store)} chain {audit.chain}"
+        out.append((where, head_problems(where, head, seq)
+                    + pending_problem(where, sum(1 for i in pending if i not in found), wal_dir)))
+    for path in files:
+        ids = {str(e.get("id")) for _, e in read_jsonl(path) if e is not None}
+        out.append((str(path), head_problems(str(path), heads.get(f"jsonl:{path}"), tail_state(path)[1])
+                    + pending_problem(str(path), sum(1 for i in pending if i not in ids), wal_dir)))
+    return [(where, problems) for where, problems in out if problems]
 
 
 def _store_exists(url: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ArgumentsMode = Literal["none", "digest", "redacted", "full"]
+Durability = Literal["process", "fsync"]
 
 
 class _Strict(BaseModel):
@@ -19,6 +20,10 @@ class AuditConfig(_Strict):
     `store` writes to the state store (`state`: SQLite beside the config by default, or Postgres);
     `jsonl` appends to a file; `stdout` prints one JSON line per event. A sink that fails spools its
     events to `spool_dir` and replays them when it recovers (also after a restart).
+
+    Before a reply is sent its event is in a write-ahead log (`<spool_dir>/wal`), so a process crash
+    loses no acknowledged event (`durability: process`); `fsync` also waits for a group-commit fsync,
+    so power loss does not either.
     """
 
     store: bool = True
@@ -29,6 +34,7 @@ class AuditConfig(_Strict):
     spool_dir: str | None = None  # default: `audit-spool` beside the state database / config
     queue_size: int = Field(default=10_000, ge=100)
     retry_seconds: float = Field(default=1.0, gt=0, le=300)  # first retry of a failed sink; doubles up to 30 s
+    durability: Durability = "process"  # a reply leaves once its event survives a crash (process) / power loss
 
 
 class TracingConfig(_Strict):

@@ -1,9 +1,14 @@
 """The audit trail: one event per MCP request (and per refused authentication), to every sink.
 
-The request path only captures references and a timestamp (`record`, ~1 µs) into a bounded queue;
-the writer task builds the events (argument redaction, sizes, costs) and hands each batch to every
+The request path only captures small values and a timestamp (`record`) into a bounded queue;
+the writer task builds the events (sizes, costs) and hands each batch to every
 sink. Each sink keeps its own hash chain (`audit_chain`) and is wrapped in a spool, so an outage of
 one sink delays its events without losing them (`spool.py`).
+
+Crash safety: before `record` returns (on the request path, before the reply is written) the record
+is appended to a write-ahead log (`audit_wal`, one `os.write`); the writer checkpoints it once every
+sink (or its spool) has the batch, and a restart replays what a killed process left. With
+`durability: fsync` the Observe policy also waits (`durable`) for a group-commit fsync covering it.
 
 Queue policy: the queue holds `audit.queue_size` requests. When it is full the request is not slowed
 down; the event is counted in `stile_audit_dropped_total` and logged (once a minute), never dropped
@@ -26,14 +31,17 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from stile.config.observe import ArgumentsMode
+from stile.config.observe import ArgumentsMode, Durability
 from stile.core.catalog import matches
 from stile.core.context import CallContext, Principal
 from stile.observe.audit_sinks import Event, Sink, SinkError
+from stile.observe.audit_tail import write_heads
+from stile.observe.audit_wal import GroupCommit, Wal
 from stile.tasks import spawn
 from stile.wire.forwarded import ClientAddress
 
@@ -116,17 +124,28 @@ class Outcome:
         self.bytes_out = bytes_out
 
 
-# What the request path hands the writer: (time, what the request was, how it ended, extra fields). Only
-# small values: holding a request's context or reply until the writer runs cost ~20 µs a request (measured:
-# a working set that no longer fits the caches), building these ~1-2 µs.
-_Request = tuple[Any, str | None, str, str, str, Principal, Any, int, float, str | None]
-_Item = tuple[float, _Request | None, Outcome, dict[str, Any] | None]
+# What the request path hands the writer: (event id, time, what the request was, how it ended, extra
+# fields). Only small JSON values: holding a request's context or reply until the writer runs cost ~20 µs a
+# request (measured: a working set that no longer fits the caches), building these ~1-2 µs. The same
+# tuple, as one JSON array, is the write-ahead log's record (a replay reads it back as lists).
+# request: request_id, trace_id, virtual_server, method, era, agent, user, roles, auth, arguments,
+# bytes_in, upstream_seconds, uri. outcome: outcome, seconds, tool, upstream, upstream_name, code,
+# error_type, reason, bytes_out.
+_Request = Sequence[Any]
+_Outcome = Sequence[Any]
+_Record = tuple[str, float, _Request | None, _Outcome, dict[str, Any] | None]
+_Item = tuple[_Record, int]  # and the WAL position after it (0 without a WAL)
+
+
+def _values(o: Outcome) -> _Outcome:
+    return (o.outcome, o.seconds, o.tool, o.upstream, o.upstream_name, o.code, o.error_type, o.reason, o.bytes_out)
 
 
 class AuditLog:
     def __init__(self, sinks: Sequence[Sink], *, arguments: ArgumentsMode = "redacted",
                  per_server: Mapping[str, ArgumentsMode] | None = None, costs: Mapping[str, float] | None = None,
-                 queue_size: int = 10_000, client_address: ClientAddress | None = None) -> None:
+                 queue_size: int = 10_000, client_address: ClientAddress | None = None,
+                 wal_dir: Path | None = None, durability: Durability = "process") -> None:
         self.sinks = list(sinks)
         self.client_address = client_address or ClientAddress()
         self.arguments = arguments
@@ -143,6 +162,13 @@ class AuditLog:
         self._last_drop_log = 0.0
         self._closing = False
         self._sec, self._sec_text = -1, ""
+        self.wal = Wal(wal_dir, self._boot) if wal_dir is not None and self.sinks else None
+        self.commit = GroupCommit(self.wal, self.checkpoint) if self.wal is not None and durability == "fsync" else None
+        self.wal_errors = 0
+        self.replayed = 0
+        self._delivered = 0  # WAL position every sink has
+        self._heads: dict[str, Any] = {}
+        self._last_wal_log = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -152,13 +178,51 @@ class AuditLog:
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    def preflight(self) -> None:
+        """Before serving: `WalError` (a clear message) if the write-ahead log directory is unusable."""
+        if self.wal is not None:
+            self.wal.preflight()
+
     async def start(self) -> None:
         if not self.enabled:
             return
         for sink in self.sinks:
             await sink.start()
+        if self.wal is not None:
+            await self._replay(await asyncio.to_thread(self.wal.open))
+        if self.commit is not None:
+            self.commit.start()
         self._queue = asyncio.Queue(self.queue_size)
         self._writer = spawn(self._write_loop(), name="audit-writer")
+
+    async def _replay(self, lines: list[bytes]) -> None:
+        """Write what killed processes had acknowledged (their WAL records) to every sink, oldest first."""
+        assert self.wal is not None
+        if lines:
+            log.warning("audit: replaying %d acknowledged events a process that died left in %s", len(lines),
+                        self.wal.directory)
+        for i in range(0, len(lines), BATCH):
+            events = []
+            for line in lines[i:i + BATCH]:
+                try:
+                    eid, at, request, outcome, extra = orjson.loads(line)
+                    events.append(self.build(eid, at, request, outcome, extra))
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    log.error("audit write-ahead log: unreadable record skipped: %.200r", line)
+            await self._to_sinks(events)
+            self.replayed += len(events)
+        self._save_heads()
+        await asyncio.to_thread(self.wal.discard_recovered)
+
+    @property
+    def fsync(self) -> bool:
+        """Whether replies wait for `durable()` (audit.durability: fsync)."""
+        return self.commit is not None
+
+    async def durable(self) -> None:
+        """fsync mode: return once an fsync covers every record appended so far (group commit)."""
+        if self.commit is not None and self.wal is not None:
+            await self.commit.wait(self.wal.position)
 
     # --- the request path -------------------------------------------------------------------
     def record(self, ctx: CallContext, outcome: Outcome) -> None:
@@ -167,9 +231,11 @@ class AuditLog:
         args = (arguments_for(self.per_server.get(ctx.virtual_server, self.arguments), params.get("arguments"))
                 if method in _NAME_KEY else None)
         uri = params.get("uri")
-        request = (ctx.request_id, ctx.stats.trace_id, ctx.virtual_server, method, ctx.era, ctx.principal, args,
-                   len(orjson.dumps(params)), ctx.stats.upstream_seconds, uri if isinstance(uri, str) else None)
-        self._put((time.time(), request, outcome, None))
+        p = ctx.principal
+        request = (ctx.request_id, ctx.stats.trace_id, ctx.virtual_server, method, ctx.era, p.agent, p.user,
+                   p.roles, p.method, args, len(orjson.dumps(params)), ctx.stats.upstream_seconds,
+                   uri if isinstance(uri, str) else None)
+        self._put((f"{self._boot}-{next(self._ids)}", time.time(), request, _values(outcome), None))
 
     def record_http(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str,
                     method: str | None = None, principal: Principal | None = None,
@@ -182,19 +248,37 @@ class AuditLog:
         if principal is not None:
             extra["principal"] = {"agent": principal.agent, "user": principal.user, "roles": list(principal.roles),
                                   "auth": principal.method}
-        self._put((time.time(), None, Outcome(outcome, 0.0, reason=reason, error_type=error_type, code=code), extra))
+        self._put((f"{self._boot}-{next(self._ids)}", time.time(), None,
+                   (outcome, 0.0, "", "", "", code, error_type, reason, 0), extra))
 
-    def _put(self, item: _Item) -> None:
-        if self._queue is None or self._closing:
+    def _put(self, record: _Record) -> None:
+        queue = self._queue
+        if queue is None or self._closing:
             return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if queue.full():
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_drop_log > 60:
                 self._last_drop_log = now
                 log.error("audit queue full (%d): events are being dropped (%d so far)", self.queue_size, self.dropped)
+            return
+        wal = self.wal
+        position = 0
+        if wal is not None:
+            try:
+                position = wal.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            except (OSError, TypeError) as exc:  # TypeError: orjson.JSONEncodeError
+                position = wal.position  # not in the WAL: only the queue holds it
+                self._wal_failed(exc)
+        queue.put_nowait((record, position))
+
+    def _wal_failed(self, exc: Exception) -> None:
+        self.wal_errors += 1
+        now = time.monotonic()
+        if now - self._last_wal_log > 60:
+            self._last_wal_log = now
+            log.error("audit write-ahead log: %s (%d errors so far, stile_audit_wal_errors_total)", exc,
+                      self.wal_errors)
 
     # --- the writer -------------------------------------------------------------------------
     def _time(self, at: float) -> str:
@@ -204,31 +288,34 @@ class AuditLog:
             self._sec, self._sec_text = sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._sec_text}.{int((at - sec) * 1e6):06d}+00:00"
 
-    def build(self, at: float, request: _Request | None, o: Outcome, extra: dict[str, Any] | None) -> Event:
-        upstream = o.upstream or None
+    def build(self, eid: str, at: float, request: _Request | None, o: _Outcome,
+              extra: dict[str, Any] | None) -> Event:
+        outcome, seconds, tool, upstream_ref, upstream_name, code, error_type, reason, bytes_out = o
+        upstream = upstream_ref or None
         common = {
-            "upstream": upstream, "upstream_name": o.upstream_name or None,
-            "outcome": o.outcome, "error_code": o.code, "error_type": o.error_type, "reason": o.reason,
-            "latency_ms": round(o.seconds * 1000, 3), "bytes_out": o.bytes_out,
+            "upstream": upstream, "upstream_name": upstream_name or None,
+            "outcome": outcome, "error_code": code, "error_type": error_type, "reason": reason,
+            "latency_ms": round(seconds * 1000, 3), "bytes_out": bytes_out,
             "cache_hit": False,  # no response cache yet: recorded so consumers need not change when one lands
         }
         if request is None:
-            return {"id": f"{self._boot}-{next(self._ids)}", "time": self._time(at), "request_id": None,
+            return {"id": eid, "time": self._time(at), "request_id": None,
                     "trace_id": None, "principal": {"agent": None, "user": None, "roles": [], "auth": "none"},
                     **(extra or {}), **common, "cost": 0.0}
-        request_id, trace_id, vs, method, era, p, args, bytes_in, upstream_seconds, uri = request
+        (request_id, trace_id, vs, method, era, agent, user, roles, auth, args, bytes_in, upstream_seconds,
+         uri) = request
         named = method in _NAME_KEY
-        executed = upstream is not None and o.outcome in _EXECUTED and method == "tools/call"
+        executed = upstream is not None and outcome in _EXECUTED and method == "tools/call"
         event: Event = {
-            "id": f"{self._boot}-{next(self._ids)}", "time": self._time(at), "request_id": request_id,
+            "id": eid, "time": self._time(at), "request_id": request_id,
             "trace_id": trace_id, "virtual_server": vs, "method": method, "era": era,
-            "principal": {"agent": p.agent, "user": p.user, "roles": list(p.roles), "auth": p.method},
+            "principal": {"agent": agent, "user": user, "roles": list(roles), "auth": auth},
             "arguments": args, "bytes_in": bytes_in, "upstream_ms": round(upstream_seconds * 1000, 3),
             **common,
-            "cost": self.cost(f"{upstream}.{o.upstream_name}") if executed else 0.0,
+            "cost": self.cost(f"{upstream}.{upstream_name}") if executed else 0.0,
         }
         if named:
-            event["tool"] = o.tool or None
+            event["tool"] = tool or None
         elif uri is not None:
             event["uri"] = uri
         return event
@@ -252,14 +339,47 @@ class AuditLog:
                 return
 
     async def _write(self, batch: list[_Item]) -> None:
-        events = [self.build(*item) for item in batch]
+        await self._to_sinks([self.build(*record) for record, _ in batch])
+        self._delivered = batch[-1][1]
+        self.checkpoint()
+        self._save_heads()
+
+    def _save_heads(self) -> None:
+        """Record where each sink's chain ends (`heads.json`), so verify can tell a missing tail."""
+        if self.wal is None:
+            return
+        heads = {}
+        for sink in self.sinks:
+            head = getattr(getattr(sink, "inner", sink), "head", None)
+            value = head() if callable(head) else None
+            if isinstance(value, dict):
+                heads[sink.name] = value
+        if heads and heads != self._heads:
+            try:
+                write_heads(self.wal.directory, heads)
+                self._heads = heads
+            except OSError as exc:
+                self._wal_failed(exc)
+
+    async def _to_sinks(self, events: list[Event]) -> None:
         for sink in self.sinks:
             try:
                 await sink.write(events)
-            except SinkError as exc:
+            except SinkError as exc:  # its spool failed too (a dead local disk): counted, not retried
                 self.sink_errors[sink.name] += 1
                 log.error("audit sink %s: %s (%d events not written)", sink.name, exc, len(events))
         self.written += len(events)
+
+    def checkpoint(self) -> None:
+        """Drop the WAL records every sink has (in fsync mode, only those an fsync covers as well)."""
+        wal = self.wal
+        if wal is None:
+            return
+        upto = min(self._delivered, wal.synced) if self.commit is not None else self._delivered
+        try:
+            wal.checkpoint(upto)
+        except OSError as exc:  # the records stay; a restart would replay them (the sinks skip known ids)
+            self._wal_failed(exc)
 
     async def aclose(self) -> None:
         """Write everything queued through every sink, then close the sinks."""
@@ -268,5 +388,9 @@ class AuditLog:
             await self._queue.put(None)  # behind every queued event; waits while the writer drains a full queue
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self.commit is not None:
+            await self.commit.aclose()
         for sink in self.sinks:
             await sink.aclose()
+        if self.wal is not None and self._writer is not None and self._writer.done() and not self._writer.cancelled():
+            self.wal.close()  # every record was delivered (or spooled)

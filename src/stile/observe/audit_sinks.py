@@ -8,7 +8,10 @@ request path.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +20,7 @@ import orjson
 from stile.observe.audit_chain import GENESIS, Chain, verify_events
 
 Event = dict[str, Any]
+RECENT = 8192  # ids a JSONL sink remembers to skip replays (> what a crash can leave delivered but not checkpointed)
 
 
 class SinkError(Exception):
@@ -33,27 +37,60 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class JsonlSink:
-    """Appends one sealed JSON line per event; the chain continues from the file's last line."""
+class RecentIds:
+    """The last `size` event ids written: a replay after a crash (WAL or spool) skips them, as the store does."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, size: int = RECENT) -> None:
+        self.order: deque[str] = deque()
+        self.ids: set[str] = set()
+        self.size = size
+
+    def add(self, eid: str) -> None:
+        self.order.append(eid)
+        self.ids.add(eid)
+        if len(self.order) > self.size:
+            self.ids.discard(self.order.popleft())
+
+
+class JsonlSink:
+    """Appends one sealed JSON line per event; the chain continues from the file's last line.
+
+    Events whose id is among the file's last `RECENT` lines are skipped (replays after a crash). With
+    `fsync` each batch is fsync'd (in a thread) before `write` returns (audit.durability: fsync)."""
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
         self.name = f"jsonl:{path}"
         self.path = path
+        self.fsync = fsync
         self.chain = Chain()
+        self.recent = RecentIds()
 
     async def start(self) -> None:
         if self.path.exists():
-            self.chain = Chain(*tail_state(self.path))
+            state = await asyncio.to_thread(tail_state, self.path, self.recent)
+            self.chain = Chain(*state)
 
     async def write(self, events: list[Event]) -> None:
+        fresh = [e for e in events if str(e.get("id")) not in self.recent.ids]
+        if not fresh:
+            return
         mark = self.chain.mark()
-        data = b"".join(raw + b"\n" for _, raw in self.chain.seal_json(events))
+        data = b"".join(raw + b"\n" for _, raw in self.chain.seal_json(fresh))
         try:
             with self.path.open("ab") as f:
                 f.write(data)
+                if self.fsync:
+                    f.flush()
+                    await asyncio.to_thread(os.fsync, f.fileno())
         except OSError as exc:
             self.chain.rollback(mark)
             raise SinkError(f"cannot append to {self.path}: {exc}") from exc
+        for e in fresh:
+            self.recent.add(str(e.get("id")))
+
+    def head(self) -> dict[str, object]:
+        """Where this sink's chain ends (for `heads.json`)."""
+        return {"seq": self.chain.seq, "hash": self.chain.prev}
 
     async def aclose(self) -> None:
         return None
@@ -84,13 +121,23 @@ class StdoutSink:
         return None
 
 
-def tail_state(path: Path) -> tuple[str, int]:
-    """(hash, seq) of a JSONL trail's last event: where its chain continues."""
+def tail_state(path: Path, recent: RecentIds | None = None) -> tuple[str, int]:
+    """(hash, seq) of a JSONL trail's last event: where its chain continues. Fills `recent` with the last ids."""
     last = b""
+    lines: deque[bytes] = deque(maxlen=recent.size if recent is not None else 1)
     with path.open("rb") as f:
         for line in f:
             if line.strip():
                 last = line
+                lines.append(line)
+    if recent is not None:
+        for line in lines:
+            try:
+                eid = orjson.loads(line).get("id")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if eid is not None:
+                recent.add(str(eid))
     if not last:
         return GENESIS, 0
     try:

@@ -159,6 +159,12 @@ class StoreSink:
             await conn.execute(audit_events.insert(), rows)
         return chain.mark()
 
+    def head(self) -> dict[str, object] | None:
+        """Where this sink last left its chain (for `heads.json`); None before its first write."""
+        if self._head is None:
+            return None
+        return {"chain": self.chain, "seq": self._head[1], "hash": self._head[0]}
+
     async def aclose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
@@ -186,6 +192,19 @@ async def chain_names(url: str) -> list[str]:
             if not await _has_table(conn):
                 return []
             return list((await conn.execute(sa.select(_T.chain).distinct().order_by(_T.chain))).scalars())
+    finally:
+        await engine.dispose()
+
+
+async def chain_end(url: str, chain: str, ids: list[str]) -> tuple[int, set[str]]:
+    """(highest seq of `chain`, which of `ids` are stored) — for verify's tail check. Database errors propagate."""
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            if not await _has_table(conn):
+                return 0, set()
+            seq = (await conn.execute(sa.select(sa.func.max(_T.seq)).where(_T.chain == chain))).scalar()
+            return int(seq or 0), await _stored_ids(conn, ids)
     finally:
         await engine.dispose()
 

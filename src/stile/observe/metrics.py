@@ -128,6 +128,9 @@ class _RequestCollector:
                                     value=float(audit.depth))
             yield CounterMetricFamily("stile_audit_dropped", "audit events not queued because the queue was full",
                                       value=float(audit.dropped))
+            yield CounterMetricFamily("stile_audit_wal_errors", "audit events queued without crash safety (the "
+                                      "write-ahead log could not take them) and failed WAL fsyncs/checkpoints",
+                                      value=float(audit.wal_errors + (audit.commit.errors if audit.commit else 0)))
             errors = CounterMetricFamily("stile_audit_sink_errors", "failed writes to an audit sink (then spooled)",
                                          labels=["sink"])
             spooled = GaugeMetricFamily("stile_audit_spooled_events", "audit events spooled, waiting for their sink",

@@ -82,6 +82,8 @@ class Observe:
         except StileError as exc:
             outcome, reason = outcome_of(exc)
             self._finish(ctx, time.perf_counter() - start, outcome, exc.jsonrpc_code, type(exc).__name__, reason, None)
+            if self.audit.fsync:
+                await self.audit.durable()
             raise
         except asyncio.CancelledError:  # the client went away or cancelled: still accounted for
             self._finish(ctx, time.perf_counter() - start, "cancelled", None, "CancelledError",
@@ -96,6 +98,8 @@ class Observe:
             result = reply.get("result")
             outcome = "is_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
             self._finish(ctx, time.perf_counter() - start, outcome, None, None, None, reply)
+        if self.audit.fsync:  # audit.durability: fsync — the reply waits for the group commit covering its event
+            await self.audit.durable()
         return reply
 
     def _finish(self, ctx: CallContext, seconds: float, outcome: str, code: int | None, error_type: str | None,
