@@ -23,7 +23,7 @@ from typing import Any
 from cel_expr_python import cel
 
 from stile.config.identity import RuleConfig
-from stile.policies.cel_fast import VARIABLES, NeedsCel, compile_fast
+from stile.policies.cel_fast import VARIABLES, NeedsCel, compile_fast, plain
 from stile.policies.rules import RuleError, compile_rule, decide
 
 Outcome = bool | None  # None: an error or a non-boolean
@@ -218,7 +218,7 @@ def check(text: str, datas: list[dict[str, Any]]) -> Disagreement | bool | None:
         denied, allowed = not decide([deny], d).allowed, decide([allow], d).allowed
         if denied != (want is not False) or allowed != (want is True):
             return Disagreement(text, d, f"CEL {want}: deny rule denied={denied}, allow rule allowed={allowed}")
-        if deny.fast is not None:
+        if deny.fast is not None and plain(d, deny.variables):
             try:
                 got = deny.fast(d)
             except NeedsCel:

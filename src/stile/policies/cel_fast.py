@@ -283,18 +283,15 @@ def _compile(node: Node) -> Fn:  # one case per node kind
     raise _NotInSubset(kind)
 
 
-def compile_tree(tree: Node, variables: tuple[str, ...]) -> Program | None:
-    """A program for the parsed expression when it is in the subset, else None. `variables`: those CEL converts."""
+def compile_unchecked(tree: Node) -> Program | None:
+    """A program for the parsed expression when it is in the subset, else None, for data the caller has checked
+    with `plain` (on other data its value may differ from CEL's, which errors when it converts the data)."""
     try:
         root = _compile(tree)
     except (_NotInSubset, RecursionError):
         return None
-    names = tuple(variables)
 
     def program(data: Data) -> bool | None:
-        for name in names:
-            if not _plain(data[name]):
-                raise NeedsCel(name)
         try:
             value = root(data)
         except _Error:
@@ -305,9 +302,36 @@ def compile_tree(tree: Node, variables: tuple[str, ...]) -> Program | None:
     return program
 
 
-def plain(data: Data, variables: tuple[str, ...]) -> bool:
-    """Whether CEL converts each of `variables` in `data` without an error (then a program raises no NeedsCel)."""
-    return all(_plain(data[name]) for name in variables)
+def compile_tree(tree: Node, variables: tuple[str, ...]) -> Program | None:
+    """A program for the parsed expression when it is in the subset, else None. `variables`: those CEL converts;
+    the program raises NeedsCel when one of them holds a value outside plain JSON."""
+    unchecked = compile_unchecked(tree)
+    if unchecked is None:
+        return None
+    names = tuple(variables)
+
+    def program(data: Data) -> bool | None:
+        for name in names:
+            if not _plain(data[name]):
+                raise NeedsCel(name)
+        return unchecked(data)
+    return program
+
+
+def plain(data: Data, variables: tuple[str, ...], checked: dict[str, bool] | None = None) -> bool:
+    """Whether CEL converts each of `variables` in `data` without an error, as values the fast path models
+    exactly. `checked` remembers the answers per variable (for several rules on the same data)."""
+    if checked is None:
+        for name in variables:  # noqa: SIM110 - a loop: all() over a generator costs ~0.1 µs more
+            if not _plain(data[name]):
+                return False
+        return True
+    for name in variables:
+        if (ok := checked.get(name)) is None:
+            ok = checked[name] = _plain(data[name])
+        if not ok:
+            return False
+    return True
 
 
 def compile_fast(text: str, variables: tuple[str, ...]) -> Program | None:

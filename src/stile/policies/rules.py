@@ -23,7 +23,7 @@ from cel_expr_python import cel
 
 from stile.config.identity import RuleConfig
 from stile.core.context import CallContext, CallNext, Reply
-from stile.policies.cel_fast import NeedsCel, Program, compile_tree, plain
+from stile.policies.cel_fast import NeedsCel, Program, compile_unchecked, plain
 from stile.policies.cel_parse import Node, NotParsed, parse, tool_guard
 from stile.wire.errors import ClientError
 
@@ -62,20 +62,21 @@ class _Compiled:
     program: Any
     variables: tuple[str, ...]  # the variables the expression mentions: only those are converted to CEL
     tool_guard: str | None = None  # a top-level conjunct `tool.name == "X"`: false for every other tool
-    fast: Program | None = None  # the expression compiled to Python when it is in cel_fast's subset
+    fast: Program | None = None  # cel_fast's program when the expression is in its subset (for `plain` data)
 
-    def denies(self, data: dict[str, Any]) -> bool:
+    def denies(self, data: dict[str, Any], checked: dict[str, bool] | None = None) -> bool:
+        """`checked`: which variables convert to CEL, shared by the rules of one decision (see `plain`)."""
         if self.tool_guard is not None:
             tool = data["tool"]
             if (type(tool) is dict and type(name := tool.get("name")) is str and name != self.tool_guard
-                    and plain(data, self.variables)):  # CEL would convert them without an error
+                    and plain(data, self.variables, checked)):  # CEL would convert them without an error
                 return self.cfg.deny is None  # the expression is false: a deny rule passes, an allow rule denies
-        if self.fast is None:
-            result = self.evaluate(data)
+        if self.fast is None or not plain(data, self.variables, checked):
+            result = self.evaluate(data)  # outside the subset, or a value outside plain JSON: CEL decides
         else:
             try:
                 result = self.fast(data)
-            except NeedsCel:  # a value outside plain JSON: CEL decides
+            except NeedsCel:  # values nested too deeply to compare in Python
                 result = self.evaluate(data)
         if result is None:  # an evaluation error or a non-boolean: fail closed
             return True
@@ -114,7 +115,7 @@ def compile_rule(rule: RuleConfig, where: str = "rule") -> _Compiled:
     except RecursionError:
         return _Compiled(rule, program, tuple(_VARIABLES))
     used = tuple(v for v in _VARIABLES if v in found)
-    return _Compiled(rule, program, used, tool_guard(tree), compile_tree(tree, used))
+    return _Compiled(rule, program, used, tool_guard(tree), compile_unchecked(tree))
 
 
 def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
@@ -123,8 +124,9 @@ def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
 
 def decide(rules: list[_Compiled], data: dict[str, Any]) -> Decision:
     shadow: list[tuple[str, bool]] = []
+    checked: dict[str, bool] | None = {} if len(rules) > 1 else None  # which variables convert, for all rules
     for rule in rules:
-        denied = rule.denies(data)
+        denied = rule.denies(data, checked)
         if rule.cfg.mode == "shadow":
             shadow.append((rule.cfg.name, not denied))
             continue
