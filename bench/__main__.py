@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stile-exe", default=str(REPO / ".venv" / "bin" / "stile"))
     rep = sub.add_parser("report", help="re-render latest.md/latest.png from a results JSON")
     rep.add_argument("json", help="bench/results/<timestamp>.json")
+    fz = sub.add_parser("fuzz-cel", help="differential fuzzing of the rules engine against CEL (bench/cel_fuzz.py)")
+    fz.add_argument("--cases", type=int, default=1_000_000, help="(expression, input) pairs (default 1,000,000)")
+    fz.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: no limit)")
+    fz.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
     return p
 
 
@@ -67,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if args.cmd == "fuzz-cel":
+        import time
+
+        from bench.cel_fuzz import run as fuzz
+
+        if args.cases < 1 or (args.seconds is not None and args.seconds <= 0):
+            print("--cases must be >= 1 and --seconds > 0", file=sys.stderr)
+            return 2
+        seed = args.seed if args.seed is not None else time.time_ns() % 2**32
+        print(f"fuzz-cel: seed {seed}, up to {args.cases:,} cases" +
+              (f" or {args.seconds:g} s" if args.seconds else ""), flush=True)
+        return fuzz(args.cases, args.seconds, seed)
     if args.cmd == "report":
         from pathlib import Path
 

@@ -57,3 +57,32 @@ def test_bad_input_is_a_clear_error_with_exit_2(bad: list[str]) -> None:
     exit_code, out = _run("--principal", "bot:support", "--call", "crm.update_ticket", *bad)
     assert exit_code == 2
     assert "error:" in out and "Traceback" not in out
+
+
+OR_RULE = 'tool.name == "vault.add_note" && arguments.title == "zzz" || principal.agent == "blocked-bot"'
+
+
+def _or_rule_config(tmp_path: Path, kind: str) -> str:
+    path = tmp_path / "stile.yaml"
+    path.write_text(f"""
+upstreams:
+  vault: {{url: "http://127.0.0.1:3001/mcp"}}
+  crm: {{url: "http://127.0.0.1:3002/mcp"}}
+rules:
+  - name: or-rule
+    {kind}: '{OR_RULE}'
+    reason: blocked
+virtual_servers:
+  open: {{upstreams: [vault, crm], auth: none}}
+""")
+    return str(path)
+
+
+@pytest.mark.parametrize(("kind", "agent", "code"), [
+    ("deny", "blocked-bot", 1), ("deny", "good-bot", 0), ("allow", "blocked-bot", 0), ("allow", "good-bot", 1)])
+def test_a_rule_whose_top_level_operator_is_or_is_decided_for_every_tool(
+        tmp_path: Path, kind: str, agent: str, code: int) -> None:
+    result = runner.invoke(app, ["policy", "test", "--config", _or_rule_config(tmp_path, kind),
+                                 "--principal", f"{agent}:", "--call", "crm.search"])
+    assert result.exit_code == code, result.output
+    assert ("DENY by rule or-rule: blocked" in result.output) is bool(code), result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import replace
 from typing import Any
@@ -12,6 +13,7 @@ from cel_expr_python import cel
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from bench.cel_fuzz import Disagreement, check, data, render, rule_expression, shrink
 from stile.config.identity import RuleConfig
 from stile.policies.cel_fast import VARIABLES, NeedsCel, cel_equal, compile_fast
 from stile.policies.rules import compile_rules, decide
@@ -73,6 +75,15 @@ EXPRESSIONS = [
     '"a\\"b\\n" == arguments.esc', "'it\\'s' == arguments.esc", 'arguments.text < "hj"', 'arguments.text >= "é"',
     "1 == 1 == true", '"a" in ["a"] == true', "(arguments.n < 5) == (arguments.n <= 4)", "false < true", "[]",
     "arguments.n", "null == null", "arguments.list[0] == 1", "arguments.n + 1 == 4",
+    # index access, the conditional and map literals
+    "arguments.list[2] == 3", "arguments.list[3] == 3", "arguments.list[-1] == 3", "arguments.list[1.0] == 2",
+    "arguments.list[arguments.n] == 1", 'arguments.list["a"] == 1', "arguments.list[true] == 1",
+    'arguments["nested"]["x"] == 1', "arguments.nested[arguments.text] == 1", "arguments.text[0] == 1",
+    "arguments.n > 1 ? true : false", "arguments.b ? arguments.n > 1 : arguments.missing",
+    "arguments.n ? true : false", "arguments.missing ? true : false", "true ? arguments.b : arguments.missing",
+    "false ? arguments.missing : arguments.b", 'arguments.n < 5 && arguments.b ? true : arguments.text == "hi"',
+    '{"x": arguments.n}.x == 3', '{"x": 1, "y": arguments.missing}.x == 1', '"x" in {"x": 1}',
+    '{"x": 1, "x": 2}.x == 1', "{1: 2}[1] == 2", "{}.size() == 0", '[1, 2][arguments.n] == 2',
 ]
 INPUTS: list[Any] = [
     {}, {"text": "forbidden"}, {"text": "hi", "n": 3, "b": True, "list": [1, 2, 3], "nested": {"x": 1}},
@@ -84,9 +95,9 @@ INPUTS: list[Any] = [
 ]
 
 
-def test_the_table_is_in_the_subset_except_arithmetic_and_list_index() -> None:
+def test_the_table_is_in_the_subset_except_arithmetic_and_maps_that_may_error() -> None:
     outside = [e for e in EXPRESSIONS if compile_fast(e, _used(e)) is None]
-    assert outside == ["arguments.list[0] == 1", "arguments.n + 1 == 4"]
+    assert outside == ["arguments.n + 1 == 4", '{"x": 1, "x": 2}.x == 1', "{1: 2}[1] == 2"]
 
 
 @pytest.mark.parametrize("text", [e for e in EXPRESSIONS if compile_fast(e, _used(e)) is not None])
@@ -94,6 +105,12 @@ def test_the_fast_path_agrees_with_cel_on_the_table(text: str) -> None:
     for args in INPUTS:
         data = _data(args)
         assert fast_outcome(text, data) == cel_outcome(text, data), (text, args)
+
+
+@pytest.mark.parametrize("text", EXPRESSIONS)
+def test_rules_decide_as_cel_on_the_table(text: str) -> None:
+    for args in INPUTS:
+        assert check(text, [_data(args)]) is None
 
 
 @pytest.mark.parametrize("args", [{"n": 2**63}, {"o": (1, 2)}, {"s": "\ud800"}, {1: 2}, {"b": b"x"}, {"o": {"x": 1j}}])
@@ -105,9 +122,9 @@ def test_values_outside_plain_json_are_left_to_cel(args: dict[Any, Any]) -> None
 
 
 @pytest.mark.parametrize("text", [
-    "arguments.n + 1 == 2", "arguments.list[0] == 1", "arguments.n == 1u", "arguments.n == 0x1F", "{}.size() == 0",
+    "arguments.n + 1 == 2", "arguments.n == 1u", "arguments.n == 0x1F", "{1: 2}.size() == 1",
     'arguments.text.matches("a.*")', 'r"a" == arguments.t', '"\\x41" == arguments.t', "arguments.n == 01",
-    "arguments.n > 1 ? true : false", "principal.roles.exists(r, r == 'a')", "has(arguments)", 'has(arguments["x"])',
+    '{"a": 1, "a": 2}.size() == 1', "principal.roles.exists(r, r == 'a')", "has(arguments)", 'has(arguments["x"])',
     "int(arguments.n) == 1", "-arguments.n < 0", "other.x == 1", 'b"x" == arguments.t', "arguments.n == 1 // note",
     "9223372036854775808 == arguments.n", '"""a""" == arguments.t', "arguments.n < 1e999",
     "(" * 2000 + "true" + ")" * 2000,
@@ -213,3 +230,19 @@ def test_rules_decide_the_same_with_and_without_the_fast_path(text: str, args: d
     rule = RuleConfig(name="r", deny=text) if deny else RuleConfig(name="r", allow=text)
     fast, slow = _rule_decisions(rule, args)
     assert fast == slow, (text, args)
+
+
+# --- generated rules against CEL, through decide() (tool guard + fast path + CEL fallback) -----------------------
+# The generator is bench/cel_fuzz.py's (`python -m bench fuzz-cel` runs it for millions of cases), from a seed
+# hypothesis draws (hypothesis' own random draws cost ~0.5 ms each); a disagreement is shrunk by the bench's
+# shrinker to a small expression and input in the failure message.
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**64 - 1))
+def test_generated_rules_decide_exactly_as_cel(seed: int) -> None:
+    rnd = random.Random(seed)
+    tree = rule_expression(rnd)
+    result = check(render(tree), [data(rnd) for _ in range(4)])
+    if isinstance(result, Disagreement):
+        small, d = shrink(tree, result.data)
+        pytest.fail(f"{result.detail}\n  minimal: {render(small)}\n  data: {d!r}\n  generated: {result.text}")

@@ -67,3 +67,33 @@ def test_the_cel_subset_fast_path_decides_as_cel(rule: RuleConfig, tool: str, ar
     (compiled,) = compile_rules([rule])
     slow = replace(compiled, tool_guard=None, fast=None)
     assert decide([compiled], _data(tool, args)) == decide([slow], _data(tool, args))
+
+
+# A rule that starts with `tool.name == "X" &&` but whose top-level operator is `||`: the tool comparison is no
+# guard. A deny rule of that shape must still deny blocked-bot on every tool; an allow rule must allow it.
+OR_RULE = 'tool.name == "vault.add_note" && arguments.title == "zzz" || principal.agent == "blocked-bot"'
+
+
+def _agent_data(agent: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"principal": {"agent": agent, "roles": []}, "tool": {"name": tool, "upstream": tool.split(".")[0]},
+            "arguments": args, "request": {"method": "tools/call"}}
+
+
+@pytest.mark.parametrize(("agent", "tool", "args", "denied"), [
+    ("blocked-bot", "crm.search", {}, True), ("blocked-bot", "vault.add_note", {"title": "a"}, True),
+    ("good-bot", "crm.search", {}, False), ("good-bot", "vault.add_note", {"title": "zzz"}, True),
+    ("good-bot", "vault.add_note", {"title": "a"}, False)])
+def test_a_deny_rule_whose_top_level_operator_is_or_denies_every_tool(
+        agent: str, tool: str, args: dict[str, Any], denied: bool) -> None:
+    rules = compile_rules([RuleConfig(name="block", deny=OR_RULE)])
+    decision = decide(rules, _agent_data(agent, tool, args))
+    assert decision.allowed is not denied and (decision.rule == "block") is denied
+
+
+@pytest.mark.parametrize(("agent", "tool", "args", "allowed"), [
+    ("blocked-bot", "crm.search", {}, True), ("good-bot", "crm.search", {}, False),
+    ("good-bot", "vault.add_note", {"title": "zzz"}, True), ("good-bot", "vault.add_note", {"title": "a"}, False)])
+def test_an_allow_rule_whose_top_level_operator_is_or_allows_what_it_says(
+        agent: str, tool: str, args: dict[str, Any], allowed: bool) -> None:
+    rules = compile_rules([RuleConfig(name="only", allow=OR_RULE)])
+    assert decide(rules, _agent_data(agent, tool, args)).allowed is allowed

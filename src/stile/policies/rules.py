@@ -5,13 +5,16 @@ Variables: `principal` (agent, user, roles, method, email, claims), `tool` (upst
 rule denies when its expression is true; an `allow` rule denies when its expression is false. An
 expression that errors (a missing key, a type mismatch) fails closed: it denies. `mode: shadow` rules
 only log what they would have decided. The caller sees the rule's `reason`, never its expression.
-An expression in a small subset of CEL runs as Python closures (`cel_fast`, same outcomes as CEL).
+Fast paths, both derived from the parsed expression (`cel_parse`) and checked against CEL by a differential
+fuzz test (tests/policies/test_cel_fast.py, `python -m bench fuzz-cel`): an expression in a small subset of
+CEL runs as Python closures (`cel_fast`); an expression whose top-level `&&` chain has a conjunct
+`tool.name == "X"` is false for every other tool (CEL's `false && error` is false too), decided without
+evaluating it once the variables it mentions are known to convert (else CEL decides, and may error).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,8 @@ from cel_expr_python import cel
 
 from stile.config.identity import RuleConfig
 from stile.core.context import CallContext, CallNext, Reply
-from stile.policies.cel_fast import NeedsCel, Program, compile_fast
+from stile.policies.cel_fast import NeedsCel, Program, compile_unchecked, plain
+from stile.policies.cel_parse import Node, NotParsed, parse, tool_guard
 from stile.wire.errors import ClientError
 
 if TYPE_CHECKING:
@@ -30,9 +34,6 @@ log = logging.getLogger("stile.rules")
 _VARIABLES = {"principal": cel.Type.DYN, "tool": cel.Type.DYN, "arguments": cel.Type.DYN, "request": cel.Type.DYN}
 _ENV = cel.NewEnv(variables=_VARIABLES)
 POLICY_DENIED = -32010
-# A leading `tool.name == "literal" &&` conjunct (the common shape): evaluating CEL costs 6-18 µs a call,
-# so rules about other tools are decided without it. Only a plain literal qualifies (no escapes).
-_TOOL_GUARD = re.compile(r'^\s*tool\.name\s*==\s*"([A-Za-z0-9_.\-]+)"\s*&&')
 
 
 class PolicyDenied(ClientError):
@@ -60,18 +61,22 @@ class _Compiled:
     cfg: RuleConfig
     program: Any
     variables: tuple[str, ...]  # the variables the expression mentions: only those are converted to CEL
-    tool_guard: str | None = None  # `tool.name == "X" && ...`: false for every other tool, without CEL
-    fast: Program | None = None  # the expression compiled to Python when it is in cel_fast's subset
+    tool_guard: str | None = None  # a top-level conjunct `tool.name == "X"`: false for every other tool
+    fast: Program | None = None  # cel_fast's program when the expression is in its subset (for `plain` data)
 
-    def denies(self, data: dict[str, Any]) -> bool:
-        if self.tool_guard is not None and data["tool"]["name"] != self.tool_guard:
-            return self.cfg.deny is None  # the expression is false: a deny rule passes, an allow rule denies
-        if self.fast is None:
-            result = self.evaluate(data)
+    def denies(self, data: dict[str, Any], checked: dict[str, bool] | None = None) -> bool:
+        """`checked`: which variables convert to CEL, shared by the rules of one decision (see `plain`)."""
+        if self.tool_guard is not None:
+            tool = data["tool"]
+            if (type(tool) is dict and type(name := tool.get("name")) is str and name != self.tool_guard
+                    and plain(data, self.variables, checked)):  # CEL would convert them without an error
+                return self.cfg.deny is None  # the expression is false: a deny rule passes, an allow rule denies
+        if self.fast is None or not plain(data, self.variables, checked):
+            result = self.evaluate(data)  # outside the subset, or a value outside plain JSON: CEL decides
         else:
             try:
                 result = self.fast(data)
-            except NeedsCel:  # a value outside plain JSON: CEL decides
+            except NeedsCel:  # values nested too deeply to compare in Python
                 result = self.evaluate(data)
         if result is None:  # an evaluation error or a non-boolean: fail closed
             return True
@@ -86,25 +91,42 @@ class _Compiled:
         return bool(value.value()) if value.type() == cel.Type.BOOL else None
 
 
+def _referenced(node: Node, found: set[str]) -> set[str]:
+    if node.kind == "var":
+        found.add(node.value)
+    for arg in node.args:
+        _referenced(arg, found)
+    return found
+
+
+def compile_rule(rule: RuleConfig, where: str = "rule") -> _Compiled:
+    text = rule.deny if rule.deny is not None else rule.allow
+    assert text is not None
+    try:
+        program = _ENV.compile(text)
+    except RuntimeError as exc:
+        raise RuleError(f"{where} ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
+    try:
+        tree = parse(text)
+    except NotParsed:  # syntax the parser does not model: CEL alone, with every variable
+        return _Compiled(rule, program, tuple(_VARIABLES))
+    try:
+        found = _referenced(tree, set())
+    except RecursionError:
+        return _Compiled(rule, program, tuple(_VARIABLES))
+    used = tuple(v for v in _VARIABLES if v in found)
+    return _Compiled(rule, program, used, tool_guard(tree), compile_unchecked(tree))
+
+
 def compile_rules(rules: list[RuleConfig]) -> list[_Compiled]:
-    out = []
-    for i, rule in enumerate(rules):
-        text = rule.deny if rule.deny is not None else rule.allow
-        assert text is not None
-        used = tuple(v for v in _VARIABLES if re.search(rf"\b{v}\b", text))
-        guard = _TOOL_GUARD.match(text)
-        try:
-            program = _ENV.compile(text)
-        except RuntimeError as exc:
-            raise RuleError(f"rules[{i}] ({rule.name}): {str(exc).split(chr(10), 1)[-1].strip()}") from exc
-        out.append(_Compiled(rule, program, used, guard.group(1) if guard else None, compile_fast(text, used)))
-    return out
+    return [compile_rule(rule, f"rules[{i}]") for i, rule in enumerate(rules)]
 
 
 def decide(rules: list[_Compiled], data: dict[str, Any]) -> Decision:
     shadow: list[tuple[str, bool]] = []
+    checked: dict[str, bool] | None = {} if len(rules) > 1 else None  # which variables convert, for all rules
     for rule in rules:
-        denied = rule.denies(data)
+        denied = rule.denies(data, checked)
         if rule.cfg.mode == "shadow":
             shadow.append((rule.cfg.name, not denied))
             continue
