@@ -160,13 +160,18 @@ class Router:
         if not isinstance(ref, dict):
             raise InvalidParams("completion/complete needs a `ref` object")
         if ref.get("type") == "ref/prompt":
-            target = view.prompt_index.get(ref.get("name"))  # type: ignore[arg-type]
+            name = ref.get("name")
+            if not isinstance(name, str):
+                raise InvalidParams("completion/complete ref.name must be a string")
+            target = view.prompt_index.get(name)
             if target is None:
                 raise InvalidParams(f"Unknown prompt: {ref.get('name')}")
             up, new_ref = target.upstream, {**ref, "name": target.original}
         elif ref.get("type") == "ref/resource":
             uri = ref.get("uri")
-            hit = view.resolve_uri(uri) if isinstance(uri, str) else None
+            if not isinstance(uri, str):
+                raise InvalidParams("completion/complete ref.uri must be a string")
+            hit = view.resolve_uri(uri)
             if hit is None:
                 raise InvalidParams(f"Unknown resource template: {uri}")
             up, new_ref = hit[0], {**ref, "uri": hit[1]}

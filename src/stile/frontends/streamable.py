@@ -175,7 +175,7 @@ class StreamableEndpoint:
         if jsonrpc.is_notification(msg):
             if msg["method"] == "notifications/cancelled":
                 rid = (msg.get("params") or {}).get("requestId")
-                cancel = self.inflight.get((session.nonce, rid))
+                cancel = self.inflight.get((session.nonce, rid)) if jsonrpc.is_valid_id(rid) else None
                 if cancel is not None:
                     cancel()
             await send_empty(send, 202)
