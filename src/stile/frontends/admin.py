@@ -13,6 +13,7 @@ source is the gateway's state store when `audit.store` is on, else its `audit.js
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -36,6 +37,7 @@ from stile.observe.audit_query import (
 
 log = logging.getLogger("stile.admin")
 MAX_LIMIT = 10_000
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later (or earlier than -it) is no time
 _AUDIT_PARAMS = {"agent", "user", "tool", "upstream", "outcome", "server", "since", "until", "limit"}
 _USAGE_PARAMS = {"by", "since", "until"}
 
@@ -114,7 +116,9 @@ class AdminApi:
 
     async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
         raw_limit = params.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        # ASCII digits only: str.isdigit() also passes '²' and '٣', which int() then refuses or reads
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+                and 1 <= int(raw_limit) <= MAX_LIMIT):
             raise BadParam("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
         flt = Filter(agent=params.get("agent"), user=params.get("user"), tool=params.get("tool"),
                      upstream=params.get("upstream"), outcome=params.get("outcome"),
@@ -148,7 +152,15 @@ def _params(scope: Scope, allowed: set[str]) -> dict[str, str]:
 def _time(params: dict[str, str], name: str) -> float | None:
     if name not in params:
         return None
+    value = params[name]
+    if not value.isascii() or len(value) > 64:
+        raise BadParam(name, f"{name} must be 24h, 90m, 7d, an ISO 8601 time or epoch seconds (ASCII)")
     try:
-        return parse_since(params[name])
+        moment = parse_since(value)
     except ValueError as exc:
         raise BadParam(name, str(exc)) from exc
+    except OverflowError:  # e.g. 99999999999d: further back than any date
+        moment = math.inf
+    if not -MAX_EPOCH <= moment <= MAX_EPOCH:  # also NaN and +-inf
+        raise BadParam(name, f"{name} is out of range (a time between the years 1 and 9999)")
+    return moment

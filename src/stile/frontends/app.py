@@ -11,7 +11,6 @@ import contextlib
 import gc
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from stile.assembly import Runtime
 from stile.core.context import ANONYMOUS, Principal
@@ -27,6 +26,7 @@ from stile.frontends.asgi import (
     send_json,
     send_text,
 )
+from stile.frontends.hostcheck import parse_origin, quoted, valid_host
 from stile.frontends.legacy_sse import LegacySseEndpoint
 from stile.frontends.metrics_access import MetricsAccess
 from stile.frontends.request_checks import UnsupportedMediaType, is_json, repeated_credential
@@ -110,7 +110,9 @@ class StileApp:
         origin = origin.lower().rstrip("/")
         if origin in self.allowed_origins:
             return True
-        parts = urlsplit(origin)
+        parts = parse_origin(origin)
+        if parts is None:  # not even a URL: refused like any foreign origin
+            return False
         if parts.hostname in ("127.0.0.1", "localhost", "::1"):
             return True
         host = headers.get("host", "").lower()
@@ -123,6 +125,10 @@ class StileApp:
             await send_json(send, 200, {"status": "ok"})
             return
         headers = header_map(scope)
+        host = headers.get("host")
+        if host is not None and not valid_host(host):  # before any URL is built from it
+            await send_text(send, 400, "Invalid Host header")
+            return
         if path.startswith(WELL_KNOWN):
             await self._resource_metadata(path, headers, send)
             return
@@ -253,10 +259,10 @@ class StileApp:
         return f"{self.base_url(headers)}{WELL_KNOWN}/mcp/{vs}"
 
     async def _challenge(self, send: Send, headers: dict[str, str], vs: str, exc: AuthRequired) -> None:
-        value = f'Bearer resource_metadata="{self._metadata_url(headers, vs)}"'
+        value = f'Bearer resource_metadata="{quoted(self._metadata_url(headers, vs))}"'
         scopes = self.gw.cfg.auth.scopes_supported
         if scopes:
-            value += f', scope="{" ".join(scopes)}"'
+            value += f', scope="{quoted(" ".join(scopes))}"'
         if headers.get("authorization"):
             value += ', error="invalid_token"'
         await send_json(send, 401, jsonrpc.error(None, -32600, exc.message),
@@ -265,8 +271,8 @@ class StileApp:
     async def _insufficient_scope(self, send: Send, headers: dict[str, str], vs: str) -> None:
         """403 step-up (MCP authorization): the challenge names every scope this virtual server needs."""
         needed = " ".join(self.gw.cfg.virtual_servers[vs].scopes)
-        value = (f'Bearer error="insufficient_scope", scope="{needed}", '
-                 f'resource_metadata="{self._metadata_url(headers, vs)}"')
+        value = (f'Bearer error="insufficient_scope", scope="{quoted(needed)}", '
+                 f'resource_metadata="{quoted(self._metadata_url(headers, vs))}"')
         await send_json(send, 403, jsonrpc.error(None, -32600, "insufficient scope"),
                         [(b"www-authenticate", value.encode())])
 

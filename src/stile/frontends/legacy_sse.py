@@ -138,6 +138,8 @@ class LegacySseEndpoint:
         except BodyTooLarge:
             await send_json(send, 413, jsonrpc.error(None, -32600, "body too large"))
             return
+        except ConnectionAbortedError:  # the client went away mid-body: nobody to answer
+            return
         except ClientError as exc:
             await send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": exc.to_error()})
             return
