@@ -119,7 +119,7 @@ class GatewayConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     trusted_proxies: list[str] = Field(default_factory=list)  # CIDRs whose X-Forwarded-For/Forwarded is believed
     costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
-    chain: list[str] = Field(default_factory=lambda: ["observe", "access", "rules"])  # policies, outermost first
+    chain: list[str] | None = None  # policies, outermost first; default: every registered default policy by order
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy config, by policy name
 
     @field_validator("upstreams", "virtual_servers")

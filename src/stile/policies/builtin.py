@@ -1,4 +1,7 @@
-"""The built-in policies, registered by name (imported by the registry on first use)."""
+"""The built-in policies, registered by name (imported by the registry on first use).
+
+A new policy module calls `register(PolicyType(...))` at import time and is imported here (one line).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,6 @@ def _rules(deps: PolicyDeps, config: Any) -> Policy:
     return Rules(deps.cfg.rules, deps.views)
 
 
-OBSERVE = register(PolicyType("observe", _observe, doc="metrics, audit and tracing of every outcome"))
-ACCESS = register(PolicyType("access", _access, doc="roles narrow the view; no role: 403"))
-RULES = register(PolicyType("rules", _rules, doc="CEL rules on tools/call and prompts/get"))
+OBSERVE = register(PolicyType("observe", _observe, doc="metrics, audit and tracing of every outcome", order=0))
+ACCESS = register(PolicyType("access", _access, doc="roles narrow the view; no role: 403", order=10))
+RULES = register(PolicyType("rules", _rules, doc="CEL rules on tools/call and prompts/get", order=30))

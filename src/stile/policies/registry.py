@@ -2,7 +2,7 @@
 
 A policy type is registered with a name, a factory and (optionally) a pydantic schema for its own
 config under `policies.<name>`. A virtual server's chain is `virtual_servers.<vs>.chain`, else the
-top-level `chain` (default `[observe, access, rules]`), outermost first, and always ends in the
+top-level `chain`, else every registered default policy by its `order` (`default_chain()`), outermost first, and always ends in the
 router. `observe` must come first (it accounts for every outcome, denials included) and `access`
 must be present (it is what narrows the view to the caller's grants). A new policy (a rate limiter,
 a cache, a validator) registers itself here; nothing in `core` changes.
@@ -47,6 +47,8 @@ class PolicyType:
     factory: Factory  # (deps, validated config or None) -> policy
     schema: type[BaseModel] | None = None
     doc: str = ""
+    order: int = 100  # place in the default chain, outermost first (observe 0, access 10, ..., see default_chain)
+    default: bool = True  # part of the default chain (a policy with nothing configured must cost ~nothing)
 
 
 _REGISTRY: dict[str, PolicyType] = {}
@@ -65,16 +67,24 @@ def registered() -> Mapping[str, PolicyType]:
     return _REGISTRY
 
 
+def default_chain() -> list[str]:
+    """Every default policy by `order`: observe 0, access 10, ratelimit 20, quota 25, rules 30, validate 40,
+    redact 50, screen 55, cache 60 (outer policies see the response last, so redaction covers cache hits)."""
+    return [k.name for k in sorted(registered().values(), key=lambda k: (k.order, k.name)) if k.default]
+
+
 def chain_of(cfg: GatewayConfig, vs: str) -> list[str]:
     own = cfg.virtual_servers[vs].chain
-    return list(own if own is not None else cfg.chain)
+    if own is not None:
+        return list(own)
+    return list(cfg.chain) if cfg.chain is not None else default_chain()
 
 
 def check_chains(cfg: GatewayConfig, where: str) -> list[str]:
     """Config problems of the chains and of `policies:`, one line each."""
     kinds = registered()
     problems: list[str] = []
-    chains = [("chain", cfg.chain)] + [(f"virtual_servers.{n}.chain", vs.chain)
+    chains = ([("chain", cfg.chain)] if cfg.chain is not None else []) + [(f"virtual_servers.{n}.chain", vs.chain)
                                        for n, vs in cfg.virtual_servers.items() if vs.chain is not None]
     for key, names in chains:
         for i, name in enumerate(names):
