@@ -184,8 +184,9 @@ async def test_a_principal_without_a_role_gets_no_session_no_stream_and_is_audit
     async with http.get(f"{env.base}/sse/guarded", headers={"X-API-Key": KEYS["norole"]}) as r:
         assert r.status == 403
     events = await _audit(env, http, agent="norole-bot")
-    methods = {e["method"] for e in events if e["outcome"] == "denied"}
-    assert {"initialize", "subscriptions/listen", "stream/sse"} <= methods, events
+    methods = [e["method"] for e in events if e["outcome"] == "denied"]
+    assert {"initialize", "subscriptions/listen", "stream/sse"} <= set(methods), events
+    assert methods.count("initialize") == 1 and not [e for e in events if e["outcome"] == "error"], events
 
 
 async def test_listen_acknowledges_every_uri_but_subscribes_and_delivers_only_visible_ones(

@@ -229,6 +229,8 @@ class StileApp:
     def _rejected(self, vs: str, headers: dict[str, str], exc: StileError, method: str | None,
                   principal: Principal) -> None:
         """A request the transport refused before the pipeline (bad JSON, unknown session, wrong headers...)."""
+        if exc.recorded:  # refused inside the chain (403 on initialize or a stream): already on the trail
+            return
         reason = type(exc).__name__
         self.metrics.rejected(vs, reason)
         if self.audit.enabled:

@@ -80,6 +80,7 @@ class Observe:
         try:
             reply = await call_next(ctx)
         except StileError as exc:
+            exc.recorded = True  # the frontend must not record it a second time as a transport rejection
             outcome, reason = outcome_of(exc)
             self._finish(ctx, time.perf_counter() - start, outcome, exc.jsonrpc_code, type(exc).__name__, reason, None)
             if self.audit.fsync:

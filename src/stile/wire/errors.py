@@ -39,6 +39,7 @@ UPSTREAM_TIMEOUT = -32003
 class StileError(Exception):
     jsonrpc_code: int = INTERNAL_ERROR
     http_status: int = 500
+    recorded: bool = False  # already accounted for (audit, metrics) by the policy chain
 
     def __init__(self, message: str, *, data: Any = None, http_status: int | None = None) -> None:
         super().__init__(message)
