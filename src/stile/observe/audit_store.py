@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from stile.observe.audit_chain import GENESIS, Chain, verify_events
 from stile.observe.audit_schema import TABLE, audit_events, metadata
 from stile.observe.audit_sinks import Event, SinkError
-from stile.stores.keys import async_url
+from stile.stores.keys import async_url, sqlite_wal
 
 log = logging.getLogger("stile.audit")
 ATTEMPTS = 20  # re-seals after a (chain, seq) conflict before giving up
@@ -70,23 +70,12 @@ def columns(event: Event) -> dict[str, Any]:
 def _engine(url: str) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_async_engine(async_url(url))
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_wal)
+        sa.event.listen(engine.sync_engine, "connect", sqlite_wal)
         return engine
     # Pre-ping so a connection broken by an outage is replaced rather than failing the next batch;
     # timeouts so an unreachable database fails the write (and the spool takes over) instead of hanging.
     return create_async_engine(async_url(url), pool_pre_ping=True,
                                connect_args={"timeout": 10, "command_timeout": 30})
-
-
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """Write-ahead logging: `stile audit tail -f`, searches and the admin API read while the gateway writes
-    (in the default rollback-journal mode a reader makes the writer fail with "database is locked").
-    `synchronous` stays FULL: every committed batch is on disk."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
 
 
 class StoreSink:

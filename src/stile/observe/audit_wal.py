@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from stile.observe.spool import fsync_dir
 from stile.tasks import spawn
 
 log = logging.getLogger("stile.audit")
@@ -43,14 +44,6 @@ _sync = getattr(os, "fdatasync", os.fsync)
 
 class WalError(Exception):
     """The WAL directory cannot be used (message fit to show an operator)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _locked(fd: int) -> bool:
@@ -240,7 +233,7 @@ def sync_files(fds: list[int], directory: Path | None) -> None:
         for fd in fds:
             _sync(fd)
         if directory is not None:
-            _fsync_dir(directory)
+            fsync_dir(directory)
     finally:
         for fd in fds:
             os.close(fd)

@@ -30,7 +30,8 @@ CHUNK = 256
 COMPACT_BYTES = 4 << 20  # compact once this much replayed data is at the head of the spool (and is half of it)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry (a created, renamed or removed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,7 +109,7 @@ class SpoolFile:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
                 if header:
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
@@ -156,7 +157,7 @@ class SpoolFile:
             self.token, self.offset = orjson.loads(header)["stile_spool"], len(header)
         else:
             _replace(self.done_path, f"{self.token} {end}".encode())
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
 
 class SpooledSink:

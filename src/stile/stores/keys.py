@@ -348,3 +348,13 @@ def open_key_store(
 ) -> KeyStore:
     """The key store at `url` (``sqlite:///path.db`` or ``postgresql://user@host/db``)."""
     return SqlKeyStore(url, table=table, cache_ttl=cache_ttl, clock=clock)
+
+
+def sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite in write-ahead-log mode (a `connect` listener): readers (`stile audit tail -f`, searches, the admin
+    API, other processes) never make a writer fail with "database is locked". `synchronous` stays FULL."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()

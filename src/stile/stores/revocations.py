@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from stile.stores.keys import async_url
+from stile.stores.keys import async_url, sqlite_wal
 
 DEFAULT_TABLE = "stile_revoked_sessions"
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -69,22 +69,13 @@ def _table(name: str) -> sa.Table:
     )
 
 
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """WAL, as for the audit table: readers (other replicas) never make a writer fail with 'database is locked'."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
-
-
 class SqlRevocations:
     """`RevocationStore` on SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, table: str = DEFAULT_TABLE) -> None:
         engine = create_async_engine(async_url(url))
         if make_url(url).get_backend_name() == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_wal)
+            sa.event.listen(engine.sync_engine, "connect", sqlite_wal)
         self._engine: AsyncEngine = engine
         self._table = _table(table)
         self._ready = False
