@@ -205,9 +205,12 @@ class StreamableEndpoint:
                                 headers: dict[str, str], principal: Principal, send: Send,
                                 era: methods.Era = "legacy", version: str | None = None,
                                 caps: dict[str, Any] | None = None) -> None:
-        """202 for a notification the chain admitted or merely ignored; a refusal (403...) keeps its status."""
+        """202 for a notification the chain admitted or ignored (an unknown one is recorded and dropped);
+        a refusal of the principal (403, 429...) keeps its status."""
         try:
             await self._notification(vs, msg, session, headers, principal, era, version, caps)
+        except MethodNotFound:
+            pass
         except StileError as exc:
             if exc.http_status >= 400:
                 raise
