@@ -189,6 +189,17 @@ async def test_a_principal_without_a_role_gets_no_session_no_stream_and_is_audit
     assert methods.count("initialize") == 1 and not [e for e in events if e["outcome"] == "error"], events
 
 
+@pytest.mark.parametrize("method", ["notifications/cancelled", "notifications/roots/list_changed", "notifications/x"])
+async def test_notifications_cross_the_chain_too(env: Env, http: aiohttp.ClientSession, method: str) -> None:
+    refused = Client(http, env, "modern", KEYS["norole"])
+    status, _ = await refused.send(method, {"requestId": 1}, notification=True)
+    assert status == 403
+    for era in ("legacy", "modern"):
+        client = await _client(http, env, era, KEYS["limited"])
+        status, raw = await client.send(method, {"requestId": 1}, notification=True)
+        assert (status, raw) == (202, b""), (era, status, raw)
+
+
 async def test_listen_acknowledges_every_uri_but_subscribes_and_delivers_only_visible_ones(
         env: Env, http: aiohttp.ClientSession) -> None:
     client = Client(http, env, "modern", KEYS["limited"])
