@@ -172,6 +172,16 @@ async def test_a_passthrough_method_needs_the_virtual_server_route_and_a_role_gr
     assert (await _counts(env)).get("vault/admin_dump", 0) == before + 1
 
 
+async def test_logging_set_level_never_reaches_the_shared_upstream_session(
+        env: Env, http: aiohttp.ClientSession) -> None:
+    """One caller's level would change every other caller's logging on the upstream's shared session."""
+    before = (await _counts(env)).get("logging/setLevel", 0)
+    client = await _client(http, env, "legacy", KEYS["limited"])
+    assert (await client.call("logging/setLevel", {"level": "debug"})) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    assert (await client.call("logging/setLevel", {"level": 3}))["error"]["code"] == -32602
+    assert (await _counts(env)).get("logging/setLevel", 0) == before
+
+
 # --- finding 4: initialize, GET and listen streams cross the chain -----------------------------
 async def test_a_principal_without_a_role_gets_no_session_no_stream_and_is_audited(
         env: Env, http: aiohttp.ClientSession) -> None:

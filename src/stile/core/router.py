@@ -27,7 +27,7 @@ from stile.core.forward import NO_SPANS, UpstreamLeg, UpstreamSpans
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.results import rewrite_uris
-from stile.upstreams.base import CallOptions, Upstream
+from stile.upstreams.base import Upstream
 from stile.wire import eras, methods
 from stile.wire.errors import InvalidParams, MethodNotFound, StileError
 from stile.wire.headers import check_param_headers, param_headers
@@ -232,14 +232,12 @@ class Router:
         return {"result": {}}
 
     async def _set_level(self, ctx: CallContext, view: View) -> Reply:
-        legacy = CallOptions(client_era="legacy")
-        for name in view.upstreams:
-            up = self.upstreams[name]
-            if "logging" in up.capabilities:
-                try:  # best effort, on the upstream's (shared) legacy session; modern-only upstreams refuse it
-                    await up.request("logging/setLevel", dict(ctx.params), legacy)
-                except StileError:
-                    continue
+        """Acknowledged, never forwarded: an upstream's legacy session is shared by every client, so one
+        caller's level would change what every other caller's calls log (a cross-tenant side effect).
+        Modern upstreams get each request's own level in `_meta`."""
+        level = ctx.params.get("level")
+        if not isinstance(level, str):
+            raise InvalidParams("logging/setLevel needs a string `level`")
         return {"result": {}}
 
     async def _discover(self, ctx: CallContext, view: View) -> Reply:
