@@ -98,14 +98,16 @@ def path(r: random.Random) -> Tree:
 
 
 _RELOPS = ["==", "!=", "<", "<=", ">", ">=", "in"]
+_INDEXES = ["0", "1", "1.0", "0.0", "-1", "1.5", "1u", '"a"', '"title"', "null"]
 
 
 def expression(r: random.Random, depth: int) -> Tree:
     """Any expression, biased towards boolean shapes (so that results are not all errors)."""
     if depth <= 0 or r.random() < 0.3:
         y = r.random()
-        if y < 0.4:  # a test of a path, mostly true or false
-            return ("{0} " + r.choice(_RELOPS[:-1]) + " {1}", path(r), literal(r, 0)) if y < 0.3 else \
+        if y < 0.4:  # a test of a path (or an index into one), mostly true or false
+            target = path(r) if r.random() < 0.7 else ("{0}[" + r.choice(_INDEXES) + "]", path(r))
+            return ("{0} " + r.choice(_RELOPS[:-1]) + " {1}", target, literal(r, 0)) if y < 0.3 else \
                 (f"has({render(path(r)).split('[')[0]})",)
         return path(r) if y < 0.75 else literal(r)
     x = r.random()
@@ -117,8 +119,9 @@ def expression(r: random.Random, depth: int) -> Tree:
         return (p("{0} " + r.choice(["&&", "||"]) + " {1}"), sub(), sub())
     if x < 0.52:
         return (p("!{0}") if r.random() < 0.7 else "!!{0}", sub())
-    if x < 0.6:
-        return (p("{0} ? {1} : {2}"), sub(), sub(), sub())
+    if x < 0.6:  # often boolean branches, so that the test's type decides the outcome
+        branch = lambda: sub() if r.random() < 0.5 else (r.choice(["true", "false"]),)  # noqa: E731
+        return (p("{0} ? {1} : {2}"), sub(), branch(), branch())
     if x < 0.66:
         return (f"has({render(path(r)).split('[')[0]})",) if r.random() < 0.9 else ("has({0}.a)", sub())
     if x < 0.72:
@@ -127,7 +130,8 @@ def expression(r: random.Random, depth: int) -> Tree:
         return ("({0})." + r.choice(["startsWith", "endsWith", "contains"]) + "({1})", sub(),
                 sub() if r.random() < 0.3 else (_str_lit(r),))
     if x < 0.87:
-        return ("({0})[{1}]", sub(), literal(r, 0) if r.random() < 0.6 else sub())
+        key = (r.choice(_INDEXES),)
+        return ("({0})[{1}]", sub(), key if r.random() < 0.6 else sub())
     if x < 0.9:
         return ("({0})." + r.choice(KEYS), sub())
     if x < 0.93:
