@@ -242,8 +242,17 @@ def _subtrees(t: Tree) -> list[Tree]:
     return out
 
 
+def _part(d: dict[str, Any], where: str) -> dict[str, Any]:
+    return d["arguments"] if where == "arguments" else d["principal"]["claims"]
+
+
+def _without(d: dict[str, Any], where: str, key: str) -> dict[str, Any]:
+    kept = {k: v for k, v in _part(d, where).items() if k != key}
+    return {**d, "arguments": kept} if where == "arguments" else {**d, "principal": {**d["principal"], "claims": kept}}
+
+
 def shrink(tree: Tree, d: dict[str, Any]) -> tuple[Tree, dict[str, Any]]:
-    """Greedily the smallest tree and arguments that still disagree."""
+    """Greedily the smallest tree, arguments and claims that still disagree."""
     progress = True
     while progress:
         progress = False
@@ -251,10 +260,11 @@ def shrink(tree: Tree, d: dict[str, Any]) -> tuple[Tree, dict[str, Any]]:
             if len(render(cand)) < len(render(tree)) and isinstance(check(render(cand), [d]), Disagreement):
                 tree, progress = cand, True
                 break
-        for k in list(d["arguments"]):
-            smaller = {**d, "arguments": {a: v for a, v in d["arguments"].items() if a != k}}
-            if isinstance(check(render(tree), [smaller]), Disagreement):
-                d, progress = smaller, True
+        for where in ("arguments", "claims"):
+            for k in list(_part(d, where)):
+                smaller = _without(d, where, k)
+                if isinstance(check(render(tree), [smaller]), Disagreement):
+                    d, progress = smaller, True
     return tree, d
 
 
