@@ -98,14 +98,16 @@ def path(r: random.Random) -> Tree:
 
 
 _RELOPS = ["==", "!=", "<", "<=", ">", ">=", "in"]
+_INDEXES = ["0", "1", "1.0", "0.0", "-1", "1.5", "1u", '"a"', '"title"', "null"]
 
 
 def expression(r: random.Random, depth: int) -> Tree:
     """Any expression, biased towards boolean shapes (so that results are not all errors)."""
     if depth <= 0 or r.random() < 0.3:
         y = r.random()
-        if y < 0.4:  # a test of a path, mostly true or false
-            return ("{0} " + r.choice(_RELOPS[:-1]) + " {1}", path(r), literal(r, 0)) if y < 0.3 else \
+        if y < 0.4:  # a test of a path (or an index into one), mostly true or false
+            target = path(r) if r.random() < 0.7 else ("{0}[" + r.choice(_INDEXES) + "]", path(r))
+            return ("{0} " + r.choice(_RELOPS[:-1]) + " {1}", target, literal(r, 0)) if y < 0.3 else \
                 (f"has({render(path(r)).split('[')[0]})",)
         return path(r) if y < 0.75 else literal(r)
     x = r.random()
@@ -117,8 +119,9 @@ def expression(r: random.Random, depth: int) -> Tree:
         return (p("{0} " + r.choice(["&&", "||"]) + " {1}"), sub(), sub())
     if x < 0.52:
         return (p("!{0}") if r.random() < 0.7 else "!!{0}", sub())
-    if x < 0.6:
-        return (p("{0} ? {1} : {2}"), sub(), sub(), sub())
+    if x < 0.6:  # often boolean branches, so that the test's type decides the outcome
+        branch = lambda: sub() if r.random() < 0.5 else (r.choice(["true", "false"]),)  # noqa: E731
+        return (p("{0} ? {1} : {2}"), sub(), branch(), branch())
     if x < 0.66:
         return (f"has({render(path(r)).split('[')[0]})",) if r.random() < 0.9 else ("has({0}.a)", sub())
     if x < 0.72:
@@ -127,7 +130,8 @@ def expression(r: random.Random, depth: int) -> Tree:
         return ("({0})." + r.choice(["startsWith", "endsWith", "contains"]) + "({1})", sub(),
                 sub() if r.random() < 0.3 else (_str_lit(r),))
     if x < 0.87:
-        return ("({0})[{1}]", sub(), literal(r, 0) if r.random() < 0.6 else sub())
+        key = (r.choice(_INDEXES),)
+        return ("({0})[{1}]", sub(), key if r.random() < 0.6 else sub())
     if x < 0.9:
         return ("({0})." + r.choice(KEYS), sub())
     if x < 0.93:
@@ -238,8 +242,17 @@ def _subtrees(t: Tree) -> list[Tree]:
     return out
 
 
+def _part(d: dict[str, Any], where: str) -> dict[str, Any]:
+    return d["arguments"] if where == "arguments" else d["principal"]["claims"]
+
+
+def _without(d: dict[str, Any], where: str, key: str) -> dict[str, Any]:
+    kept = {k: v for k, v in _part(d, where).items() if k != key}
+    return {**d, "arguments": kept} if where == "arguments" else {**d, "principal": {**d["principal"], "claims": kept}}
+
+
 def shrink(tree: Tree, d: dict[str, Any]) -> tuple[Tree, dict[str, Any]]:
-    """Greedily the smallest tree and arguments that still disagree."""
+    """Greedily the smallest tree, arguments and claims that still disagree."""
     progress = True
     while progress:
         progress = False
@@ -247,10 +260,11 @@ def shrink(tree: Tree, d: dict[str, Any]) -> tuple[Tree, dict[str, Any]]:
             if len(render(cand)) < len(render(tree)) and isinstance(check(render(cand), [d]), Disagreement):
                 tree, progress = cand, True
                 break
-        for k in list(d["arguments"]):
-            smaller = {**d, "arguments": {a: v for a, v in d["arguments"].items() if a != k}}
-            if isinstance(check(render(tree), [smaller]), Disagreement):
-                d, progress = smaller, True
+        for where in ("arguments", "claims"):
+            for k in list(_part(d, where)):
+                smaller = _without(d, where, k)
+                if isinstance(check(render(tree), [smaller]), Disagreement):
+                    d, progress = smaller, True
     return tree, d
 
 

@@ -237,12 +237,12 @@ def test_rules_decide_the_same_with_and_without_the_fast_path(text: str, args: d
 # hypothesis draws (hypothesis' own random draws cost ~0.5 ms each); a disagreement is shrunk by the bench's
 # shrinker to a small expression and input in the failure message.
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**64 - 1))
 def test_generated_rules_decide_exactly_as_cel(seed: int) -> None:
     rnd = random.Random(seed)
     tree = rule_expression(rnd)
-    result = check(render(tree), [data(rnd) for _ in range(4)])
+    result = check(render(tree), [data(rnd) for _ in range(8)])
     if isinstance(result, Disagreement):
         small, d = shrink(tree, result.data)
         pytest.fail(f"{result.detail}\n  minimal: {render(small)}\n  data: {d!r}\n  generated: {result.text}")

@@ -40,6 +40,39 @@ def test_only_a_leading_literal_tool_comparison_is_a_guard() -> None:
     assert guards == ["crm.update_ticket", "warehouse.query", None]
 
 
+@pytest.mark.parametrize(("text", "guard"), [
+    ('"a.b" == tool.name && arguments.x == 1', "a.b"), ('arguments.x == 1 && tool.name == "a.b"', "a.b"),
+    ('(arguments.x == 1 && (tool.name == "a.b")) && arguments.y', "a.b"), ('tool.name == "a\\"b" && true', 'a"b'),
+    ('tool.name == "a.b" && arguments.x || arguments.y', None), ('tool.name == "a.b" ? true : false', None),
+    ('tool.name == "a.b" && arguments.x ? true : false', None), ('!(tool.name == "a.b") && true', None),
+    ('tool.name != "a.b" && true', None), ('tool.upstream == "a" && true', None), ('tool.name == 1 && true', None),
+    ('tool.name == "a.b" || tool.name == "c.d"', None), ('(tool.name == "a.b" || true) && true', None),
+    ('[tool.name == "a.b" && true][0]', None), ('r"x" == "x" && tool.name == "a.b"', None),  # not parsed: CEL
+])
+def test_the_guard_is_a_top_level_conjunct_of_the_parsed_expression(text: str, guard: str | None) -> None:
+    (compiled,) = compile_rules([RuleConfig(name="g", deny=text)])
+    assert compiled.tool_guard == guard
+
+
+@pytest.mark.parametrize(("text", "args", "denied"), [
+    ('tool.name == "x.y" && arguments.missing == 1', {}, False),  # false && error is false, as CEL says
+    ('arguments.missing == 1 && tool.name == "x.y"', {}, False),
+    # values CEL cannot represent: the guard leaves them to CEL, which converts lazily and decides by order
+    ('tool.name == "x.y" && arguments.n == 1', {"n": 2**64}, False),
+    ('arguments.n == 1 && tool.name == "x.y"', {"n": 2**64}, False),  # an error value: false && error
+    ('tool.name == "x.y" && arguments.n == 1', {"s": "\ud800"}, False),
+    ('arguments.n == 1 && tool.name == "x.y"', {"s": "\ud800"}, True),  # converting it aborts the evaluation
+    ('tool.name == "x.y" && arguments.n.matches("a")', {"n": 2**63}, False),
+])
+def test_the_guard_decides_a_deny_rule_for_another_tool_exactly_as_cel(
+        text: str, args: dict[str, Any], denied: bool) -> None:
+    (compiled,) = compile_rules([RuleConfig(name="g", deny=text)])
+    assert compiled.tool_guard == "x.y"
+    slow = replace(compiled, tool_guard=None, fast=None)
+    assert decide([compiled], _data("other.tool", args)).allowed is not denied
+    assert decide([slow], _data("other.tool", args)).allowed is not denied
+
+
 def test_a_rule_that_does_not_compile_is_named_with_its_position() -> None:
     with pytest.raises(RuleError, match=r"rules\[0\] \(broken\)"):
         compile_rules([RuleConfig(name="broken", deny="tool.name ==")])

@@ -11,9 +11,10 @@ doubles); `<` `<=` `>` `>=` on two numbers, strings or bools; `in` a list or a m
 (commutative on errors: `error && false` is false); `c ? a : b`; `size`; `startsWith` `endsWith` `contains`.
 
 A program returns True, False, or None for an error or a non-boolean (the caller fails closed). CEL converts
-every variable the expression mentions first and errors on values it cannot represent, so a program raises
-`NeedsCel` when one holds anything but plain JSON (int64, double, UTF-8 string, bool, null, list,
-string-keyed dict) and the caller asks CEL.
+values as it reaches them, and a value it cannot represent makes an error value (an int beyond int64) or aborts
+the whole evaluation (a lone surrogate), so the outcome can depend on evaluation order: a program raises
+`NeedsCel` when a variable it may read holds anything but plain JSON (int64, double, UTF-8 string, bool, null,
+list, string-keyed dict) and the caller asks CEL (`plain` is that check, for callers of `compile_unchecked`).
 """
 
 from __future__ import annotations

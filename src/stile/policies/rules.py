@@ -100,6 +100,7 @@ def _referenced(node: Node, found: set[str]) -> set[str]:
 
 
 def compile_rule(rule: RuleConfig, where: str = "rule") -> _Compiled:
+    """CEL's program for the rule, and the fast paths its parsed expression allows; RuleError names `where`."""
     text = rule.deny if rule.deny is not None else rule.allow
     assert text is not None
     try:
