@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stile-exe", default=str(REPO / ".venv" / "bin" / "stile"))
     rep = sub.add_parser("report", help="re-render latest.md/latest.png from a results JSON")
     rep.add_argument("json", help="bench/results/<timestamp>.json")
+    from bench.fuzz_frontdoor import add_parser as add_fuzz_frontdoor
+
+    add_fuzz_frontdoor(sub)
     return p
 
 
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if args.cmd == "fuzz-frontdoor":
+        from bench.fuzz_frontdoor import main as fuzz_frontdoor
+
+        return fuzz_frontdoor(args)
     if args.cmd == "report":
         from pathlib import Path
 

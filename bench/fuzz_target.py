@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
 MAX_BODY = 64 * 1024
+EXC_LINE = re.compile(r"[\w.]+(Error|Exception|Exit|Interrupt)\b")
 BAD_LOG = re.compile(r"Traceback|unhandled|Exception in ASGI|Task exception was never retrieved", re.IGNORECASE)
 
 
@@ -93,7 +94,7 @@ def _complete(buf: bytes) -> bool:
         return False
     lower = head.lower()
     if b"text/event-stream" in lower:
-        return b"\n\n" in body  # the first event is enough
+        return b"\n\n" in body or b"\r\n\r\n" in body  # the first event is enough
     match = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
     if match is not None:
         return len(body) >= int(match.group(1))
@@ -154,6 +155,7 @@ class FuzzTarget:
     """A running notes upstream + Stile gateway (use as a context manager)."""
 
     key: str = field(default_factory=lambda: f"stile_fuzz_{secrets.token_urlsafe(24)}")
+    src: Path = REPO / "src"  # the Stile source tree to run (another checkout's src/ to fuzz that build)
     port: int = 0
     log_path: Path = Path()
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -175,7 +177,7 @@ class FuzzTarget:
     def __enter__(self) -> FuzzTarget:
         self._tmp = tempfile.TemporaryDirectory(prefix="stile-fuzz-")
         tmp = Path(self._tmp.name)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO),
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.src), str(REPO),
                                                             os.environ.get("PYTHONPATH", "")])}
         try:
             up_port = free_port()
@@ -252,7 +254,11 @@ def answer_problems(ans: Answer) -> list[str]:
 
 
 def log_problems(text: str) -> list[str]:
-    return [line for line in text.splitlines() if BAD_LOG.search(line)]
+    """Traceback / unhandled-error lines in a stretch of log, with the exception lines that name the error."""
+    lines = text.splitlines()
+    if not any(BAD_LOG.search(line) for line in lines):
+        return []
+    return [line for line in lines if BAD_LOG.search(line) or EXC_LINE.match(line)]
 
 
 def liveness_problems(target: FuzzTarget) -> list[str]:
