@@ -36,6 +36,8 @@ ADMIN_QUERIES = ["limit", "since", "until", "agent", "user", "tool", "upstream",
 ODD = ["", " ", "\t", '"', "\\", "x" * 300, "\xff\xfe", "é", "%00", "%C2%B2", "²", "٣", "[", "]", ":", "@",
        "0", "-1", "99999999999999999999", "1e400", "nan", "inf", "null", "true", "{}", "[]", "\x00", "\x7f",
        "a,b", "a\x01b", "\x85", "\u2028", "99999999999d", "1e400", "24h", "0.5s", "10000", "10001", "tool"]
+TRACEPARENTS = ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "zz", "",
+                "00-" + "0" * 32 + "-" + "0" * 16 + "-00"]
 ODD_TEXT = st.one_of(st.sampled_from(ODD), st.text(max_size=24),
                      st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=24))
 HEADERS: dict[str, list[str]] = {
@@ -50,7 +52,8 @@ HEADERS: dict[str, list[str]] = {
     "Authorization": ["Bearer {KEY}", "Bearer x.y.z", "Basic Zm9vOmJhcg==", "Bearer",
                       "Bearer eyJhbGciOiJub25lIn0.e30."],
     "X-API-Key": ["{KEY}", "stile_nope", "", "{KEY}{KEY}"],
-    "Traceparent": ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "zz"],
+    "Traceparent": TRACEPARENTS,
+    "Tracestate": ["a=1", "x" * 600, "k=\xe9"],
     "Content-Length": ["0", "-1", "999999999", "1e3", " 5", "18446744073709551616"],
     "Transfer-Encoding": ["chunked", "gzip"],
     "Connection": ["close", "keep-alive", "upgrade"],
@@ -122,7 +125,9 @@ def messages(draw: st.DrawFn, modern: bool | None = None) -> Any:
     method = draw(st.sampled_from(NOTIFICATIONS if notification else MCP_METHODS))
     params = draw(_params(method))
     if (modern if modern is not None else draw(st.booleans())) and isinstance(params, dict):
-        params["_meta"] = draw(st.one_of(st.just(META), st.just(META), json_values(3),
+        params["_meta"] = draw(st.one_of(st.just(META), st.just(META), json_values(3), st.fixed_dictionaries(
+            {**{k: st.just(v) for k, v in META.items()}, "traceparent": st.sampled_from(TRACEPARENTS),
+             "tracestate": st.one_of(ODD_TEXT, st.just("a=1\r\nX-Evil: 1"), st.just("k=\u2603"))}),
                                          st.fixed_dictionaries({"io.modelcontextprotocol/protocolVersion":
                                                                 _maybe(st.just(MODERN)),
                                                                 "io.modelcontextprotocol/clientCapabilities":
