@@ -228,9 +228,11 @@ def cases(draw: st.DrawFn) -> Case:
         _modern_headers(draw, headers, msg)
     elif path.startswith("/mcp") and draw(st.integers(0, 3)):
         headers.append(("Mcp-Session-Id", draw(st.sampled_from(["{SID25}", "{SID0326}"]))))
-    if "keyed" in path or path.startswith("/admin"):
+    if ("keyed" in path or path.startswith("/admin")) and draw(st.integers(0, 4)):  # else: the 401 challenge
         headers.append(draw(st.sampled_from([("X-API-Key", "{KEY}"), ("Authorization", "Bearer {KEY}"),
                                              ("X-API-Key", "{KEY}")])))
+    if draw(st.integers(0, 9)) == 0:  # an odd Host (URLs and challenges are built from it)
+        headers[0] = ("Host", draw(st.one_of(st.sampled_from(HEADERS["Host"]), ODD_TEXT)))
     odd = draw(st.integers(0, 2)) == 0
     for name in draw(st.lists(st.sampled_from(sorted(HEADERS)), max_size=3)) if odd else []:
         value = draw(st.one_of(st.sampled_from(HEADERS[name]), ODD_TEXT))

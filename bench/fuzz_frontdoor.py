@@ -225,6 +225,7 @@ _NOISE = re.compile(r"^\d{4}-\d\d-\d\d \S+ |\b0x[0-9a-f]+\b|\d+")
 def signature(problems: list[str]) -> str:
     """What kind of failure: the answer problem plus the last exception line in the log, numbers dropped."""
     answer = [p for p in problems if p.startswith(("HTTP ", "JSON-RPC", "RSS", "tools/call", "/healthz"))]
+    answer += [p.split(":")[0] for p in problems if p.startswith("WWW-Authenticate")]
     errors = [p for p in problems if re.search(r"\w+(Error|Exception)\b", p)]
     parts = answer[:1] + errors[-1:] or problems[:1]
     return " | ".join(_NOISE.sub("#", p).strip()[:160] for p in parts)

@@ -243,13 +243,36 @@ class FuzzTarget:
         return float(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])) / 2**20
 
 
+_AUTH_PARAM = re.compile(r'\s*([a-z_]+)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_CHALLENGE_KEYS = {"realm", "resource_metadata", "scope", "error", "error_description"}
+
+
+def challenge_problems(value: str) -> list[str]:
+    """A WWW-Authenticate value must be `Bearer k="v", ...` with known, unique keys (no forged parameters)."""
+    if not value.startswith("Bearer "):
+        return [f"WWW-Authenticate not a Bearer challenge: {value!r}"]
+    rest, keys = value[7:], []
+    while rest:
+        match = _AUTH_PARAM.match(rest)
+        if match is None:
+            return [f"WWW-Authenticate malformed: {value!r}"]
+        keys.append(match.group(1))
+        rest = rest[match.end():]
+    if len(set(keys)) != len(keys) or not set(keys) <= _CHALLENGE_KEYS:
+        return [f"WWW-Authenticate forged parameters {keys}: {value!r}"]
+    return []
+
+
 def answer_problems(ans: Answer) -> list[str]:
-    """What is wrong with one answer: a 5xx, or a -32603 internal error."""
+    """What is wrong with one answer: a 5xx, a -32603 internal error, a malformed challenge."""
     problems = []
     if ans.status >= 500:
         problems.append(f"HTTP {ans.status}")
     if -32603 in ans.jsonrpc_codes():
         problems.append("JSON-RPC -32603 internal error")
+    challenge = ans.header("www-authenticate")
+    if challenge is not None:
+        problems += challenge_problems(challenge)
     return problems
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.fuzz_frontdoor import Fuzzer, signature
-from bench.fuzz_target import Answer, FuzzTarget, answer_problems, log_problems
+from bench.fuzz_target import Answer, FuzzTarget, answer_problems, challenge_problems, log_problems
 
 
 def test_bounded_fuzz_run_keeps_the_oracle(tmp_path: Path) -> None:
@@ -40,3 +40,9 @@ def test_the_oracle_flags_5xx_internal_errors_and_tracebacks() -> None:
     assert problems[-1] == "ValueError: Invalid IPv6 URL" and len(problems) == 3
     assert log_problems("INFO fine\nWARNING Invalid HTTP request received.\n") == []
     assert signature(["HTTP 500", *problems]) == "HTTP # | ValueError: Invalid IPv# URL"
+    ok = 'Bearer resource_metadata="http://127.0.0.1/.well-known/x", scope="a b", error="invalid_token"'
+    assert challenge_problems(ok) == []
+    assert challenge_problems('Bearer realm="stile-admin"') == []
+    assert challenge_problems('Bearer resource_metadata="http://127.0.0.1:1\\"x=\\"y/x"') == []  # escaped: fine
+    assert challenge_problems('Bearer resource_metadata="http://127.0.0.1:1"x="y/x"') != []
+    assert challenge_problems('Bearer resource_metadata="a", error="b", error="c"') != []
