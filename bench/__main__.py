@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--cases", type=int, default=1_000_000, help="(expression, input) pairs (default 1,000,000)")
     fz.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: no limit)")
     fz.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
+    from bench.fuzz_frontdoor import add_parser as add_fuzz_frontdoor
+
+    add_fuzz_frontdoor(sub)
     return p
 
 
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuzz-cel: seed {seed}, up to {args.cases:,} cases" +
               (f" or {args.seconds:g} s" if args.seconds else ""), flush=True)
         return fuzz(args.cases, args.seconds, seed)
+    if args.cmd == "fuzz-frontdoor":
+        from bench.fuzz_frontdoor import main as fuzz_frontdoor
+
+        return fuzz_frontdoor(args)
     if args.cmd == "report":
         from pathlib import Path
 

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
 MAX_BODY = 64 * 1024
+EXC_LINE = re.compile(r"[\w.]+(Error|Exception|Exit|Interrupt)\b")
 BAD_LOG = re.compile(r"Traceback|unhandled|Exception in ASGI|Task exception was never retrieved", re.IGNORECASE)
 
 
@@ -93,7 +94,7 @@ def _complete(buf: bytes) -> bool:
         return False
     lower = head.lower()
     if b"text/event-stream" in lower:
-        return b"\n\n" in body  # the first event is enough
+        return b"\n\n" in body or b"\r\n\r\n" in body  # the first event is enough
     match = re.search(rb"\r\ncontent-length:\s*(\d+)", lower)
     if match is not None:
         return len(body) >= int(match.group(1))
@@ -154,6 +155,7 @@ class FuzzTarget:
     """A running notes upstream + Stile gateway (use as a context manager)."""
 
     key: str = field(default_factory=lambda: f"stile_fuzz_{secrets.token_urlsafe(24)}")
+    src: Path = REPO / "src"  # the Stile source tree to run (another checkout's src/ to fuzz that build)
     port: int = 0
     log_path: Path = Path()
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -175,7 +177,7 @@ class FuzzTarget:
     def __enter__(self) -> FuzzTarget:
         self._tmp = tempfile.TemporaryDirectory(prefix="stile-fuzz-")
         tmp = Path(self._tmp.name)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO),
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.src), str(REPO),
                                                             os.environ.get("PYTHONPATH", "")])}
         try:
             up_port = free_port()
@@ -241,18 +243,45 @@ class FuzzTarget:
         return float(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])) / 2**20
 
 
+_AUTH_PARAM = re.compile(r'\s*([a-z_]+)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_CHALLENGE_KEYS = {"realm", "resource_metadata", "scope", "error", "error_description"}
+
+
+def challenge_problems(value: str) -> list[str]:
+    """A WWW-Authenticate value must be `Bearer k="v", ...` with known, unique keys (no forged parameters)."""
+    if not value.startswith("Bearer "):
+        return [f"WWW-Authenticate not a Bearer challenge: {value!r}"]
+    rest, keys = value[7:], []
+    while rest:
+        match = _AUTH_PARAM.match(rest)
+        if match is None:
+            return [f"WWW-Authenticate malformed: {value!r}"]
+        keys.append(match.group(1))
+        rest = rest[match.end():]
+    if len(set(keys)) != len(keys) or not set(keys) <= _CHALLENGE_KEYS:
+        return [f"WWW-Authenticate forged parameters {keys}: {value!r}"]
+    return []
+
+
 def answer_problems(ans: Answer) -> list[str]:
-    """What is wrong with one answer: a 5xx, or a -32603 internal error."""
+    """What is wrong with one answer: a 5xx, a -32603 internal error, a malformed challenge."""
     problems = []
     if ans.status >= 500:
         problems.append(f"HTTP {ans.status}")
     if -32603 in ans.jsonrpc_codes():
         problems.append("JSON-RPC -32603 internal error")
+    challenge = ans.header("www-authenticate")
+    if challenge is not None:
+        problems += challenge_problems(challenge)
     return problems
 
 
 def log_problems(text: str) -> list[str]:
-    return [line for line in text.splitlines() if BAD_LOG.search(line)]
+    """Traceback / unhandled-error lines in a stretch of log, with the exception lines that name the error."""
+    lines = text.splitlines()
+    if not any(BAD_LOG.search(line) for line in lines):
+        return []
+    return [line for line in lines if BAD_LOG.search(line) or EXC_LINE.match(line)]
 
 
 def liveness_problems(target: FuzzTarget) -> list[str]:

@@ -7,6 +7,8 @@ Each one used to end in a 500, a -32603 or a traceback in the gateway's log; eac
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,3 +189,30 @@ def test_well_formed_host_gets_a_clean_challenge(target: FuzzTarget, host: str) 
     assert ans.status == 401, ans
     challenge = ans.header("www-authenticate")
     assert challenge == f'Bearer resource_metadata="http://{host}/.well-known/oauth-protected-resource/mcp/keyed"'
+
+
+def test_sse_client_that_stops_reading_gets_429_not_a_log_flood(target: FuzzTarget) -> None:
+    """Answers queue for a stream nobody reads: past the queue's bound new messages are refused (429)."""
+    stream = SseStream(target.port)
+    stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    statuses: dict[int, int] = {}
+    try:
+        with socket.create_connection(("127.0.0.1", target.port), timeout=5) as conn:
+            req = request("POST", stream.messages, JSON_HEADERS, b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
+            buf = b""
+            for _ in range(40_000):  # until the stream's queue (4096) and the socket buffers are full
+                conn.sendall(req)
+                while b"\r\n\r\n" not in buf:
+                    buf += conn.recv(65536)
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                status = int(head.split(b" ", 2)[1])
+                statuses[status] = statuses.get(status, 0) + 1
+                if statuses.get(429, 0) >= 20:
+                    break
+    finally:
+        stream.close()
+    assert set(statuses) == {202, 429}, statuses

@@ -59,8 +59,6 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
                                      lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
-        self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
-                                     lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
         self.inputs = InputBridge(key)
         self.router = Router(cfg, self.upstreams, self, self.inputs, self.hub, spans)
         self.chains: dict[str, CallNext] = {}

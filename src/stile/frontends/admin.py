@@ -37,7 +37,7 @@ from stile.observe.audit_query import (
 
 log = logging.getLogger("stile.admin")
 MAX_LIMIT = 10_000
-MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later (or earlier than -it) is no time
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z; since/until beyond +-this are refused
 _AUDIT_PARAMS = {"agent", "user", "tool", "upstream", "outcome", "server", "since", "until", "limit"}
 _USAGE_PARAMS = {"by", "since", "until"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from stile.core.gateway import Gateway
     from stile.frontends.streamable import StreamableEndpoint
 
+log = logging.getLogger("stile.frontend")
+
 
 @dataclass(eq=False)
 class _Conn:
@@ -47,9 +50,15 @@ class _Conn:
     info: dict[str, Any] | None = None
     pending: dict[str, asyncio.Future[Message]] = field(default_factory=dict)
     principal: Principal = ANONYMOUS
+    dropped: int = 0
 
     def put(self, msg: Message) -> None:
-        self.queue.put_nowait(msg)
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:  # the client stopped reading its stream: drop, never raise in a background task
+            if not self.dropped:
+                log.warning("legacy SSE stream for %s is not being read: dropping messages", self.vs)
+            self.dropped += 1
 
 
 class _QueueChannel:
@@ -142,6 +151,9 @@ class LegacySseEndpoint:
             return
         except ClientError as exc:
             await send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": exc.to_error()})
+            return
+        if jsonrpc.is_request(msg) and conn.queue.full():
+            await send_json(send, 429, jsonrpc.error(msg["id"], -32600, "too many unread messages on the SSE stream"))
             return
         await send_empty(send, 202)
         if jsonrpc.is_response(msg):
