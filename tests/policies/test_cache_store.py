@@ -35,6 +35,16 @@ def test_bytes_are_bounded_and_an_entry_larger_than_the_bound_is_not_stored() ->
     assert store.bytes == 3
 
 
+def test_the_bytes_a_key_holds_count_against_the_bound() -> None:
+    store = MemoryStore(max_bytes=100, max_entries=100)
+    token = Generations().token("up", None)
+    assert store.put("a", b"x" * 10, 10.0, token, key_bytes=60)
+    assert store.bytes == 70
+    assert store.put("b", b"y" * 10, 10.0, token, key_bytes=60)
+    assert store.get("a", token, 0.0) is None and store.bytes == 70
+    assert not store.put("c", b"z", 10.0, token, key_bytes=100)
+
+
 def test_an_expired_entry_is_a_miss_and_is_dropped() -> None:
     store = MemoryStore(max_bytes=100, max_entries=10)
     token = Generations().token("up", None)

@@ -25,6 +25,7 @@ Disabled (the default), the policy costs one attribute check per request.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ _MRTR = ("inputResponses", "requestState")
 _CHANGED = frozenset({"notifications/tools/list_changed", "notifications/resources/list_changed",
                       "notifications/prompts/list_changed"})
 _MAX_RULES = 10_000
+_MAX_RAW_ARGS = 128  # canonical arguments longer than this are keyed by their BLAKE2b-256 digest
 
 
 class ToolCacheConfig(BaseModel):
@@ -119,6 +121,8 @@ class ResponseCache:
                 args = orjson.dumps(params.get("arguments"), option=_SORTED)
             except TypeError:
                 return None
+            if len(args) > _MAX_RAW_ARGS:
+                args = hashlib.blake2b(args, digest_size=32).digest()
             return (ctx.virtual_server, ctx.era, ctx.protocol_version, "tools/call", name, args), \
                 target.upstream, None, rule
         if ctx.method == "resources/read" and self.cfg.resources:
@@ -161,7 +165,8 @@ class ResponseCache:
         if ttl > 0:
             hint = ctx.stats.cache_hint
             key = public if shared or (hint is not None and hint[1] == "public") else own
-            store.put(key, orjson.dumps(reply), time.monotonic() + ttl / 1000, token)
+            key_bytes = sum(len(v) for v in base if isinstance(v, str | bytes))
+            store.put(key, orjson.dumps(reply), time.monotonic() + ttl / 1000, token, key_bytes)
         return reply
 
     def _ttl(self, ttl_ms: int | None, hint: tuple[Any, Any] | None) -> int:

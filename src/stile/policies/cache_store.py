@@ -1,6 +1,7 @@
 """The response cache's storage: an in-process LRU bounded by bytes and entries, and invalidation generations.
 
-Entries hold the serialized reply (so every hit is a fresh object and the size is exact), when it
+Entries hold the serialized reply (so every hit is a fresh object and the size is exact; the key's
+own bytes count too, and long arguments are keyed by their BLAKE2b-256 digest), when it
 expires (monotonic seconds) and the generation token it was computed under. Invalidation is O(1):
 `notifications/*/list_changed` bumps the upstream's generation, `notifications/resources/updated` the
 (upstream, URI) one; an entry whose token no longer matches is a miss and is dropped when next looked
@@ -38,12 +39,13 @@ class Generations:
 
 
 class _Entry:
-    __slots__ = ("data", "expires", "token")
+    __slots__ = ("data", "expires", "size", "token")
 
-    def __init__(self, data: bytes, expires: float, token: Token) -> None:
+    def __init__(self, data: bytes, expires: float, token: Token, size: int) -> None:
         self.data = data
         self.expires = expires
         self.token = token
+        self.size = size
 
 
 class MemoryStore:
@@ -69,17 +71,19 @@ class MemoryStore:
         self._entries.move_to_end(key)
         return entry.data, entry.expires
 
-    def put(self, key: Hashable, data: bytes, expires: float, token: Token) -> bool:
-        if len(data) > self.max_bytes:
+    def put(self, key: Hashable, data: bytes, expires: float, token: Token, key_bytes: int = 0) -> bool:
+        """Store `data`; `key_bytes` (what the key itself holds) counts against `max_bytes` too."""
+        size = len(data) + key_bytes
+        if size > self.max_bytes:
             return False
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = _Entry(data, expires, token)
-        self.bytes += len(data)
+        self._entries[key] = _Entry(data, expires, token, size)
+        self.bytes += size
         while self.bytes > self.max_bytes or len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
         return True
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key)
-        self.bytes -= len(entry.data)
+        self.bytes -= entry.size
