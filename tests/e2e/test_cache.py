@@ -1,7 +1,7 @@
 """The response cache (`policies.cache`) end to end: real gateway, real SDK upstreams, both client eras.
 
 Three instances of tests/fixtures/per_caller_server.py (every answer carries a fresh counter, `/stats`
-counts what reached it): `m` spoken to in 2026-07-28 with a `ttlMs: 60000` hint on resource reads, `z`
+counts what reached it): `m` spoken to in 2026-07-28 with `ttlMs: 60000, cacheScope: public` on resource reads, `z`
 in 2026-07-28 with the SDK's default `ttlMs: 0`, `l` in 2025-11-25 (no hints: the default TTL applies).
 Two API keys (alice, bob) with the same role. Raw HTTP clients: the SDK client has a cache of its own.
 """
@@ -33,9 +33,9 @@ _tags = itertools.count(1)
 
 
 @contextmanager
-def per_caller_upstream(resource_ttl_ms: int = 0) -> Iterator[str]:
+def per_caller_upstream(resource_ttl_ms: int = 0, scope: str = "private") -> Iterator[str]:
     argv = [sys.executable, "-u", "-m", "tests.fixtures.per_caller_server", "--port", "0",
-            "--resource-ttl-ms", str(resource_ttl_ms)]
+            "--resource-ttl-ms", str(resource_ttl_ms), "--resource-scope", scope]
     with ready_process(argv, "per-caller upstream") as port:
         yield f"http://127.0.0.1:{port}"
 
@@ -60,7 +60,8 @@ def gateway_config(ups: dict[str, str], audit: Path, tmp: Path) -> dict[str, Any
         "virtual_servers": {vs: {"upstreams": [up], "prefix": "never"}
                             for vs, up in (("vm", "m"), ("vz", "z"), ("vl", "l"), ("vl2", "l"))},
         "audit": {"jsonl": str(audit)},
-        "policies": {"cache": {"enabled": True, "default_ttl_ms": 600_000, "max_bytes": 6000}},
+        "policies": {"cache": {"enabled": True, "default_ttl_ms": 600_000, "max_bytes": 6000,
+                               "tools": {"l.plain": {"scope": "shared"}}}},
     }
 
 
@@ -68,8 +69,8 @@ def gateway_config(ups: dict[str, str], audit: Path, tmp: Path) -> dict[str, Any
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("cache")
     with ExitStack() as stack:
-        ups = {"m": stack.enter_context(per_caller_upstream(60_000)), "z": stack.enter_context(per_caller_upstream()),
-               "l": stack.enter_context(per_caller_upstream())}
+        ups = {"m": stack.enter_context(per_caller_upstream(60_000, "public")),
+               "z": stack.enter_context(per_caller_upstream()), "l": stack.enter_context(per_caller_upstream())}
         audit = tmp / "audit.jsonl"
         base = stack.enter_context(stile_server(gateway_config(ups, audit, tmp)))
         yield Env(base, ups, audit)
@@ -189,6 +190,29 @@ async def test_two_callers_never_see_each_others_results(env: Env, era: str, vs:
         assert await _calls(env, up, "tools/call:count") == before + 1
         assert await alice.text("count", tag=tag) == a
         assert await bob.text("count", tag=tag) == b
+
+
+@pytest.mark.parametrize("era", ["modern", "legacy"])
+async def test_a_tool_configured_scope_shared_is_one_entry_for_every_caller(env: Env, era: str) -> None:
+    tag = _tag()
+    async with callers(env, "vl", era) as (alice, bob):
+        a = await alice.text("plain", tag=tag)  # not annotated read-only: cached because the config lists it
+        before = await _calls(env, "l", "tools/call:plain")
+        assert await bob.text("plain", tag=tag) == a
+        assert await _calls(env, "l", "tools/call:plain") == before
+
+
+@pytest.mark.parametrize("era", ["modern", "legacy"])
+async def test_a_read_the_upstream_marked_cache_scope_public_is_shared_a_private_one_is_not(env: Env,
+                                                                                             era: str) -> None:
+    async with callers(env, "vm", era) as (alice, bob):
+        a = await alice.read("counter://value")
+        before = await _calls(env, "m", "resources/read:counter://value")
+        assert (await bob.read("counter://value"))["contents"] == a["contents"]
+        assert await _calls(env, "m", "resources/read:counter://value") == before
+    async with callers(env, "vl", era) as (alice, bob):  # no hint from a legacy upstream: private
+        a = await alice.read("counter://value")
+        assert (await bob.read("counter://value"))["contents"] != a["contents"]
 
 
 async def test_two_virtual_servers_never_share_an_entry(env: Env) -> None:
