@@ -55,7 +55,8 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
                      client_address=ClientAddress(cfg.trusted_proxies),
                      wal_dir=audit_spool_dir(cfg, state_url) / "wal", durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
-    gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers), gw.router.handle))
+    gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append),
+                                   gw.router.handle))
     return Runtime(cfg, gw, observers, state_url)
 
 

@@ -60,11 +60,12 @@ ANONYMOUS = Principal()
 class RequestStats:
     """What one request measured on its way (mutable, unlike the context that carries it).
 
-    Set by the router (time spent waiting on upstreams), tracing (trace context) and access control
-    (the caller's view); read by metrics and the audit trail when the request completes.
+    Set by the router (time spent waiting on upstreams, the upstream's cache hints), tracing (trace
+    context), access control (the caller's view) and the response cache (hit or miss); read by
+    metrics and the audit trail when the request completes.
     """
 
-    __slots__ = ("span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
+    __slots__ = ("cache", "cache_hint", "span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
 
     def __init__(self) -> None:
         self.upstream_seconds = 0.0
@@ -73,6 +74,8 @@ class RequestStats:
         self.trace_id: str | None = None
         self.span: Any = None  # the server span when tracing is enabled
         self.view: View | None = None  # the caller's narrowed view, once access control computed it
+        self.cache: str | None = None  # "hit" / "miss" when the response cache looked this request up
+        self.cache_hint: tuple[Any, Any] | None = None  # the upstream result's (ttlMs, cacheScope), when it sent one
 
 
 @dataclass(frozen=True, slots=True)

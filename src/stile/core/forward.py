@@ -128,6 +128,9 @@ class UpstreamLeg:
             if "requestState" in res:
                 retry["requestState"] = res["requestState"]
             reply = await up.request(ctx.method, retry, opts)
+        res = reply.get("result")
+        if isinstance(res, dict) and "ttlMs" in res:  # a modern upstream's freshness hint (legacy clients lose it)
+            ctx.stats.cache_hint = (res.get("ttlMs"), res.get("cacheScope"))
         return adapt_reply(reply, ctx.era, up.era)
 
     async def _bridge_inputs(self, ctx: CallContext, up: Upstream, params: dict[str, Any],

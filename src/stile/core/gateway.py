@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from stile.config.model import GatewayConfig
@@ -62,6 +63,8 @@ class Gateway:
         self.inputs = InputBridge(key)
         self.router = Router(cfg, self.upstreams, self, self.inputs, self.hub, spans)
         self.chains: dict[str, CallNext] = {}
+        # told of every upstream notification (upstream, method, message) first, e.g. the response cache
+        self.upstream_listeners: list[Callable[[str, str, Message], None]] = []
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
         self._rebuild_views()
@@ -155,6 +158,8 @@ class Gateway:
 
     def _notification_handler(self, name: str) -> Any:
         def on_notification(method: str, msg: Message) -> None:
+            for listener in self.upstream_listeners:
+                listener(name, method, msg)
             if method in _CHANGED:
                 spawn(self._changed(name, method), name=f"refresh-{name}")
             elif method == "notifications/resources/updated":

@@ -107,13 +107,14 @@ class CostTable:
 class Outcome:
     """What a request ended as (captured on the request path, turned into an event by the writer)."""
 
-    __slots__ = ("bytes_out", "code", "error_type", "outcome", "reason", "seconds", "tool", "upstream",
+    __slots__ = ("bytes_out", "cache_hit", "code", "error_type", "outcome", "reason", "seconds", "tool", "upstream",
                  "upstream_name")
 
     def __init__(self, outcome: str, seconds: float, *, tool: str = "", upstream: str = "", upstream_name: str = "",
                  code: int | None = None, error_type: str | None = None, reason: str | None = None,
-                 bytes_out: int = 0) -> None:
+                 bytes_out: int = 0, cache_hit: bool = False) -> None:
         self.outcome = outcome
+        self.cache_hit = cache_hit
         self.seconds = seconds
         self.tool = tool
         self.upstream = upstream
@@ -130,7 +131,7 @@ class Outcome:
 # tuple, as one JSON array, is the write-ahead log's record (a replay reads it back as lists).
 # request: request_id, trace_id, virtual_server, method, era, agent, user, roles, auth, arguments,
 # bytes_in, upstream_seconds, uri. outcome: outcome, seconds, tool, upstream, upstream_name, code,
-# error_type, reason, bytes_out.
+# error_type, reason, bytes_out, cache_hit (absent in records written before the response cache).
 _Request = Sequence[Any]
 _Outcome = Sequence[Any]
 _Record = tuple[str, float, _Request | None, _Outcome, dict[str, Any] | None]
@@ -138,7 +139,8 @@ _Item = tuple[_Record, int]  # and the WAL position after it (0 without a WAL)
 
 
 def _values(o: Outcome) -> _Outcome:
-    return (o.outcome, o.seconds, o.tool, o.upstream, o.upstream_name, o.code, o.error_type, o.reason, o.bytes_out)
+    return (o.outcome, o.seconds, o.tool, o.upstream, o.upstream_name, o.code, o.error_type, o.reason, o.bytes_out,
+            o.cache_hit)
 
 
 class AuditLog:
@@ -290,13 +292,14 @@ class AuditLog:
 
     def build(self, eid: str, at: float, request: _Request | None, o: _Outcome,
               extra: dict[str, Any] | None) -> Event:
-        outcome, seconds, tool, upstream_ref, upstream_name, code, error_type, reason, bytes_out = o
+        outcome, seconds, tool, upstream_ref, upstream_name, code, error_type, reason, bytes_out = o[:9]
+        cache_hit = len(o) > 9 and o[9] is True
         upstream = upstream_ref or None
         common = {
             "upstream": upstream, "upstream_name": upstream_name or None,
             "outcome": outcome, "error_code": code, "error_type": error_type, "reason": reason,
             "latency_ms": round(seconds * 1000, 3), "bytes_out": bytes_out,
-            "cache_hit": False,  # no response cache yet: recorded so consumers need not change when one lands
+            "cache_hit": cache_hit,  # answered by the response cache (policies.cache): the upstream did not run
         }
         if request is None:
             return {"id": eid, "time": self._time(at), "request_id": None,
@@ -305,7 +308,7 @@ class AuditLog:
         (request_id, trace_id, vs, method, era, agent, user, roles, auth, args, bytes_in, upstream_seconds,
          uri) = request
         named = method in _NAME_KEY
-        executed = upstream is not None and outcome in _EXECUTED and method == "tools/call"
+        executed = upstream is not None and outcome in _EXECUTED and method == "tools/call" and not cache_hit
         event: Event = {
             "id": eid, "time": self._time(at), "request_id": request_id,
             "trace_id": trace_id, "virtual_server": vs, "method": method, "era": era,

@@ -115,6 +115,8 @@ class _RequestCollector:
                        ["virtual_server", "reason"], m.auth_failures)
         yield _counter("stile_rejected", "requests the transport refused before the pipeline, by error class",
                        ["virtual_server", "reason"], m.rejections)
+        yield _counter("stile_cache_lookups", "response cache lookups (policies.cache) by result: hit, miss",
+                       ["virtual_server", "result"], m.cache_lookups)
         yield _counter("stile_metric_series_overflow", "observations counted in a family's (overflow) label set "
                        "because the family already held limits.max_metric_series label sets",
                        ["family"], {(family,): n for family, n in m.overflowed.items()})
@@ -156,6 +158,7 @@ class Metrics:
         self.denied: dict[tuple[str, ...], int] = {}
         self.auth_failures: dict[tuple[str, ...], int] = {}
         self.rejections: dict[tuple[str, ...], int] = {}
+        self.cache_lookups: dict[tuple[str, ...], int] = {}
         self.overflowed: dict[str, int] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_UpstreamCollector(gw))
@@ -211,6 +214,10 @@ class Metrics:
 
     def denial(self, vs: str, reason: str) -> None:
         self._bump("stile_denials", self.denied, (vs, reason))
+
+    def cache(self, vs: str, result: str) -> None:
+        """A response cache lookup (`policies.cache`): `hit` or `miss`."""
+        self._bump("stile_cache_lookups", self.cache_lookups, (vs, result))
 
     def rejected(self, vs: str, reason: str) -> None:
         self._bump("stile_rejected", self.rejections, (vs, reason))

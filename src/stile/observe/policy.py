@@ -111,9 +111,13 @@ class Observe:
                              outcome, seconds, ctx.stats.upstream_seconds)
         if outcome == "denied":
             self.metrics.denial(ctx.virtual_server, error_type or "denied")
+        cache = ctx.stats.cache
+        if cache is not None:
+            self.metrics.cache(ctx.virtual_server, cache)
         self.tracing.end(ctx, outcome, error_type, code, reason, upstream)
         if self.audit.enabled:
             self.audit.record(ctx, Outcome(outcome, seconds, tool=tool, upstream=upstream,
                                            upstream_name=target.original if target is not None else "",
                                            code=code, error_type=error_type, reason=reason,
-                                           bytes_out=len(orjson.dumps(reply)) if reply is not None else 0))
+                                           bytes_out=len(orjson.dumps(reply)) if reply is not None else 0,
+                                           cache_hit=cache == "hit"))

@@ -15,7 +15,7 @@ the gateway.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -24,12 +24,14 @@ from stile.config.model import GatewayConfig
 from stile.core.catalog import ViewSource
 from stile.core.context import CallNext
 from stile.core.pipeline import Policy, build
+from stile.wire.jsonrpc import Message
 
 if TYPE_CHECKING:
     from stile.observe.observers import Observers
 
 REQUIRED_FIRST = "observe"
 REQUIRED = ("observe", "access")
+UpstreamListener = Callable[[str, str, Message], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class PolicyDeps:
     cfg: GatewayConfig
     views: ViewSource
     observers: Observers
+    # registers a listener told of every upstream notification (upstream, method, message)
+    on_upstream_notification: Callable[[UpstreamListener], None] = field(default=lambda listener: None)
 
 
 Factory = Callable[[PolicyDeps, Any], Policy]
