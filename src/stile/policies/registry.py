@@ -14,7 +14,7 @@ the gateway.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -36,9 +36,11 @@ class PolicyDeps:
     cfg: GatewayConfig
     views: ViewSource
     observers: Observers
+    state_url: str | None = None  # the state store (SQLite/Postgres URL), for policies that keep durable state
+    lifecycle: list[Any] = field(default_factory=list)  # policies with `async start()`/`aclose()` add themselves
 
 
-Factory = Callable[[PolicyDeps, Any], Policy]
+Factory = Callable[[PolicyDeps, Any], Policy | None]  # None: nothing configured, leave it out of the chain
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def build_chains(deps: PolicyDeps, terminal: CallNext) -> dict[str, CallNext]:
     """One chain per virtual server; a policy type is instantiated once and shared by the chains using it."""
     kinds = registered()
     cfg = deps.cfg
-    instances: dict[str, Policy] = {}
+    instances: dict[str, Policy | None] = {}
     chains: dict[str, CallNext] = {}
     for vs in cfg.virtual_servers:
         policies = []
@@ -127,6 +129,8 @@ def build_chains(deps: PolicyDeps, terminal: CallNext) -> dict[str, CallNext]:
                 raw = cfg.policies.get(name)
                 config = kind.schema.model_validate(raw or {}) if kind.schema is not None else None
                 instances[name] = kind.factory(deps, config)
-            policies.append(instances[name])
+            policy = instances[name]
+            if policy is not None:
+                policies.append(policy)
         chains[vs] = build(policies, terminal)
     return chains
