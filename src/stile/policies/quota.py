@@ -271,6 +271,9 @@ def _factory(deps: PolicyDeps, config: Any) -> Quota | None:
     cfg = config if isinstance(config, QuotaConfig) else QuotaConfig()
     if not cfg.quotas:
         return None  # nothing configured: not in the chain
+    for q in cfg.quotas:
+        for vs in set(q.virtual_servers or ()) - set(deps.cfg.virtual_servers):
+            log.warning("policies.quota: quota %s names an unknown virtual server %r", q.name, vs)
     store = QuotaStore(deps.state_url, cfg.table) if deps.state_url else None
     policy = Quota(cfg, deps.views, deps.cfg.costs, deps.observers.audit, store)
     deps.observers.metrics.registry.register(policy)

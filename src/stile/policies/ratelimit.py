@@ -231,6 +231,10 @@ def _factory(deps: PolicyDeps, config: Any) -> RateLimit | None:
     cfg = config if isinstance(config, RateLimitConfig) else RateLimitConfig()
     if not cfg.limits:
         return None  # nothing configured: not in the chain, no cost
+    for i, lim in enumerate(cfg.limits):
+        for vs in set(lim.virtual_servers or ()) - set(deps.cfg.virtual_servers):
+            log.warning("policies.ratelimit.limits[%d]: unknown virtual server %r (the limit never applies there)",
+                        i, vs)
     policy = RateLimit(cfg, deps.views, list(deps.cfg.virtual_servers))
     deps.observers.metrics.registry.register(policy)
     deps.lifecycle.append(policy)
