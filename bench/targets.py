@@ -44,7 +44,8 @@ def policies_on(upstreams: list[str]) -> tuple[dict[str, Any], str]:
         "rules": [{"name": "no-forbidden-text", "deny": 'has(arguments.text) && arguments.text == "forbidden"',
                    "reason": "forbidden text"}],
         "policies": {
-            "ratelimit": {"limits": [{"key": "agent", "rate": "1000000000/s"}, {"key": "tool", "rate": "1000000000/s"}]},
+            "ratelimit": {"limits": [{"key": "agent", "rate": "1000000000/s"},
+                                     {"key": "tool", "rate": "1000000000/s"}]},
             "quota": {"quotas": [{"name": "bench-agent", "key": "agent", "limit": 1e15},
                                  {"name": "bench-tool", "key": "tool", "limit": 1e15, "unit": "cost"}]},
         },
