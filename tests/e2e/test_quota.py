@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from stile.stores.keys import hash_for_config
 from tests.e2e.helpers import counting_upstream, modern_meta, upstream_counts
@@ -53,6 +54,11 @@ def test_a_quota_refuses_after_n_calls_warns_and_survives_a_restart(tmp_path: Pa
         port = free_port()
         with stile_server(config, port=port) as base:
             answers = asyncio.run(_gather(base, 7))
+            samples = asyncio.run(_metrics(base))
+        assert samples[("stile_quota_warnings_total", (("quota", "daily-calls"), ("threshold", "0.8")))] == 1
+        assert samples[("stile_quota_warnings_total", (("quota", "daily-calls"), ("threshold", "1")))] == 1
+        assert samples[("stile_quota_exceeded_total", (("quota", "daily-calls"),))] == 2
+        assert samples[("stile_denials_total", (("reason", "QuotaExceeded"), ("virtual_server", "main")))] == 2
         assert all("result" in a for a in answers[:5]), answers[:5]
         for a in answers[5:]:
             err = a["error"]
@@ -85,6 +91,13 @@ def test_a_quota_refuses_after_n_calls_warns_and_survives_a_restart(tmp_path: Pa
     table = subprocess.run([sys.executable, "-m", "stile", "usage", "--quotas", "--config", str(cfg_path)],
                            capture_output=True, text=True, timeout=60, cwd=REPO)
     assert table.returncode == 0 and "daily-calls" in table.stdout and "100%" in table.stdout, table
+
+
+async def _metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 async def _gather(base: str, n: int) -> list[dict[str, Any]]:
