@@ -21,6 +21,7 @@ from stile.policies.ratelimit import RateLimit, RateLimitConfig, RateLimited, To
 from stile.policies.ratelimit_redis import RedisGcra
 from stile.policies.registry import check_chains
 from stile.stores.quotas import QuotaStore
+from stile.stores.redis_lite import RedisLite, RedisReplyError
 
 
 class Views:
@@ -153,3 +154,21 @@ async def test_the_redis_script_admits_all_or_nothing() -> None:
     finally:
         await store.client.command("DEL", prefix + "wide", prefix + "narrow")
         await store.aclose()
+
+
+async def test_the_redis_client_selects_the_urls_database_before_any_command() -> None:
+    key = f"stile-test:{uuid.uuid4().hex}"
+    db1, db0 = RedisLite("redis://127.0.0.1:6379/1", timeout=2.0), RedisLite("redis://127.0.0.1:6379/0", timeout=2.0)
+    try:
+        results = await asyncio.gather(*(db1.command("INCR", key) for _ in range(5)))  # pipelined on connect
+        assert sorted(results) == [1, 2, 3, 4, 5]
+        assert await db0.command("GET", key) is None
+        assert await db1.command("GET", key) == b"5"
+        with pytest.raises(RedisReplyError):
+            await db1.command("NOSUCHCOMMAND")
+        assert await db1.command("DEL", key) == 1  # the connection is still in step after an error reply
+    finally:
+        await db1.aclose()
+        await db0.aclose()
+    with pytest.raises(ValueError, match="redis://"):
+        RedisLite("http://127.0.0.1:6379")

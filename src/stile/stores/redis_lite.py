@@ -118,12 +118,26 @@ class RedisLite:
             except (OSError, TimeoutError) as exc:
                 self._down_until = time.monotonic() + self.retry_seconds
                 raise RedisUnavailable(f"redis {self.host}:{self.port}: {exc or type(exc).__name__}") from None
-            self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader), name="redis-reader")
-        if self.password is not None:
-            await self.command("AUTH", self.password)
-        if self.db:
-            await self.command("SELECT", self.db)
+            # AUTH and SELECT go first on the wire: commands pipelined after them run authenticated, in the db
+            setup = ([("AUTH", self.password)] if self.password is not None else []) + (
+                [("SELECT", self.db)] if self.db else [])
+            replies: list[asyncio.Future[Any]] = []
+            for args in setup:
+                fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._pending.append(fut)
+                replies.append(fut)
+                writer.write(_encode(args))
+            self._writer = writer
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*replies), self.timeout) if replies else []
+            except TimeoutError:
+                self._fail("no answer to AUTH/SELECT")
+                raise RedisUnavailable(f"redis {self.host}:{self.port}: no answer to AUTH/SELECT") from None
+            for reply in done:
+                if isinstance(reply, RedisReplyError):
+                    self._fail(str(reply))
+                    raise RedisUnavailable(f"redis {self.host}:{self.port}: {reply}")
         return writer
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
