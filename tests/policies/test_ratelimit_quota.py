@@ -172,3 +172,32 @@ async def test_the_redis_client_selects_the_urls_database_before_any_command() -
         await db0.aclose()
     with pytest.raises(ValueError, match="redis://"):
         RedisLite("http://127.0.0.1:6379")
+
+
+async def test_a_redis_that_never_answers_costs_one_timeout_then_nothing() -> None:
+    connections = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read()  # accepts, reads, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = RateLimitConfig.model_validate({"redis": f"redis://127.0.0.1:{port}/0", "redis_timeout": 0.2,
+                                          "on_store_error": "closed", "limits": [{"key": "agent", "rate": "100/s"}]})
+    rl = RateLimit(cfg, Views(), ["main"])  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(2):  # never a hang: the socket timeout ends the first call
+            with pytest.raises(TooManyRequests) as refused:  # closed: refused as if limited
+                await rl(ctx(None), ok)
+            assert refused.value.data == {"retry_after_ms": 1000, "limit": "(store)"}
+            for _ in range(3):
+                with pytest.raises(TooManyRequests):
+                    await rl(ctx(None), ok)
+        assert len(connections) == 1  # retried at most once a second: the next calls did not wait on Redis
+        assert rl.store_errors == 4
+    finally:
+        await rl.aclose()
+        server.close()
+        await server.wait_closed()
