@@ -31,7 +31,9 @@ def policies_on(upstreams: list[str]) -> tuple[dict[str, Any], str]:
     """`--policies on`: API-key authentication, a role granting every tool, and one CEL rule on arguments.
 
     Returns the config additions and the key the load generator sends (X-API-Key). Metrics and the
-    audit trail are on in every Stile run unless `--observe off`; rate limits join as they land.
+    audit trail are on in every Stile run unless `--observe off`. Rate limits (in memory: per agent and per
+    tool) and quotas (per agent, per tool in cost units) are configured too, high enough never to fire, so
+    the run measures what they cost when they do not.
     """
     from stile.stores.keys import hash_for_config
 
@@ -41,6 +43,12 @@ def policies_on(upstreams: list[str]) -> tuple[dict[str, Any], str]:
         "roles": {"bench": {"allow_tools": [f"{u}.*" for u in upstreams]}},
         "rules": [{"name": "no-forbidden-text", "deny": 'has(arguments.text) && arguments.text == "forbidden"',
                    "reason": "forbidden text"}],
+        "policies": {
+            "ratelimit": {"limits": [{"key": "agent", "rate": "1000000000/s"},
+                                     {"key": "tool", "rate": "1000000000/s"}]},
+            "quota": {"quotas": [{"name": "bench-agent", "key": "agent", "limit": 1e15},
+                                 {"name": "bench-tool", "key": "tool", "limit": 1e15, "unit": "cost"}]},
+        },
     }
     return extra, key
 

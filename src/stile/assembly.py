@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stile.config.model import GatewayConfig
 from stile.core.gateway import Gateway
@@ -34,13 +35,18 @@ class Runtime:
     gateway: Gateway
     observers: Observers
     state_url: str | None
+    policies: list[Any] = field(default_factory=list)  # policies with their own start()/aclose()
 
     async def start(self) -> None:
         await self.observers.audit.start()
+        for policy in self.policies:
+            await policy.start()
         await self.gateway.start()
 
     async def stop(self) -> None:
         await self.gateway.stop()
+        for policy in self.policies:
+            await policy.aclose()
         await self.observers.audit.aclose()
         await self.observers.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
 
@@ -55,9 +61,9 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
                      client_address=ClientAddress(cfg.trusted_proxies),
                      wal_dir=audit_spool_dir(cfg, state_url) / "wal", durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
-    gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append),
-                                   gw.router.handle))
-    return Runtime(cfg, gw, observers, state_url)
+    deps = PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append, state_url)
+    gw.install_chains(build_chains(deps, gw.router.handle))
+    return Runtime(cfg, gw, observers, state_url, deps.lifecycle)
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:

@@ -21,6 +21,7 @@ from stile.cli.audit import (
     resolve_source,
     run,
 )
+from stile.cli.usage_quotas import show_quotas
 from stile.observe.audit_query import UsageRow, usage
 
 By = Literal["agent", "user", "tool", "upstream"]
@@ -52,8 +53,13 @@ def usage_cmd(
     config: ConfigOpt = None,
     state: StateOpt = None,
     file: FileOpt = None,
+    quotas: Annotated[bool, typer.Option("--quotas", help="quota counters of the current day/month against "
+                                         "their limits (policies.quota; needs --config)")] = False,
 ) -> None:
     """Usage from the audit trail: calls, errors (outcome other than ok), p50/p95 latency and cost units."""
+    if quotas:
+        show_quotas(config, as_json)
+        return
     source = resolve_source(config, state, file)
     start, end = parse_time("--since", since), parse_time("--until", until)
     if start is not None and end is not None and end <= start:

@@ -195,7 +195,8 @@ class StileApp:
                                 [(b"allow", b"GET, POST, DELETE")])
         except StileError as exc:
             self._rejected(vs, headers, exc, f"{method} (http)", principal)
-            await send_json(send, exc.http_status if exc.http_status >= 400 else 400, error_body(None, exc))
+            await send_json(send, exc.http_status if exc.http_status >= 400 else 400, error_body(None, exc),
+                            exc.http_headers() or None)
 
     async def _post(self, vs: str, headers: dict[str, str], receive: Receive, send: Send,
                     principal: Principal) -> None:
@@ -224,7 +225,8 @@ class StileApp:
         except StileError as exc:
             method = msg.get("method") if isinstance(msg, dict) else "(batch)"
             self._rejected(vs, headers, exc, method if isinstance(method, str) else None, principal)
-            await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc))
+            await send_json(send, exc.http_status if exc.http_status >= 400 else 200, error_body(rid, exc),
+                            exc.http_headers() or None)
 
     def _rejected(self, vs: str, headers: dict[str, str], exc: StileError, method: str | None,
                   principal: Principal) -> None:

@@ -100,18 +100,19 @@ class ResponseChannel:
         res = answer.get("result")
         return res if isinstance(res, dict) else {}
 
-    async def finish(self, body: Message, status: int = 200) -> None:
+    async def finish(self, body: Message, status: int = 200, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """`extra` headers (Retry-After on a 429) make the answer a plain JSON response unless already streaming."""
         async with self._lock:
             if self.done:
                 return
             self.done = True
             data = orjson.dumps(body)
-            if self.prefer_sse and not self.streaming:
+            if self.prefer_sse and not self.streaming and not extra:
                 await self._start_stream()
             if self.streaming:
                 await self._send({"type": "http.response.body", "body": sse.encode(data), "more_body": False})
             else:
-                await send_bytes(self._send, status, data, self._headers)
+                await send_bytes(self._send, status, data, [*self._headers, *(extra or ())])
 
     async def abort(self) -> None:
         """End an SSE stream without an answer (cancelled)."""

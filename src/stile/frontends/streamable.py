@@ -294,6 +294,7 @@ class StreamableEndpoint:
 
     async def _reply(self, ctx: CallContext, channel: ResponseChannel) -> None:
         status = 200
+        extra = None
         try:
             reply = await self.gw.handle(ctx)
             body = {"jsonrpc": "2.0", "id": ctx.request_id, **reply}
@@ -302,12 +303,13 @@ class StreamableEndpoint:
                 status = 400
         except StileError as exc:
             body = error_body(ctx.request_id, exc)
-            if ctx.era == "modern" and exc.http_status >= 400:
+            if (ctx.era == "modern" and exc.http_status >= 400) or exc.http_status == 429:  # 429: both eras
                 status = exc.http_status
+                extra = exc.http_headers() or None
         except Exception:  # outermost boundary for one request: never a traceback to the client
             log.exception("internal error handling %s", ctx.method)
             body = jsonrpc.error(ctx.request_id, INTERNAL_ERROR, "internal error")
-        await channel.finish(body, status)
+        await channel.finish(body, status, extra)
 
 
 

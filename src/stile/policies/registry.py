@@ -41,9 +41,11 @@ class PolicyDeps:
     observers: Observers
     # registers a listener told of every upstream notification (upstream, method, message)
     on_upstream_notification: Callable[[UpstreamListener], None] = field(default=lambda listener: None)
+    state_url: str | None = None  # the state store (SQLite/Postgres URL), for policies that keep durable state
+    lifecycle: list[Any] = field(default_factory=list)  # policies with `async start()`/`aclose()` add themselves
 
 
-Factory = Callable[[PolicyDeps, Any], Policy]
+Factory = Callable[[PolicyDeps, Any], Policy | None]  # None: nothing configured, leave it out of the chain
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def build_chains(deps: PolicyDeps, terminal: CallNext) -> dict[str, CallNext]:
     """One chain per virtual server; a policy type is instantiated once and shared by the chains using it."""
     kinds = registered()
     cfg = deps.cfg
-    instances: dict[str, Policy] = {}
+    instances: dict[str, Policy | None] = {}
     chains: dict[str, CallNext] = {}
     for vs in cfg.virtual_servers:
         policies = []
@@ -132,6 +134,8 @@ def build_chains(deps: PolicyDeps, terminal: CallNext) -> dict[str, CallNext]:
                 raw = cfg.policies.get(name)
                 config = kind.schema.model_validate(raw or {}) if kind.schema is not None else None
                 instances[name] = kind.factory(deps, config)
-            policies.append(instances[name])
+            policy = instances[name]
+            if policy is not None:
+                policies.append(policy)
         chains[vs] = build(policies, terminal)
     return chains

@@ -48,6 +48,10 @@ class StileError(Exception):
         if http_status is not None:
             self.http_status = http_status
 
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra HTTP response headers when this error is the HTTP answer (e.g. Retry-After on a 429)."""
+        return []
+
     def to_error(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.jsonrpc_code, "message": self.message}
         if self.data is not None:
