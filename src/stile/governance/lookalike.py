@@ -1,0 +1,107 @@
+"""Lookalike tools: a name or description confusingly close to one another upstream already offers.
+
+A malicious upstream can shadow a trusted tool by offering `list_issues`, `list-issues`, `l\u0456st_issues`
+(Cyrillic i) or `llst_issues` beside it, hoping the model picks the wrong one. Two tools on different
+upstreams look alike when
+- their normalised names (NFKC, lowercase, separators `_ - . / : space` removed, homoglyphs folded:
+  Cyrillic/Greek letters that look Latin, `0`->`o`, `1`/`i`/`|`->`l`, `rn`->`m`, `vv`->`w`) are within
+  edit distance 2 (1 when the shorter normalised name has fewer than 5 characters, so `get`/`set` pass), or
+- their descriptions are identical after collapsing whitespace and case (and at least 10 characters long).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_SEPARATORS = str.maketrans("", "", "_-./: \t")
+# letters from other scripts that render like Latin ones, and digits that pass for letters
+_HOMOGLYPHS = str.maketrans(
+    "\u0430\u0432\u0435\u0451\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0455\u0456\u0457"
+    "\u0458\u0501\u04bb\u04cf\u051b\u051d\u044c\u03b1\u03b2\u03b5\u03b7\u03b9\u03ba\u03bd\u03bf\u03c1"
+    "\u03c4\u03c5\u03c7\u03c9\u03f201i|!35$@",
+    "abeekmhopctyxslljdhlqwbabenlkvoptuxwcollllessa",
+)
+MIN_DESCRIPTION = 10
+
+
+def normalise(name: str) -> str:
+    """The form two names are compared in (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", name).lower().translate(_SEPARATORS).translate(_HOMOGLYPHS)
+    return text.replace("rn", "m").replace("vv", "w")
+
+
+def distance(a: str, b: str, cap: int = 3) -> int:
+    """Levenshtein distance, stopping early once it exceeds `cap` (returns cap + 1 then)."""
+    if abs(len(a) - len(b)) > cap:
+        return cap + 1
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        if min(cur) > cap:
+            return cap + 1
+        prev = cur
+    return min(prev[-1], cap + 1)
+
+
+def _description(text: str | None) -> str:
+    return " ".join((text or "").split()).lower()
+
+
+def alike(name_a: str, desc_a: str | None, name_b: str, desc_b: str | None) -> str | None:
+    """Why two tools look alike (a short reason), or None."""
+    na, nb = normalise(name_a), normalise(name_b)
+    if na and nb:
+        limit = 2 if min(len(na), len(nb)) >= 5 else 1
+        d = distance(na, nb)
+        if d <= limit:
+            return "same name" if name_a == name_b else f"names {name_a!r} and {name_b!r} differ by {d} after " \
+                "folding case, separators and lookalike characters"
+    da = _description(desc_a)
+    if len(da) >= MIN_DESCRIPTION and da == _description(desc_b):
+        return "identical description"
+    return None
+
+
+@dataclass(frozen=True)
+class Tool:
+    upstream: str
+    name: str
+    description: str | None
+
+
+@dataclass(frozen=True)
+class Lookalike:
+    new: Tool
+    existing: Tool
+    reason: str
+
+    def message(self) -> str:
+        return (f"tool {self.new.upstream}.{self.new.name} looks like {self.existing.upstream}."
+                f"{self.existing.name}: {self.reason}")
+
+
+def lookalikes(new: Iterable[Tool], existing: Iterable[Tool]) -> list[Lookalike]:
+    """Each (new, existing) pair on different upstreams that look alike."""
+    known = list(existing)
+    out: list[Lookalike] = []
+    for tool in new:
+        for other in known:
+            if other.upstream == tool.upstream:
+                continue
+            reason = alike(tool.name, tool.description, other.name, other.description)
+            if reason is not None:
+                out.append(Lookalike(tool, other, reason))
+    return out
+
+
+def pairs(tools: Iterable[Tool]) -> list[Lookalike]:
+    """Every unordered pair of tools on different upstreams that look alike (for `stile check`)."""
+    listed = list(tools)
+    out: list[Lookalike] = []
+    for i, tool in enumerate(listed):
+        out.extend(lookalikes([tool], [o for o in listed[i + 1:]]))
+    return out
