@@ -5,7 +5,8 @@ A malicious upstream can shadow a trusted tool by offering `list_issues`, `list-
 upstreams look alike when
 - their normalised names (NFKC, lowercase, separators `_ - . / : space` removed, homoglyphs folded:
   Cyrillic/Greek letters that look Latin, `0`->`o`, `1`/`i`/`|`->`l`, `rn`->`m`, `vv`->`w`) are within
-  edit distance 2 (1 when the shorter normalised name has fewer than 5 characters, so `get`/`set` pass), or
+  edit distance 2 when the shorter normalised name has at least 8 characters, 1 when it has 4 to 7,
+  0 (equal after folding) when shorter, so `fetch`/`patch` and `get`/`set` pass, or
 - their descriptions are identical after collapsing whitespace and case (and at least 10 characters long).
 """
 
@@ -47,15 +48,16 @@ def distance(a: str, b: str, cap: int = 3) -> int:
     return min(prev[-1], cap + 1)
 
 
-def _description(text: str | None) -> str:
-    return " ".join((text or "").split()).lower()
+def _description(text: object) -> str:
+    return " ".join(text.split()).lower() if isinstance(text, str) else ""
 
 
-def alike(name_a: str, desc_a: str | None, name_b: str, desc_b: str | None) -> str | None:
+def alike(name_a: str, desc_a: object, name_b: str, desc_b: object) -> str | None:
     """Why two tools look alike (a short reason), or None."""
     na, nb = normalise(name_a), normalise(name_b)
     if na and nb:
-        limit = 2 if min(len(na), len(nb)) >= 5 else 1
+        shorter = min(len(na), len(nb))
+        limit = 2 if shorter >= 8 else 1 if shorter >= 4 else 0
         d = distance(na, nb)
         if d <= limit:
             return "same name" if name_a == name_b else f"names {name_a!r} and {name_b!r} differ by {d} after " \
@@ -70,7 +72,7 @@ def alike(name_a: str, desc_a: str | None, name_b: str, desc_b: str | None) -> s
 class Tool:
     upstream: str
     name: str
-    description: str | None
+    description: object  # the upstream's `description` (a string unless it misbehaves)
 
 
 @dataclass(frozen=True)
