@@ -46,8 +46,8 @@ async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> 
             problems.extend(f"virtual server {view.name}: {p}" for p in view.problems)
         tools = [Tool(up, t["name"], t.get("description")) for up, inv in gw.inventories.items() for t in inv.tools
                  if isinstance(t.get("name"), str)]
-        for hit in pairs(tools):
-            out.print(f"[yellow]warning[/yellow] lookalike: {hit.message()}", highlight=False, soft_wrap=True)
+        for pair in pairs(tools):
+            out.print(f"[yellow]warning[/yellow] lookalike: {pair.message()}", highlight=False, soft_wrap=True)
     finally:
         await gw.stop()
     for p in problems:
