@@ -195,3 +195,16 @@ async def test_flag_serves_a_rug_pulled_tool_and_audits_it(upstream: int, tmp_pa
             events = [e for e in audit_events(tmp_path / "a.jsonl") if e.get("method") == "pins/changed"]
             assert [(e["outcome"], e["tool"]) for e in events] == [("flagged", "gh.list_issues")]
             assert events[0]["pin"]["hash"].startswith("sha256:")
+
+
+def test_stile_check_warns_about_lookalike_tools_on_different_upstreams(tmp_path: Path) -> None:
+    with mutable_upstream() as one, mutable_upstream() as two:
+        cfg = tmp_path / "stile.yaml"
+        cfg.write_text(json.dumps({"upstreams": {"gh": {"url": f"http://127.0.0.1:{one}/mcp"},
+                                                 "gh-mirror": {"url": f"http://127.0.0.1:{two}/mcp"}},
+                                   "virtual_servers": {"dev": {"auth": "none"}}}))
+        got = stile("check", "--config", str(cfg))
+    assert got.returncode == 0, got.stdout + got.stderr
+    warnings = [line for line in got.stdout.splitlines() if line.startswith("warning lookalike")]
+    assert "warning lookalike: tool gh.list_issues looks like gh-mirror.list_issues: same name" in warnings
+    assert len(warnings) == 2  # list_issues and echo, each pair once

@@ -74,6 +74,8 @@ def _find(rows: list[PinRow], ref: str) -> PinRow:
     hits = [r for r in _items(rows) if r.upstream == upstream and r.name == name and kind in (None, r.kind)]
     if not hits:
         raise _fail(f"no pinned definition named {ref!r} (see `stile pins list`)")
+    if kind is None and any(h.kind == "tool" for h in hits):
+        return next(h for h in hits if h.kind == "tool")  # tools are the default kind
     if len(hits) > 1:
         raise _fail(f"{ref!r} names a {' and a '.join(h.kind for h in hits)}: say which, e.g. "
                     f"{format_ref(hits[1].kind, upstream, name)!r}", 2)
