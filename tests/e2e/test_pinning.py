@@ -12,8 +12,9 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,67 @@ def described(listed: Any) -> dict[str, str]:
     return {t["name"]: t.get("description", "") for t in listed["result"]["tools"]}
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, deadline: float = 20.0) -> None:
-    """Wait (bounded) for a condition the gateway reaches asynchronously (re-discovery, the pin poll)."""
-    async with asyncio.timeout(deadline):
-        while not await check():
-            await asyncio.sleep(0.1)  # polling a condition with a deadline, not a timed assertion
-    assert await check(), what
+class Notifications:
+    """A client notification stream (legacy GET stream or modern `subscriptions/listen`), read in the background."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._read(resp))
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        decoder = sse.Decoder()
+        async for chunk in resp.content.iter_any():
+            for event in decoder.feed(chunk):
+                if event.data:
+                    self.queue.put_nowait(json.loads(event.data))
+
+    async def until(self, check: Callable[[], Awaitable[bool]], what: str, deadline: float = 20.0) -> None:
+        """Re-check after each tools/list_changed the gateway sends, until `check` holds (bounded)."""
+        try:
+            async with asyncio.timeout(deadline):
+                while not await check():
+                    while (await self.queue.get()).get("method") != "notifications/tools/list_changed":
+                        pass
+        except TimeoutError:
+            raise AssertionError(f"not within {deadline}s: {what}") from None
+
+
+@asynccontextmanager
+async def legacy_stream(client: LegacyClient) -> AsyncIterator[Notifications]:
+    headers = {"Accept": "text/event-stream", "Mcp-Session-Id": client.sid, "MCP-Protocol-Version": "2025-11-25"}
+    async with client.http.get(client.url, headers=headers) as resp:
+        assert resp.status == 200
+        stream = Notifications(resp)
+        try:
+            yield stream
+        finally:
+            stream.task.cancel()
+
+
+@asynccontextmanager
+async def listen_stream(http: aiohttp.ClientSession, url: str) -> AsyncIterator[Notifications]:
+    body = {"jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen",
+            "params": {"notifications": {"toolsListChanged": True}, "_meta": modern_meta()}}
+    async with http.post(url, json=body, headers=modern_headers("subscriptions/listen")) as resp:
+        assert resp.status == 200
+        stream = Notifications(resp)
+        try:
+            first = await asyncio.wait_for(stream.queue.get(), 10)
+            assert first["method"] == "notifications/subscriptions/acknowledged"
+            yield stream
+        finally:
+            stream.task.cancel()
+
+
+async def audited(path: Path, method: str, deadline: float = 20.0) -> list[dict[str, Any]]:
+    """The audit events named `method`, once the background writer has appended one (bounded)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        found = [e for e in audit_events(path) if e.get("method") == method]
+        if found:
+            return found
+        await asyncio.sleep(0.05)  # polling a file the audit writer appends to, like wait_http polls a port
+    raise AssertionError(f"no {method} audit event in {path} within {deadline}s")
 
 
 def stile(*args: str) -> subprocess.CompletedProcess[str]:
@@ -114,18 +170,23 @@ async def test_block_hides_a_rug_pulled_tool_from_both_eras_on_every_replica_unt
     with ExitStack() as stack:
         a = stack.enter_context(stile_server(config(upstream, state, tmp_path / "a.jsonl", "block")))
         b = stack.enter_context(stile_server(config(upstream, state, tmp_path / "b.jsonl", "block")))
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession() as http, AsyncExitStack() as streams:
             legacy = await LegacyClient(http, f"{a}/mcp/dev").open()
             assert TOOL in described(await legacy.rpc("tools/list"))
             assert TOOL in described(await modern(http, f"{b}/mcp/dev", "tools/list"))
+            on_a = await streams.enter_async_context(legacy_stream(legacy))
+            on_b = await streams.enter_async_context(listen_stream(http, f"{b}/mcp/dev"))
 
             await mutate(upstream, "list_issues", PULLED)
 
-            async def gone_everywhere() -> bool:
-                return TOOL not in described(await legacy.rpc("tools/list")) and \
-                    TOOL not in described(await modern(http, f"{b}/mcp/dev", "tools/list"))
+            async def gone_on_a() -> bool:
+                return TOOL not in described(await legacy.rpc("tools/list"))
 
-            await until(gone_everywhere, "the changed tool is hidden on both replicas")
+            async def gone_on_b() -> bool:
+                return TOOL not in described(await modern(http, f"{b}/mcp/dev", "tools/list"))
+
+            await on_a.until(gone_on_a, "the changed tool is hidden on replica a (legacy session)")
+            await on_b.until(gone_on_b, "the changed tool is hidden on replica b (modern requests)")
             assert "gh__echo" in described(await legacy.rpc("tools/list"))
             # calling it answers exactly like a tool that never existed
             hidden = await legacy.rpc("tools/call", {"name": TOOL, "arguments": {"repo": "x"}})
@@ -135,7 +196,7 @@ async def test_block_hides_a_rug_pulled_tool_from_both_eras_on_every_replica_unt
             hidden_m = await modern(http, f"{b}/mcp/dev", "tools/call", {"name": TOOL, "arguments": {}}, TOOL)
             assert "error" in hidden_m and TOOL in hidden_m["error"]["message"]
 
-            events = [e for e in audit_events(tmp_path / "a.jsonl") if e.get("method") == "pins/changed"]
+            events = await audited(tmp_path / "a.jsonl", "pins/changed")
             assert [(e["outcome"], e["upstream"], e["tool"]) for e in events] == [("hidden", "gh", "gh.list_issues")]
             async with http.get(f"{a}/metrics") as resp:
                 assert 'stile_pin_events_total{action="hidden",kind="tool",status="changed",upstream="gh"} 1.0' \
@@ -152,11 +213,15 @@ async def test_block_hides_a_rug_pulled_tool_from_both_eras_on_every_replica_unt
             approved = stile("pins", "approve", "gh.list_issues", "--state", state)
             assert approved.returncode == 0, approved.stderr
 
-            async def back_everywhere() -> bool:
-                return described(await legacy.rpc("tools/list")).get(TOOL) == PULLED and \
-                    described(await modern(http, f"{b}/mcp/dev", "tools/list")).get(TOOL) == PULLED
+            async def back_on_a() -> bool:
+                return described(await legacy.rpc("tools/list")).get(TOOL) == PULLED
 
-            await until(back_everywhere, "both replicas serve the approved definition")
+            async def back_on_b() -> bool:
+                return described(await modern(http, f"{b}/mcp/dev", "tools/list")).get(TOOL) == PULLED
+
+            # each replica's pin poll sees the approval, re-discovers and announces list_changed
+            await on_a.until(back_on_a, "replica a serves the approved definition")
+            await on_b.until(back_on_b, "replica b serves the approved definition")
             called = await legacy.rpc("tools/call", {"name": TOOL, "arguments": {"repo": "stile"}})
             assert called["result"]["content"][0]["text"] == "no open issues in stile"
 
@@ -164,13 +229,10 @@ async def test_block_hides_a_rug_pulled_tool_from_both_eras_on_every_replica_unt
 async def test_block_hides_a_tool_that_appears_after_first_sight(upstream: int, tmp_path: Path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
     with stile_server(config(upstream, state, tmp_path / "a.jsonl", "block")) as a:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession() as http, listen_stream(http, f"{a}/mcp/dev") as stream:
             await mutate(upstream, "export_all", "Export everything.", route="add")
-
-            async def noticed() -> bool:
-                return any(e.get("method") == "pins/new" for e in audit_events(tmp_path / "a.jsonl"))
-
-            await until(noticed, "the new tool is audited")
+            events = await audited(tmp_path / "a.jsonl", "pins/new")
+            assert [(e["outcome"], e["tool"]) for e in events] == [("hidden", "gh.export_all")]
             assert "gh__export_all" not in described(await modern(http, f"{a}/mcp/dev", "tools/list"))
             approved = stile("pins", "approve", "--all", "--upstream", "gh", "--state", state)
             assert approved.returncode == 0 and "approved gh.export_all" in approved.stdout, approved.stderr
@@ -178,7 +240,7 @@ async def test_block_hides_a_tool_that_appears_after_first_sight(upstream: int, 
             async def listed() -> bool:
                 return "gh__export_all" in described(await modern(http, f"{a}/mcp/dev", "tools/list"))
 
-            await until(listed, "the approved new tool is listed")
+            await stream.until(listed, "the approved new tool is listed")
 
 
 async def test_flag_serves_a_rug_pulled_tool_and_audits_it(upstream: int, tmp_path: Path) -> None:
@@ -186,13 +248,14 @@ async def test_flag_serves_a_rug_pulled_tool_and_audits_it(upstream: int, tmp_pa
         async with aiohttp.ClientSession() as http:
             legacy = await LegacyClient(http, f"{a}/mcp/dev").open()
             assert described(await legacy.rpc("tools/list"))[TOOL] != PULLED
-            await mutate(upstream, "list_issues", PULLED)
+            async with legacy_stream(legacy) as stream:
+                await mutate(upstream, "list_issues", PULLED)
 
-            async def served_changed() -> bool:
-                return described(await legacy.rpc("tools/list")).get(TOOL) == PULLED
+                async def served_changed() -> bool:
+                    return described(await legacy.rpc("tools/list")).get(TOOL) == PULLED
 
-            await until(served_changed, "the changed tool is served under flag")
-            events = [e for e in audit_events(tmp_path / "a.jsonl") if e.get("method") == "pins/changed"]
+                await stream.until(served_changed, "the changed tool is served under flag")
+            events = await audited(tmp_path / "a.jsonl", "pins/changed")
             assert [(e["outcome"], e["tool"]) for e in events] == [("flagged", "gh.list_issues")]
             assert events[0]["pin"]["hash"].startswith("sha256:")
 
