@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from stile.config.governance import GovernanceConfig, PinningMode
 from stile.core.catalog import Inventory
+from stile.governance import pinning as pinning_module
 from stile.governance.canonical import pin_hash
 from stile.governance.pinning import PinEvent, Pinning
-from stile.stores.pins import MemoryPinStore, PinStore, SqlPinStore
+from stile.stores.pins import MemoryPinStore, PinRow, PinStore, SqlPinStore
 
 ISSUES = {"name": "list_issues", "description": "List issues.", "inputSchema": {"type": "object"}}
 PROMPT = {"name": "triage", "description": "Triage an issue."}
@@ -159,3 +161,48 @@ async def test_poll_rediscovers_upstreams_whose_approvals_changed_elsewhere(tmp_
     assert await b.pinning.poll_once() == []
     await a.store.aclose()
     await b.store.aclose()
+
+
+class BrokenStore(MemoryPinStore):
+    """A pin store that fails (or hangs) once `broken` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: str | None = None
+
+    async def rows(self, upstream: str | None = None) -> list[PinRow]:
+        if self.broken == "fail":
+            raise OSError("connection refused")
+        if self.broken == "hang":
+            await asyncio.Event().wait()
+        return await super().rows(upstream)
+
+
+async def test_an_unreadable_store_falls_back_to_the_pins_last_read() -> None:
+    store = BrokenStore()
+    h = Harness("block", store)
+    await h.pinning("github", inv(ISSUES))
+    store.broken = "fail"
+    assert names(await h.pinning("github", inv(ISSUES))) == ["list_issues"]
+    assert names(await h.pinning("github", inv({**ISSUES, "description": "changed"}))) == []
+    assert await h.pinning.poll_once() == []
+
+
+async def test_without_any_pins_read_block_fails_closed_and_flag_serves() -> None:
+    for mode, expected in (("block", []), ("flag", ["list_issues"])):
+        store = BrokenStore()
+        store.broken = "fail"
+        h = Harness(mode, store)  # type: ignore[arg-type]
+        assert names(await h.pinning("github", inv(ISSUES))) == expected
+        assert [e.status for e in h.events if e.kind == "tool"] == ["new"]
+
+
+async def test_a_hung_store_does_not_hold_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pinning_module, "STORE_TIMEOUT", 0.05)
+    store = BrokenStore()
+    h = Harness("flag", store)
+    await h.pinning("github", inv(ISSUES))
+    store.broken = "hang"
+    async with asyncio.timeout(5):
+        assert names(await h.pinning("github", inv(ISSUES))) == ["list_issues"]
+        assert await h.pinning.poll_once() == []

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +32,7 @@ from stile.governance.lookalike import Lookalike, Tool, lookalikes
 from stile.stores.pins import SEEN, PinRow, PinStore
 
 log = logging.getLogger("stile.pins")
+STORE_TIMEOUT = 5.0  # seconds one pin-store read or write may hold up a discovery
 Key = tuple[str, str, str]  # upstream, kind, name
 
 
@@ -83,6 +84,17 @@ def _described(row: PinRow) -> str | None:
     return None
 
 
+def _merged(rows: list[PinRow], adds: list[PinRow],
+            pending: list[tuple[Key, str | None, str | None]]) -> list[PinRow]:
+    """The table as this replica just wrote it (the fallback while the store is down)."""
+    by_key = {r.key: r for r in rows}
+    for row in adds:
+        by_key.setdefault(row.key, row)
+    for key, digest, canon in pending:
+        by_key[key] = replace(by_key.get(key) or PinRow(*key), pending=digest, pending_definition=canon)
+    return list(by_key.values())
+
+
 class Pinning:
     """The inventory filter that enforces pins (see the module docstring)."""
 
@@ -107,9 +119,10 @@ class Pinning:
         seen = _hashed(upstream, inv)
         writable = True
         try:
-            rows = await self.store.rows()
+            async with asyncio.timeout(STORE_TIMEOUT):
+                rows = await self.store.rows()
             self._rows = rows
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.error("pins: cannot read the pin store (%s); using the pins last read", exc)
             rows, writable = self._rows, False
         by_key = {r.key: r for r in rows}
@@ -153,6 +166,7 @@ class Pinning:
                                   for k, v in seen.items.items() if k[1] == "tool"]
         if writable:
             await self._write(adds, pending)
+            self._rows = _merged(rows, adds, pending)
         self._snapshot[upstream] = _approvals(rows, upstream) | _approvals(adds, upstream)
         if not dropped:
             return inv
@@ -162,10 +176,11 @@ class Pinning:
 
     async def _write(self, adds: list[PinRow], pending: list[tuple[Key, str | None, str | None]]) -> None:
         try:
-            await self.store.add(adds)
-            for key, digest, canon in pending:
-                await self.store.set_pending(*key, digest, canon)
-        except (SQLAlchemyError, OSError) as exc:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await self.store.add(adds)
+                for key, digest, canon in pending:
+                    await self.store.set_pending(*key, digest, canon)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.error("pins: cannot write the pin store: %s", exc)
 
     def _check_lookalikes(self, upstream: str, new: list[Tool], rows: list[PinRow]) -> None:
@@ -209,8 +224,9 @@ class Pinning:
     async def poll_once(self) -> list[str]:
         """Re-read the pin table; re-discover each upstream whose approvals changed. Returns those upstreams."""
         try:
-            rows = await self.store.rows()
-        except (SQLAlchemyError, OSError) as exc:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                rows = await self.store.rows()
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.warning("pins: cannot read the pin store: %s", exc)
             return []
         self._rows = rows
