@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -20,7 +22,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from stile.stores.keys import async_url
 from stile.wire import sse
 from tests.e2e.helpers import LEGACY_HEADERS, initialize_body, modern_headers, modern_meta
 from tests.support import REPO, ready_process, stile_server
@@ -152,6 +158,27 @@ def audit_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+PG_URL = os.environ.get("STILE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def shared_state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A state store URL two replicas share: a SQLite file, or a Postgres database made for this test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    name = f"stile_pins_test_{secrets.token_hex(6)}"
+    engine = create_async_engine(async_url(PG_URL), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield str(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+    finally:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await engine.dispose()
+
+
 @pytest.fixture
 def upstream() -> Iterator[int]:
     with mutable_upstream() as port:
@@ -165,8 +192,8 @@ async def mutate(port: int, tool: str, description: str, route: str = "mutate") 
 
 
 async def test_block_hides_a_rug_pulled_tool_from_both_eras_on_every_replica_until_approved(
-        upstream: int, tmp_path: Path) -> None:
-    state = f"sqlite:///{tmp_path / 'state.db'}"
+        upstream: int, shared_state: str, tmp_path: Path) -> None:
+    state = shared_state
     with ExitStack() as stack:
         a = stack.enter_context(stile_server(config(upstream, state, tmp_path / "a.jsonl", "block")))
         b = stack.enter_context(stile_server(config(upstream, state, tmp_path / "b.jsonl", "block")))
