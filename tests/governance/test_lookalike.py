@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from stile.governance.lookalike import Tool, alike, distance, lookalikes, normalise, pairs
+from stile.governance.lookalike import Tool, alike, distance, lookalikes, normalise, pairs, within
 
 
 def test_normalise_folds_case_separators_and_homoglyphs() -> None:
@@ -68,3 +70,23 @@ def test_pairs_lists_each_cross_upstream_pair_once() -> None:
     tools = [Tool("a", "send_mail", None), Tool("b", "send-mail", None), Tool("a", "send_mall", None)]
     found = {(h.new.upstream, h.new.name, h.existing.upstream, h.existing.name) for h in pairs(tools)}
     assert found == {("a", "send_mail", "b", "send-mail"), ("b", "send-mail", "a", "send_mall")}
+
+
+def test_the_bounded_check_agrees_with_the_edit_distance() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        a = "".join(rng.choice("abl1") for _ in range(rng.randint(0, 7)))
+        b = "".join(rng.choice("abl1") for _ in range(rng.randint(0, 7)))
+        for k in range(3):
+            assert within(a, b, k) == (distance(a, b) <= k), (a, b, k)
+
+
+def test_the_index_finds_what_comparing_every_pair_finds() -> None:
+    rng = random.Random(3)
+    words = ["list", "get", "issue", "repo", "file", "read", "note", "user"]
+    tools = [Tool(f"u{i % 3}", "_".join(rng.sample(words, 2)) + rng.choice(["", "s", "1", "_x"]),
+                  rng.choice([None, "Read one file of the repository.", "x"])) for i in range(150)]
+    brute = {(t.upstream, t.name, o.upstream, o.name) for t in tools for o in tools
+             if t.upstream != o.upstream and alike(t.name, t.description, o.name, o.description)}
+    indexed = {(h.new.upstream, h.new.name, h.existing.upstream, h.existing.name) for h in lookalikes(tools, tools)}
+    assert indexed == brute and brute

@@ -206,3 +206,13 @@ async def test_a_hung_store_does_not_hold_discovery(monkeypatch: pytest.MonkeyPa
     async with asyncio.timeout(5):
         assert names(await h.pinning("github", inv(ISSUES))) == ["list_issues"]
         assert await h.pinning.poll_once() == []
+
+
+async def test_many_lookalikes_are_compared_off_the_loop_and_reported_up_to_a_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pinning_module, "INLINE_COMPARISONS", 0)
+    monkeypatch.setattr(pinning_module, "MAX_LOOKALIKE_REPORTS", 2)
+    h = Harness("flag", MemoryPinStore())
+    await h.pinning("a", inv(*({"name": f"read_file_{c}"} for c in "abcde"), prompts=(), templates=()))
+    await h.pinning("b", inv({"name": "read_file_a"}, prompts=(), templates=()))
+    assert len([e for e in h.events if e.status == "lookalike"]) == 2

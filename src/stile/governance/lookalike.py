@@ -15,6 +15,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SEPARATORS = str.maketrans("", "", "_-./: \t")
 # letters from other scripts that render like Latin ones, and digits that pass for letters
@@ -27,6 +28,7 @@ _HOMOGLYPHS = str.maketrans(
 MIN_DESCRIPTION = 10
 
 
+@lru_cache(maxsize=65536)
 def normalise(name: str) -> str:
     """The form two names are compared in (see the module docstring)."""
     text = unicodedata.normalize("NFKC", name).lower().translate(_SEPARATORS).translate(_HOMOGLYPHS)
@@ -48,6 +50,24 @@ def distance(a: str, b: str, cap: int = 3) -> int:
     return min(prev[-1], cap + 1)
 
 
+def within(a: str, b: str, k: int) -> bool:
+    """Edit distance of `a` and `b` is at most `k` (small k: common ends stripped, then at most 3^k branches)."""
+    start = 0
+    while start < len(a) and start < len(b) and a[start] == b[start]:
+        start += 1
+    a, b = a[start:], b[start:]
+    end = 0
+    while end < len(a) and end < len(b) and a[-1 - end] == b[-1 - end]:
+        end += 1
+    if end:
+        a, b = a[:-end], b[:-end]
+    if not a or not b:
+        return max(len(a), len(b)) <= k
+    if k == 0 or abs(len(a) - len(b)) > k:
+        return False
+    return within(a[1:], b[1:], k - 1) or within(a[1:], b, k - 1) or within(a, b[1:], k - 1)
+
+
 def _description(text: object) -> str:
     return " ".join(text.split()).lower() if isinstance(text, str) else ""
 
@@ -58,8 +78,8 @@ def alike(name_a: str, desc_a: object, name_b: str, desc_b: object) -> str | Non
     if na and nb:
         shorter = min(len(na), len(nb))
         limit = 2 if shorter >= 8 else 1 if shorter >= 4 else 0
-        d = distance(na, nb)
-        if d <= limit:
+        d = next((n for n in range(limit + 1) if within(na, nb, n)), None)
+        if d is not None:
             return "same name" if name_a == name_b else f"names {name_a!r} and {name_b!r} differ by {d} after " \
                 "folding case, separators and lookalike characters"
     da = _description(desc_a)
@@ -86,14 +106,41 @@ class Lookalike:
                 f"{self.existing.name}: {self.reason}")
 
 
+MAX_EDITS = 2
+
+
+def _deletions(text: str, k: int = MAX_EDITS) -> set[str]:
+    """`text` with up to `k` characters deleted: two strings within edit distance k share one of these."""
+    out, frontier = {text}, {text}
+    for _ in range(k):
+        frontier = {w[:i] + w[i + 1:] for w in frontier for i in range(len(w))}
+        out |= frontier
+    return out
+
+
 def lookalikes(new: Iterable[Tool], existing: Iterable[Tool]) -> list[Lookalike]:
-    """Each (new, existing) pair on different upstreams that look alike."""
-    known = list(existing)
+    """Each (new, existing) pair on different upstreams that look alike.
+
+    Candidates come from an index of the existing names' deletion neighbourhoods (and of descriptions),
+    so thousands of tools cost milliseconds, not a comparison of every pair; `alike` confirms each.
+    """
+    by_variant: dict[str, list[Tool]] = {}
+    by_description: dict[str, list[Tool]] = {}
+    for other in existing:
+        for variant in _deletions(normalise(other.name)):
+            by_variant.setdefault(variant, []).append(other)
+        text = _description(other.description)
+        if len(text) >= MIN_DESCRIPTION:
+            by_description.setdefault(text, []).append(other)
     out: list[Lookalike] = []
     for tool in new:
-        for other in known:
-            if other.upstream == tool.upstream:
+        seen: set[tuple[str, str]] = set()
+        candidates = [o for v in _deletions(normalise(tool.name)) for o in by_variant.get(v, ())]
+        candidates += by_description.get(_description(tool.description), [])
+        for other in candidates:
+            if other.upstream == tool.upstream or (other.upstream, other.name) in seen:
                 continue
+            seen.add((other.upstream, other.name))
             reason = alike(tool.name, tool.description, other.name, other.description)
             if reason is not None:
                 out.append(Lookalike(tool, other, reason))
@@ -103,7 +150,11 @@ def lookalikes(new: Iterable[Tool], existing: Iterable[Tool]) -> list[Lookalike]
 def pairs(tools: Iterable[Tool]) -> list[Lookalike]:
     """Every unordered pair of tools on different upstreams that look alike (for `stile check`)."""
     listed = list(tools)
-    out: list[Lookalike] = []
-    for i, tool in enumerate(listed):
-        out.extend(lookalikes([tool], [o for o in listed[i + 1:]]))
+    found = lookalikes(listed, listed)
+    out, kept = [], set()
+    for hit in found:
+        key = frozenset({(hit.new.upstream, hit.new.name), (hit.existing.upstream, hit.existing.name)})
+        if key not in kept:
+            kept.add(key)
+            out.append(hit)
     return out

@@ -33,6 +33,8 @@ from stile.stores.pins import SEEN, PinRow, PinStore
 
 log = logging.getLogger("stile.pins")
 STORE_TIMEOUT = 5.0  # seconds one pin-store read or write may hold up a discovery
+INLINE_COMPARISONS = 20_000  # new x existing tools compared on the event loop; more go to a worker thread
+MAX_LOOKALIKE_REPORTS = 50  # per discovery: logged, audited and counted; the rest is one summary line
 Key = tuple[str, str, str]  # upstream, kind, name
 
 
@@ -161,9 +163,11 @@ class Pinning:
                 dropped.add(key)
         if first_sight:
             adds.append(PinRow(upstream, SEEN, "", approved="seen"))
-        self._check_lookalikes(upstream, recorded_tools, rows)
+        existing = self._others(upstream, rows) if recorded_tools else []
         self._latest[upstream] = [Tool(upstream, k[2], v[2].get("description"))
                                   for k, v in seen.items.items() if k[1] == "tool"]
+        if recorded_tools:
+            await self._check_lookalikes(upstream, recorded_tools, existing)
         if writable:
             await self._write(adds, pending)
             self._rows = _merged(rows, adds, pending)
@@ -183,22 +187,35 @@ class Pinning:
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.error("pins: cannot write the pin store: %s", exc)
 
-    def _check_lookalikes(self, upstream: str, new: list[Tool], rows: list[PinRow]) -> None:
-        if not new:
-            return
+    def _others(self, upstream: str, rows: list[PinRow]) -> list[Tool]:
+        """The tools of every other upstream: approved in the store, or offered now (concurrent discovery)."""
         existing = [Tool(r.upstream, r.name, _described(r)) for r in rows
                     if r.kind == "tool" and r.approved is not None and r.upstream != upstream]
         known = {(t.upstream, t.name) for t in existing}
         existing += [t for up, tools in self._latest.items() if up != upstream for t in tools
                      if (t.upstream, t.name) not in known]
-        for hit in lookalikes(new, existing):
-            self._lookalike(hit)
+        return existing
 
-    def _lookalike(self, hit: Lookalike) -> None:
+    async def _check_lookalikes(self, upstream: str, new: list[Tool], existing: list[Tool]) -> None:
+        if len(new) * len(existing) > INLINE_COMPARISONS:  # thousands of tools: keep the event loop serving
+            found = await asyncio.to_thread(lookalikes, new, existing)
+        else:
+            found = lookalikes(new, existing)
+        hits = [h for h in found if self._first(h)]
+        for hit in hits[:MAX_LOOKALIKE_REPORTS]:
+            self._lookalike(hit)
+        if len(hits) > MAX_LOOKALIKE_REPORTS:
+            log.warning("pins: %d more lookalike tools on upstream %s not reported (run `stile check`)",
+                        len(hits) - MAX_LOOKALIKE_REPORTS, upstream)
+
+    def _first(self, hit: Lookalike) -> bool:
         pair = (f"{hit.new.upstream}.{hit.new.name}", f"{hit.existing.upstream}.{hit.existing.name}")
         if pair in self._lookalikes:
-            return
+            return False
         self._lookalikes.add(pair)
+        return True
+
+    def _lookalike(self, hit: Lookalike) -> None:
         log.warning("pins: %s", hit.message())
         self.report(PinEvent("lookalike", "tool", hit.new.upstream, hit.new.name, action="flagged",
                              detail=f"{hit.message()}"))
