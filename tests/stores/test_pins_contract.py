@@ -75,3 +75,9 @@ def test_open_pin_store_without_a_url_is_process_local() -> None:
     assert isinstance(open_pin_store(None), MemoryPinStore)
     with pytest.raises(ValueError, match="table"):
         SqlPinStore("sqlite:///x.db", table="bad name")
+
+
+async def test_thousands_of_rows_in_one_add(stores: tuple[PinStore, PinStore]) -> None:
+    a, _ = stores
+    await a.add([PinRow("big", "tool", f"t{i}", approved="sha256:1") for i in range(5000)])
+    assert len(await a.rows("big")) == 5000

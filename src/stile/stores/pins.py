@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from stile.stores.keys import async_url
 
 DEFAULT_TABLE = "stile_pins"
+BATCH = 500  # rows per INSERT (8 bind parameters each; drivers cap parameters per statement)
 SEEN = "upstream"  # kind of the row marking an upstream as seen
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -133,9 +134,10 @@ class SqlPinStore:
                    "pending_definition": r.pending_definition, "updated_at": r.updated_at or time.time()}
                   for r in rows]
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(self._table).values(values).on_conflict_do_nothing()
         async with self._engine.begin() as conn:
-            await conn.execute(stmt)
+            for start in range(0, len(values), BATCH):  # bound the bind parameters of one statement
+                chunk = values[start:start + BATCH]
+                await conn.execute(dialect.insert(self._table).values(chunk).on_conflict_do_nothing())
 
     async def set_pending(self, upstream: str, kind: str, name: str, pending: str | None,
                           definition: str | None) -> None:
