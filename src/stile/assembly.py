@@ -14,6 +14,7 @@ from typing import Any
 
 from stile.config.model import GatewayConfig
 from stile.core.gateway import Gateway
+from stile.governance.pinning import PinEvent, Pinning
 from stile.observe.audit import AuditLog
 from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
 from stile.observe.audit_store import StoreSink
@@ -22,6 +23,8 @@ from stile.observe.observers import Observers
 from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
+from stile.stores.pins import open_pin_store
+from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
 log = logging.getLogger("stile.gateway")
@@ -36,14 +39,19 @@ class Runtime:
     observers: Observers
     state_url: str | None
     policies: list[Any] = field(default_factory=list)  # policies with their own start()/aclose()
+    pinning: Pinning | None = None
 
     async def start(self) -> None:
         await self.observers.audit.start()
         for policy in self.policies:
             await policy.start()
         await self.gateway.start()
+        if self.pinning is not None:
+            await self.pinning.start()
 
     async def stop(self) -> None:
+        if self.pinning is not None:
+            await self.pinning.aclose()
         await self.gateway.stop()
         for policy in self.policies:
             await policy.aclose()
@@ -53,7 +61,10 @@ class Runtime:
 
 def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     tracing = Tracing(cfg.tracing)
-    gw = Gateway(cfg, spans=tracing, state_url=state_url)
+    pinning = None
+    if cfg.governance.pinning != "off":
+        pinning = Pinning(cfg.governance, open_pin_store(state_url or cfg.state), lambda e: report(e))
+    gw = Gateway(cfg, spans=tracing, state_url=state_url, inventory_filter=pinning)
     audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
@@ -63,7 +74,27 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
     deps = PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append, state_url)
     gw.install_chains(build_chains(deps, gw.router.handle))
-    return Runtime(cfg, gw, observers, state_url, deps.lifecycle)
+
+    def report(event: PinEvent) -> None:
+        observers.metrics.pin_event(event.upstream, event.kind, event.status, event.action)
+        reason = event.detail or f"{event.kind} definition {event.status}; {event.action} until approved"
+        audit.record_event(f"pins/{event.status}", event.action, reason, upstream=event.upstream, name=event.name,
+                           tool=event.ref, extra={"pin": {"kind": event.kind, "hash": event.digest or None,
+                                                          "approved": event.approved}})
+
+    if pinning is not None:
+        pinning.on_change = lambda upstream: rediscover(gw, upstream)
+    return Runtime(cfg, gw, observers, state_url, deps.lifecycle, pinning)
+
+
+async def rediscover(gw: Gateway, upstream: str) -> None:
+    """Re-discover an upstream whose pins changed and tell the clients of its views their lists changed."""
+    await gw.refresh(upstream)
+    for view in gw.views.values():
+        if upstream in view.upstreams:
+            for method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+                           "notifications/resources/list_changed"):
+                gw.hub.publish(view.name, jsonrpc.notification(method))
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:

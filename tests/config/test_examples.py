@@ -36,3 +36,8 @@ def test_stile_check_offline_accepts_example(path: Path) -> None:
     assert "config OK" in proc.stdout
     for name in load_config(path).config.virtual_servers:
         assert f"{name}:" in proc.stdout
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_block_rug_pulls(path: Path) -> None:
+    assert load_config(path).config.governance.pinning == "block"

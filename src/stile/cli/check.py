@@ -8,6 +8,7 @@ from rich.table import Table
 from stile.config.model import GatewayConfig
 from stile.core.catalog import upstreams_of
 from stile.core.gateway import Gateway
+from stile.governance.lookalike import Tool, pairs
 
 
 async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> list[str]:
@@ -43,6 +44,10 @@ async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> 
                 table.add_row("template", item["uriTemplate"], hit[0] if hit else "?", hit[1] if hit else "?")
             out.print(table)
             problems.extend(f"virtual server {view.name}: {p}" for p in view.problems)
+        tools = [Tool(up, t["name"], t.get("description")) for up, inv in gw.inventories.items() for t in inv.tools
+                 if isinstance(t.get("name"), str)]
+        for pair in pairs(tools):
+            out.print(f"[yellow]warning[/yellow] lookalike: {pair.message()}", highlight=False, soft_wrap=True)
     finally:
         await gw.stop()
     for p in problems:

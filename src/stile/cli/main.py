@@ -15,6 +15,7 @@ from rich.table import Table
 from stile import __version__
 from stile.cli.audit import audit_app
 from stile.cli.keys import keys_app
+from stile.cli.pins import pins_app
 from stile.cli.policy import policy_app
 from stile.cli.usage import usage_cmd
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
@@ -24,6 +25,7 @@ err = Console(stderr=True)
 out = Console()
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
 app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
+app.add_typer(pins_app, name="pins", help="Review and approve pinned tool definitions (rug pulls).")
 app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
 app.add_typer(audit_app, name="audit", help="Inspect the audit trail.")
 app.command("usage")(usage_cmd)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stile.config.governance import GovernanceConfig
 from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
 from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, MetricsConfig, TracingConfig
 
@@ -121,6 +122,7 @@ class GatewayConfig(_Strict):
     costs: dict[str, float] = Field(default_factory=dict)  # `upstream.tool` glob -> cost units per call (default 1)
     chain: list[str] | None = None  # policies, outermost first; default: every registered default policy by order
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-policy config, by policy name
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)  # tool pinning (docs/governance.md)
 
     @field_validator("upstreams", "virtual_servers")
     @classmethod

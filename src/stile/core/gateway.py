@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stile.config.model import GatewayConfig
@@ -36,6 +36,8 @@ _CAP_FOR = {"tools/list": "tools", "resources/list": "resources", "resources/tem
             "prompts/list": "prompts"}
 _LIST_KEY = {"tools/list": "tools", "resources/list": "resources", "resources/templates/list": "resourceTemplates",
              "prompts/list": "prompts"}
+# applied to every fetched inventory before views see it (pinning: `stile.governance.pinning`)
+InventoryFilter = Callable[[str, Inventory], Awaitable[Inventory]]
 _CHANGED = {
     "notifications/tools/list_changed", "notifications/prompts/list_changed",
     "notifications/resources/list_changed",
@@ -49,8 +51,10 @@ class Gateway:
     virtual server's chain around `router.handle` and installs it with `install_chains`.
     """
 
-    def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS, state_url: str | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS, state_url: str | None = None,
+                 inventory_filter: InventoryFilter | None = None) -> None:
         self.cfg = cfg
+        self.inventory_filter = inventory_filter
         self.upstreams: dict[str, Upstream] = {
             n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes) for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
@@ -120,6 +124,8 @@ class Gateway:
             except StileError as exc:
                 log.warning("upstream %s: discovery failed: %s", name, exc.message)
                 inv = Inventory(ok=False, error=exc.message)
+            if self.inventory_filter is not None and inv.ok:
+                inv = await self.inventory_filter(name, inv)
             self.inventories[name] = inv
             self._rebuild_views()
             return inv

@@ -253,6 +253,14 @@ class AuditLog:
         self._put((f"{self._boot}-{next(self._ids)}", time.time(), None,
                    (outcome, 0.0, "", "", "", code, error_type, reason, 0), extra))
 
+    def record_event(self, method: str, outcome: str, reason: str, *, upstream: str = "", name: str = "",
+                     tool: str | None = None, extra: Mapping[str, Any] | None = None) -> None:
+        """A gateway event that is no request (`method` names it, e.g. `pins/changed`): a tool definition
+        changed under its pin, a lookalike tool appeared. Recorded under virtual server `(governance)`."""
+        fields: dict[str, Any] = {"virtual_server": "(governance)", "method": method, "tool": tool, **(extra or {})}
+        self._put((f"{self._boot}-{next(self._ids)}", time.time(), None,
+                   (outcome, 0.0, "", upstream, name, None, None, reason, 0), fields))
+
     def _put(self, record: _Record) -> None:
         queue = self._queue
         if queue is None or self._closing:

@@ -117,6 +117,8 @@ class _RequestCollector:
                        ["virtual_server", "reason"], m.rejections)
         yield _counter("stile_cache_lookups", "response cache lookups (policies.cache) by result: hit, miss",
                        ["virtual_server", "result"], m.cache_lookups)
+        yield _counter("stile_pin_events", "definitions pinning hid or flagged (changed, new) and lookalike tools",
+                       ["upstream", "kind", "status", "action"], m.pin_events)
         yield _counter("stile_metric_series_overflow", "observations counted in a family's (overflow) label set "
                        "because the family already held limits.max_metric_series label sets",
                        ["family"], {(family,): n for family, n in m.overflowed.items()})
@@ -160,6 +162,7 @@ class Metrics:
         self.rejections: dict[tuple[str, ...], int] = {}
         self.cache_lookups: dict[tuple[str, ...], int] = {}
         self.overflowed: dict[str, int] = {}
+        self.pin_events: dict[tuple[str, ...], int] = {}
         self.registry.register(_RequestCollector(self))
         self.registry.register(_UpstreamCollector(gw))
 
@@ -221,6 +224,9 @@ class Metrics:
 
     def rejected(self, vs: str, reason: str) -> None:
         self._bump("stile_rejected", self.rejections, (vs, reason))
+
+    def pin_event(self, upstream: str, kind: str, status: str, action: str) -> None:
+        self._bump("stile_pin_events", self.pin_events, (upstream, kind, status, action))
 
     def auth_failure(self, vs: str, reason: str) -> None:
         self._bump("stile_auth_failures", self.auth_failures, (vs, reason))

@@ -1,0 +1,1 @@
+"""Governance of what upstreams offer: tool pinning (rug-pull defence) and lookalike detection."""
