@@ -144,6 +144,7 @@ class StileApp:
         repeated = repeated_credential(scope["headers"])
         if repeated is not None:
             await send_json(send, 400, jsonrpc.error(None, -32600, f"more than one {repeated} header: send one"))
+            return
         client = scope.get("client")
         if client:
             headers[PEER] = client[0]  # resolved lazily with trusted_proxies (wire/forwarded.py)
