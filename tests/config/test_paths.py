@@ -11,9 +11,9 @@ import pytest
 
 from stile.assembly import audit_spool_dir
 from stile.config.load import load_config, state_url_for
-from tests.support import REPO
+from tests.support import CHILD_PYTHONPATH
 
-ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(REPO / "src")}  # run from elsewhere
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": CHILD_PYTHONPATH}  # run from elsewhere
 
 
 def _config(tmp_path: Path, text: str) -> Path:

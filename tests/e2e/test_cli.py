@@ -21,9 +21,9 @@ from mcp import Client
 from mcp.types import TextContent
 
 from stile import __version__
-from tests.support import REPO, files_upstream_config, free_port, notes_upstream, stop, wait_http
+from tests.support import CHILD_PYTHONPATH, REPO, files_upstream_config, free_port, notes_upstream, stop, wait_http
 
-ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": CHILD_PYTHONPATH}
 
 
 def stile(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

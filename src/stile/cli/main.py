@@ -57,9 +57,18 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug|info|warning|error")] = "info",
 ) -> None:
     """Run the gateway."""
+    from stile.cli.endpoints import PortBusy, base_url, check_port, endpoint_lines
     from stile.server import run
 
     loaded = _load(config)
+    try:
+        check_port(host, port)
+    except PortBusy as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    out.print(f"Stile on {base_url(host, port)}  (config {config})", highlight=False, soft_wrap=True)
+    for line in endpoint_lines(loaded.config, base_url(host, port)):
+        out.print(line, highlight=False, soft_wrap=True)
     _logging(log_level)
     run(loaded.config, host=host, port=port, log_level=log_level, state_url=state_url_for(loaded))
 
