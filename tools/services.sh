@@ -28,7 +28,7 @@ if ! redis_up && command -v redis-server >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir "${TMPDIR:-/tmp}/stile-redis" --logfile "${TMPDIR:-/tmp}/stile-redis/redis.log" >/dev/null
 fi
-for _ in $(seq 1 100); do pg_up && redis_up && break; sleep 0.1; done
+for _ in $(seq 1 50); do pg_up && redis_up && break; sleep 0.1; done
 
 ok=1
 if ! pg_up; then
