@@ -2,10 +2,10 @@
 
 A policy type is registered with a name, a factory and (optionally) a pydantic schema for its own
 config under `policies.<name>`. A virtual server's chain is `virtual_servers.<vs>.chain`, else the
-top-level `chain`, else every registered default policy by its `order` (`default_chain()`), outermost first, and always ends in the
-router. `observe` must come first (it accounts for every outcome, denials included) and `access`
-must be present (it is what narrows the view to the caller's grants). A new policy (a rate limiter,
-a cache, a validator) registers itself here; nothing in `core` changes.
+top-level `chain`, else every registered default policy by its `order` (`default_chain()`), outermost
+first, and always ends in the router. `observe` must come first (it accounts for every outcome, denials
+included) and `access` must be present (it is what narrows the view to the caller's grants). A new
+policy (a rate limiter, a cache, a validator) registers itself here; nothing in `core` changes.
 
 Policies get narrow interfaces (`PolicyDeps`: the config, the view source, the observers), never
 the gateway.
