@@ -33,3 +33,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if "url" in _state:
         pg.drop_run_database(_state["server"], _state["url"])
         os.environ[pg.ENV] = _state["server"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "problem" in _state:  # repeated at the end: `-q` (as `make test` runs) hides the header
+        terminalreporter.write_line(_state["problem"], red=True)
