@@ -1,7 +1,7 @@
 """The PostgreSQL the store suites use: one database of its own per test run.
 
 `tests/conftest.py` creates `stile_test_<random>` on the server named by `STILE_TEST_PG_URL` (default
-`postgresql://postgres@127.0.0.1:5432/test`, the database used only to connect) when the session starts,
+`postgresql://postgres@127.0.0.1:5432/postgres`, the database used only to connect) when the session starts,
 points `STILE_TEST_PG_URL` at it, and drops it at the end, so two runs on one server never share tables.
 """
 
@@ -14,7 +14,7 @@ import secrets
 import asyncpg
 from sqlalchemy.engine import make_url
 
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"  # the maintenance db every cluster has
 ENV = "STILE_TEST_PG_URL"
 
 

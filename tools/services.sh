@@ -5,7 +5,7 @@
 # Another server: STILE_TEST_PG_URL=postgresql://user@host:port/db (any existing db to connect to).
 set -uo pipefail
 
-PG_URL="${STILE_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+PG_URL="${STILE_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 hostport="${PG_URL#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
 PG_HOST="${hostport%%:*}"; PG_PORT="${hostport##*:}"; [ "$PG_PORT" = "$hostport" ] && PG_PORT=5432
 
