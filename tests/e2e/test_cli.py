@@ -208,6 +208,12 @@ async def test_demo_starts_prints_its_endpoints_and_serves_a_client(demo: Demo) 
     assert "demo.yaml" in (listed.structured_content or {})["result"]
     assert isinstance(notes.content[0], TextContent) and "welcome" in notes.content[0].text
     assert "stile audit tail -f --config" in printed
+    # the hint works as typed in this shell (`stile` need not be on PATH: then it names this installation's)
+    hint = printed.split("audit trail: ", 1)[1].splitlines()[0].strip()
+    typed = hint.replace(" -f ", " ") + " -n 1"
+    ran = await asyncio.to_thread(subprocess.run, ["bash", "-c", typed], capture_output=True, text=True, timeout=60,
+                                  env=ENV, cwd=demo.log.parent)
+    assert ran.returncode == 0, f"{typed}: {ran.stderr}"
     # the demo audits to SQLite beside its config; the CLI reads that trail back
     search = [sys.executable, "-m", "stile", "audit", "search", "--config", str(demo.config),
               "--since", started, "--tool", "files__list_files", "--json"]
