@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# for child processes started in another directory: this checkout's code, even when PYTHONPATH=src is relative
+CHILD_PYTHONPATH = os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def missing_files(*paths: Path) -> str | None:

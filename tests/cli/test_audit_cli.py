@@ -62,6 +62,8 @@ def test_search_json_with_filters(kind: str, trail: Path, state: str) -> None:
     assert ids(json_lines(run("audit", "search", *source, "--json", "--agent", "ci-bot", "-n", "2"))) == [3, 7]
     got = json_lines(run("audit", "search", *source, "--json", "--tool", "notes__*", "--outcome", "ok,denied"))
     assert ids(got) == [1, 2, 5]
+    got = json_lines(run("audit", "search", *source, "--json", "--tool", "notes.*", "--outcome", "ok,denied"))
+    assert ids(got) == [1, 2, 5]  # upstream.tool globs, as in config, find the same events
     got = json_lines(run("audit", "search", *source, "--json", "--since", "2026-11-24T17:02:00Z",
                          "--until", "2026-11-24T17:04:00+00:00", "--upstream", "files"))
     assert ids(got) == [4]
@@ -151,6 +153,18 @@ def test_verify_a_file_and_a_store(trail: Path, state: str, tmp_path: Path) -> N
     assert result.exit_code == 1 and "seq 3" in result.stdout
 
 
+def test_verify_of_an_empty_trail_warns_instead_of_calling_it_intact(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    state = f"sqlite:///{tmp_path / 'empty.db'}"
+    asyncio.run(insert_rows(state, []))
+    for source in (["--file", str(empty)], ["--state", state]):
+        result = run("audit", "verify", *source)
+        assert result.exit_code == 0, result.output
+        assert "no audit events (nothing to verify)" in result.stderr
+        assert "chain intact" not in result.stdout
+
+
 def test_verify_with_a_config_whose_store_does_not_exist_checks_the_file(tmp_path: Path, trail: Path) -> None:
     cfg = config_file(tmp_path, {"jsonl": str(trail)})  # store on, but no stile.db beside the config yet
     result = run("audit", "verify", "--config", str(cfg))
@@ -169,6 +183,9 @@ def test_verify_with_a_config_whose_store_does_not_exist_checks_the_file(tmp_pat
     (["audit", "search", "--file", "{trail}", "--since", "yesterday"], "--since: bad time 'yesterday'"),
     (["audit", "search", "--file", "{trail}", "--until", "soon"], "--until: bad time"),
     (["audit", "search", "--file", "{trail}", "-n", "0"], "at least 1"),
+    (["audit", "search", "--file", "{trail}", "--outcome", "ok,bogus"],
+     "--outcome: unknown outcome 'bogus': use ok, is_error, error, denied, unauthenticated"),
+    (["audit", "tail", "--file", "{trail}", "--outcome", "denyed"], "unknown outcome 'denyed'"),
     (["audit", "search", "--config", "{tmp}/nope.yaml"], "cannot read"),
     (["audit", "tail", "--state", "postgresql://postgres@127.0.0.1:1/test"], "cannot query audit store"),
     (["usage", "--file", "{trail}", "--since", "1d", "--until", "2d"], "--until must be later than --since"),

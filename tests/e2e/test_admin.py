@@ -145,6 +145,7 @@ async def test_reading_the_trail_is_itself_on_the_trail(env: Env) -> None:
 @pytest.mark.parametrize(("query", "parameter"), [
     ("since=yesterday", "since"), ("until=soon", "until"), ("limit=0", "limit"), ("limit=abc", "limit"),
     ("limit=100001", "limit"), ("colour=red", "colour"), ("agent=a&agent=b", "agent"), ("agent=", "agent"),
+    ("outcome=ok,bogus", "outcome"),
 ])
 async def test_bad_audit_parameters_are_400_naming_the_parameter(env: Env, query: str, parameter: str) -> None:
     status, _, body = await _get(env, f"/admin/audit?{query}")

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stile.observe.audit_store import verify_store
 from tests.observe.test_audit_store import PG_URL, Db
 from tests.observe.test_spool import Forwarder
+from tests.pg import with_port
 from tests.support import notes_upstream, stile_server
 
 
@@ -59,7 +60,7 @@ async def test_an_outage_across_a_restart_loses_no_event(notes: str, tmp_path: P
     db = Db(PG_URL)
     fwd = Forwarder()
     await fwd.start()
-    url = f"postgresql://postgres@127.0.0.1:{fwd.port}/test"
+    url = with_port(PG_URL, fwd.port)
     await fwd.cut()  # the database is unreachable from the start
     config: dict[str, Any] = {
         "state": url, "upstreams": {"notes": {"url": notes}}, "virtual_servers": {"v": {"auth": "none"}},
@@ -79,7 +80,7 @@ async def test_an_outage_across_a_restart_loses_no_event(notes: str, tmp_path: P
         assert await db.rows() == []
 
         await fwd.restore()
-        second = stile_server({**config, "state": f"postgresql://postgres@127.0.0.1:{fwd.port}/test"})
+        second = stile_server({**config, "state": with_port(PG_URL, fwd.port)})
         base = await _enter(second)
         try:
             await _calls(base, ["d", "e"])

@@ -195,6 +195,7 @@ async def test_a_body_that_is_not_one_json_rpc_message_is_400_invalid_request(
 async def test_an_unknown_virtual_server_or_path_is_404(base: str, http: aiohttp.ClientSession, path: str) -> None:
     answer = await post(http, f"{base}{path}", modern("tools/list"), modern_headers("tools/list"))
     assert answer.status == 404
+    assert "virtual servers: /mcp/main" in answer.error()["message"]  # the valid names, to fix a typo
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "https://127.0.0.1.evil.example", "null"])

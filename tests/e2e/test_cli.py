@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -21,9 +22,9 @@ from mcp import Client
 from mcp.types import TextContent
 
 from stile import __version__
-from tests.support import REPO, files_upstream_config, free_port, notes_upstream, stop, wait_http
+from tests.support import CHILD_PYTHONPATH, REPO, files_upstream_config, free_port, notes_upstream, stop, wait_http
 
-ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": CHILD_PYTHONPATH}
 
 
 def stile(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -145,6 +146,7 @@ class Demo:
     base: str
     log: Path
     pid: int
+    config: Path
 
 
 def children(pid: int) -> dict[int, str]:
@@ -168,15 +170,21 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    """`stile demo --port P`, started as a user would, stopped after the test."""
+    """`stile demo --port P --config <a copy of examples/demo.yaml>`, stopped after the test.
+
+    A copy, so its state database (beside it) is this test's own: concurrent runs do not see each other's events.
+    """
     port = free_port()
     log = tmp_path / "demo.out"
+    config = tmp_path / "demo" / "demo.yaml"
+    config.parent.mkdir()
+    shutil.copy(REPO / "examples" / "demo.yaml", config)
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "stile", "demo", "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp_path, env=ENV)
+        proc = subprocess.Popen([sys.executable, "-m", "stile", "demo", "--port", str(port), "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=ENV)
         try:
             wait_http(f"http://127.0.0.1:{port}/healthz", proc, log=log)
-            yield Demo(f"http://127.0.0.1:{port}", log, proc.pid)
+            yield Demo(f"http://127.0.0.1:{port}", log, proc.pid, config)
         finally:
             stop(proc)
 
@@ -200,8 +208,14 @@ async def test_demo_starts_prints_its_endpoints_and_serves_a_client(demo: Demo) 
     assert "demo.yaml" in (listed.structured_content or {})["result"]
     assert isinstance(notes.content[0], TextContent) and "welcome" in notes.content[0].text
     assert "stile audit tail -f --config" in printed
+    # the hint works as typed in this shell (`stile` need not be on PATH: then it names this installation's)
+    hint = printed.split("audit trail: ", 1)[1].splitlines()[0].strip()
+    typed = hint.replace(" -f ", " ") + " -n 1"
+    ran = await asyncio.to_thread(subprocess.run, ["bash", "-c", typed], capture_output=True, text=True, timeout=60,
+                                  env=ENV, cwd=demo.log.parent)
+    assert ran.returncode == 0, f"{typed}: {ran.stderr}"
     # the demo audits to SQLite beside its config; the CLI reads that trail back
-    search = [sys.executable, "-m", "stile", "audit", "search", "--config", str(REPO / "examples" / "demo.yaml"),
+    search = [sys.executable, "-m", "stile", "audit", "search", "--config", str(demo.config),
               "--since", started, "--tool", "files__list_files", "--json"]
     deadline = time.monotonic() + 20
     while True:  # the audit writer flushes in the background: re-query until the event is there

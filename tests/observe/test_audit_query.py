@@ -61,7 +61,8 @@ def make_events(rows: list[tuple[Any, ...]] = ROWS, start: datetime = T0, chain:
             "request_id": i, "trace_id": None, "virtual_server": vs,
             "method": "tools/call" if tool else "tools/list", "era": "modern",
             "principal": {"agent": agent, "user": user, "roles": [], "auth": "api_key" if agent else "none"},
-            "tool": tool, "arguments": None, "upstream": upstream, "upstream_name": None, "outcome": outcome,
+            "tool": tool, "arguments": None, "upstream": upstream,
+            "upstream_name": tool.split("__", 1)[-1] if tool else None, "outcome": outcome,
             "error_code": None, "error_type": None, "reason": None, "latency_ms": latency, "upstream_ms": 0.5,
             "bytes_out": 0, "cache_hit": False, "cost": cost,
         })
@@ -168,6 +169,12 @@ async def test_search_returns_the_newest_matches_oldest_first(filled: Backend) -
     (Filter(tool="files__rea?"), [4, 7]),
     (Filter(tool="NOTES__*"), []),  # case-sensitive everywhere
     (Filter(tool="notes_%"), []),  # SQL wildcards are literal
+    (Filter(tool="notes.add_note"), [1, 3, 5]),  # upstream.tool, as config and `policy test` write it
+    (Filter(tool="notes.*"), [1, 2, 3, 5]),
+    (Filter(tool="*.read"), [4, 7]),
+    (Filter(tool="files.rea?"), [4, 7]),
+    (Filter(tool="notes.add%"), []),
+    (Filter(tool="Notes.*"), []),
     (Filter(upstream="files"), [4, 7]),
     (Filter(outcome="ok"), [1, 2, 4]),
     (Filter(outcome="denied,unauthenticated"), [5, 6]),

@@ -21,10 +21,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stile.observe import audit_store
 from stile.observe.audit_chain import GENESIS, chain_hash
-from stile.observe.audit_schema import TABLE
+from stile.observe.audit_schema import TABLE, metadata
 from stile.observe.audit_sinks import Event, SinkError
 from stile.observe.audit_store import StoreSink, chain_names, verify_store
 from stile.stores.keys import async_url
+from tests.pg import with_port
 
 PG_URL = os.environ.get("STILE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -71,10 +72,21 @@ class Db:
         finally:
             await engine.dispose()
 
+    async def ensure_table(self) -> None:
+        """Create the audit table if no sink has yet (a fresh database): reading it must not race the first write."""
+        engine = create_async_engine(async_url(self.url))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        finally:
+            await engine.dispose()
+
     async def rows(self, chain: str | None = None) -> list[Any]:
+        await self.ensure_table()
         return await self.sql(f"SELECT * FROM {TABLE} WHERE chain = :c ORDER BY seq", c=chain or self.chain)
 
     async def cleanup(self) -> None:
+        await self.ensure_table()
         for chain in self.chains:
             await self.sql(f"DELETE FROM {TABLE} WHERE chain = :c", c=chain)
 
@@ -277,7 +289,7 @@ async def test_verify_every_chain(tmp_path: Path) -> None:
 
 async def test_unreachable_database_is_a_sink_error(tmp_path: Path) -> None:
     with socket_closed_port() as port:
-        sink = StoreSink(f"postgresql://postgres@127.0.0.1:{port}/test")
+        sink = StoreSink(with_port(PG_URL, port))
         with pytest.raises(SinkError):
             await sink.start()
         with pytest.raises(SinkError):

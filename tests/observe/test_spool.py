@@ -18,6 +18,7 @@ from stile.observe.audit_sinks import Event, JsonlSink, SinkError, verify_jsonl
 from stile.observe.audit_store import StoreSink, verify_store
 from stile.observe.spool import SpooledSink, SpoolFile
 from tests.observe.test_audit_store import PG_URL, Db, make_events
+from tests.pg import with_port
 
 T = TypeVar("T")
 DEADLINE = 30.0
@@ -392,7 +393,7 @@ async def pg(tmp_path: Path) -> Any:
 
 
 def forwarded(fwd: Forwarder) -> str:
-    return f"postgresql://postgres@127.0.0.1:{fwd.port}/test"
+    return with_port(PG_URL, fwd.port)
 
 
 async def test_postgres_outage_spools_and_recovers(pg: tuple[Db, Forwarder], tmp_path: Path) -> None:

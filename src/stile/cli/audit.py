@@ -27,6 +27,7 @@ from stile.observe.audit_query import (
     QueryError,
     Source,
     audit_source,
+    check_outcomes,
     check_store,
     describe_error,
     display_url,
@@ -49,7 +50,8 @@ FileOpt = Annotated[Path | None, typer.Option("--file", help="audit JSONL file")
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object per line")]
 AgentOpt = Annotated[str | None, typer.Option("--agent", help="agent (API key name, token client id)")]
 UserOpt = Annotated[str | None, typer.Option("--user", help="user (token subject)")]
-ToolOpt = Annotated[str | None, typer.Option("--tool", help="exposed tool name; * and ? match any characters")]
+ToolOpt = Annotated[str | None, typer.Option(
+    "--tool", help="upstream.tool (as in config) or the exposed name (notes__add); * and ? match any characters")]
 UpstreamOpt = Annotated[str | None, typer.Option("--upstream", help="upstream name")]
 OutcomeOpt = Annotated[str | None, typer.Option(
     "--outcome", help="ok, is_error, error, denied, unauthenticated (several: comma-separated)")]
@@ -106,6 +108,10 @@ def _filter(agent: str | None, user: str | None, tool: str | None, upstream: str
             server: str | None, since: str | None, until: str | None, limit: int | None) -> Filter:
     if limit is not None and limit < 1:
         raise fail("--limit/-n must be at least 1")
+    try:
+        check_outcomes(outcome or "")
+    except ValueError as exc:
+        raise fail(f"--outcome: {exc}") from exc
     return Filter(agent=agent, user=user, tool=tool, upstream=upstream, outcome=outcome, virtual_server=server,
                   since=parse_time("--since", since), until=parse_time("--until", until), limit=limit)
 
@@ -226,8 +232,16 @@ def verify_cmd(
     results += [(display_url(url), _verify_store(url, chain)) for url in stores]
     if loaded is not None:
         results += _tail_checks(loaded, files, stores)
+    empty = {str(path) for path in files if not any(True for _ in read_jsonl(path))}
+    empty |= {display_url(url) for url in stores if not _store_has_events(url, chain)}
     for where, problems in results:
-        typer.echo("\n".join(problems) if problems else f"{where}: chain intact")
+        if problems:
+            typer.echo("\n".join(problems))
+        elif where in empty:  # "intact" would suggest something was checked
+            typer.echo(f"warning: {where}: no audit events{f' in chain {chain}' if chain else ''} (nothing to verify)",
+                       err=True)
+        else:
+            typer.echo(f"{where}: chain intact")
     if any(problems for _, problems in results):
         raise typer.Exit(1)
 
@@ -256,6 +270,17 @@ def _tail_checks(loaded: LoadedConfig, files: list[Path], stores: list[str]) -> 
         out.append((str(path), head_problems(str(path), heads.get(f"jsonl:{path}"), tail_state(path)[1])
                     + pending_problem(str(path), sum(1 for i in pending if i not in ids), wal_dir)))
     return [(where, problems) for where, problems in out if problems]
+
+
+def _store_has_events(url: str, chain: str | None) -> bool:
+    """Whether the store's audit table holds any event (of `chain`, when given)."""
+    from stile.observe.audit_store import chain_names
+
+    try:
+        names = asyncio.run(chain_names(url))
+    except (*DB_ERRORS, ValueError) as exc:
+        raise fail(describe_error(url, exc, "verify")) from exc
+    return any(chain is None or n == chain for n in names)
 
 
 def _store_exists(url: str) -> bool:

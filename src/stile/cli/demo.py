@@ -1,4 +1,10 @@
-"""`stile demo`: the gateway on examples/demo.yaml with the bundled example upstreams."""
+"""`stile demo`: the gateway on the embedded default (examples/demo.yaml) with the bundled example upstreams.
+
+In a source checkout the default is `examples/demo.yaml` itself (its state, `stile.db`, beside it). An
+installed package carries the same file as `stile/examples_servers/demo.yaml` (pyproject force-include):
+it is copied to `$XDG_STATE_HOME/stile/demo/` (default `~/.local/state/stile/demo/`) and served from
+there, so the state database is written somewhere writable and `stile audit tail --config` finds it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from stile.cli.endpoints import PortBusy, check_port, endpoint_lines, stile_command
 from stile.config.load import ConfigError, load_config, state_url_for
 
 out = Console()
@@ -37,13 +44,29 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float) -> Non
     raise SystemExit(f"example upstream did not listen on port {port}")
 
 
-def demo_environment(notes_port: int) -> dict[str, str]:
-    """Environment the demo config expands (${...}) to find the bundled upstreams."""
+def demo_environment(notes_port: int, config: Path) -> dict[str, str]:
+    """Environment the demo config expands (${...}) to find the bundled upstreams; the files upstream
+    serves the config's own directory."""
     return {
         NOTES_PORT_ENV: str(notes_port),
         "STILE_PYTHON": sys.executable,
-        "STILE_DEMO_FILES_ROOT": str(REPO_ROOT / "examples"),
+        "STILE_DEMO_FILES_ROOT": str(config.resolve().parent),
     }
+
+
+def default_config() -> Path:
+    """`examples/demo.yaml` in a source checkout, else the packaged copy, copied to a writable state directory."""
+    checkout = REPO_ROOT / "examples" / "demo.yaml"
+    if checkout.is_file():
+        return checkout
+    from importlib.resources import files
+
+    packaged = files("stile.examples_servers").joinpath("demo.yaml")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "stile" / "demo"
+    state.mkdir(parents=True, exist_ok=True)
+    target = state / "demo.yaml"
+    target.write_text(packaged.read_text(encoding="utf-8"), encoding="utf-8")
+    return target
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -53,9 +76,16 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def run_demo(port: int, config: Path | None) -> None:
     from stile.server import run
 
-    path = config or REPO_ROOT / "examples" / "demo.yaml"
+    try:
+        check_port("127.0.0.1", port, hint="--port N (make demo PORT=N)")
+    except PortBusy as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        path = config or default_config()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot prepare the demo config: {exc}") from None
     notes_port = _free_port()
-    os.environ.update(demo_environment(notes_port))
+    os.environ.update(demo_environment(notes_port, path))
     try:
         loaded = load_config(path)
     except ConfigError as exc:
@@ -71,10 +101,10 @@ def run_demo(port: int, config: Path | None) -> None:
         _wait_port(notes_port, notes, time.monotonic() + 20)
         base = f"http://127.0.0.1:{port}"
         out.print(f"[bold]Stile demo[/bold] on {base}  (config {path})")
-        for name in loaded.config.virtual_servers:
-            out.print(f"  virtual server [cyan]{name}[/cyan]: {base}/mcp/{name}   (legacy SSE: {base}/sse/{name})",
-                      soft_wrap=True)
-        out.print(f"  metrics: {base}/metrics   audit trail: stile audit tail -f --config {path}", soft_wrap=True)
+        for line in endpoint_lines(loaded.config, base):
+            out.print(line, soft_wrap=True, highlight=False)
+        out.print(f"  metrics: {base}/metrics   audit trail: {stile_command()} audit tail -f --config {path}",
+                  soft_wrap=True, highlight=False)
         first = next(iter(loaded.config.virtual_servers))
         out.print("\nPaste into Python (pip install mcp==2.3.0):\n")
         out.print(

@@ -45,6 +45,19 @@ def _state(state: str, config: Path | None) -> str:
     return state_url_for(loaded)
 
 
+def role_warnings(roles: list[str], config: Path | None) -> list[str]:
+    """A key without roles is refused everywhere a credential is required; roles the config does not define grant
+    nothing (checked when --config is given; it loaded already)."""
+    if not roles:
+        return ["it has no roles, so every virtual server that requires a credential refuses it (403): "
+                "pass --roles R1,R2"]
+    if config is None:
+        return []
+    defined = load_config(config).config.roles
+    return [f"role {role!r} is not defined under `roles:` in {config} (defined: {', '.join(sorted(defined)) or 'none'})"
+            for role in roles if role not in defined]
+
+
 def parse_duration(text: str) -> timedelta:
     """``30d`` / ``12h`` / ``90m`` -> timedelta; ValueError for anything else (including zero)."""
     match = _DURATION_RE.fullmatch(text.strip())
@@ -131,6 +144,8 @@ def create(
     role_list = [role.strip() for role in roles.split(",") if role.strip()]
     expires_at = None if lifetime is None else datetime.now(UTC) + lifetime
     key, record = _run(_state(state, config), lambda store: store.create(name, role_list, expires_at))
+    for warning in role_warnings(role_list, config):
+        typer.echo(f"warning: key {name!r}: {warning}", err=True)
     typer.echo(f"created key {record.name!r} (id {record.id}, roles {','.join(record.roles) or '-'}, "
                f"expires {_when(record.expires_at)})")
     typer.echo("this is the only time the key is shown:", err=True)

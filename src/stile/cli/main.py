@@ -24,31 +24,39 @@ app = typer.Typer(help="Stile: a governed, dual-era MCP gateway.", no_args_is_he
 err = Console(stderr=True)
 out = Console()
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
-app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
-app.add_typer(pins_app, name="pins", help="Review and approve pinned tool definitions (rug pulls).")
-app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
-app.add_typer(audit_app, name="audit", help="Inspect the audit trail.")
-app.command("usage")(usage_cmd)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="print Stile's version and exit",
+                                          callback=_print_version, is_eager=True)] = False,
+) -> None:
+    """Stile: a governed, dual-era MCP gateway."""
 
 
 def _load(path: Path) -> LoadedConfig:
+    from stile.config.warnings import config_warnings
+
     try:
-        return load_config(path)
+        loaded = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             err.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
+    for warning in config_warnings(loaded.config, str(path)):
+        err.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
+    return loaded
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-
-
-@app.command()
-def version() -> None:
-    """Print Stile's version."""
-    out.print(__version__)
 
 
 @app.command()
@@ -59,9 +67,18 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug|info|warning|error")] = "info",
 ) -> None:
     """Run the gateway."""
+    from stile.cli.endpoints import PortBusy, base_url, check_port, endpoint_lines
     from stile.server import run
 
     loaded = _load(config)
+    try:
+        check_port(host, port)
+    except PortBusy as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    out.print(f"Stile on {base_url(host, port)}  (config {config})", highlight=False, soft_wrap=True)
+    for line in endpoint_lines(loaded.config, base_url(host, port)):
+        out.print(line, highlight=False, soft_wrap=True)
     _logging(log_level)
     run(loaded.config, host=host, port=port, log_level=log_level, state_url=state_url_for(loaded))
 
@@ -70,14 +87,21 @@ def serve(
 def check(
     config: ConfigOpt,
     offline: Annotated[bool, typer.Option(help="validate only; do not contact upstreams")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: upstreams (status, error), virtual "
+                                                        "servers (tools, prompts, resources, problems)")] = False,
 ) -> None:
     """Validate a config and print each virtual server's resolved surface."""
-    from stile.cli.check import report
+    from stile.cli.check import console, print_json, print_report, surface
 
     loaded = _load(config)
     _logging("error")
-    problems = asyncio.run(report(loaded.config, out, offline=offline))
-    if problems:
+    data = asyncio.run(surface(loaded.config, offline=offline))
+    data["ok"] = not data["problems"]
+    if as_json:
+        print_json(data)
+    else:
+        print_report(data, console())
+    if data["problems"]:
         raise typer.Exit(1)
 
 
@@ -91,6 +115,19 @@ def demo(
 
     _logging("info")
     run_demo(port, config)
+
+
+@app.command()
+def version() -> None:
+    """Print Stile's version (also: stile --version)."""
+    out.print(__version__)
+
+
+app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API keys.")
+app.add_typer(pins_app, name="pins", help="Review and approve pinned tool definitions (rug pulls).")
+app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
+app.add_typer(audit_app, name="audit", help="Inspect the audit trail.")
+app.command("usage")(usage_cmd)
 
 
 def _table(title: str) -> Table:

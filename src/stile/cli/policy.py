@@ -96,7 +96,14 @@ def test_policy(
     if virtual_server is not None and virtual_server not in cfg.virtual_servers:
         typer.echo(f"error: unknown virtual server {virtual_server!r}", err=True)
         raise typer.Exit(2)
-    allowed, steps = explain(cfg, virtual_server, _principal(principal, user), call, arguments, ann)
+    who = _principal(principal, user)
+    for role in who.roles:
+        if role not in cfg.roles:
+            typer.echo(f"warning: role {role!r} is not defined under `roles:` in {config} "
+                       f"(defined: {', '.join(sorted(cfg.roles)) or 'none'}); it grants nothing", err=True)
+    if not who.roles:
+        typer.echo(f"warning: principal {principal!r} has no roles (write AGENT:ROLE1,ROLE2)", err=True)
+    allowed, steps = explain(cfg, virtual_server, who, call, arguments, ann)
     for step in steps:
         typer.echo(step)
     raise typer.Exit(0 if allowed else 1)

@@ -214,7 +214,9 @@ def load_config(path: str | Path) -> LoadedConfig:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         raise ConfigError([f"{p}:{at}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
-    return LoadedConfig(path=p, config=parse_config(data, str(p)))
+    from stile.config.paths import resolve_paths
+
+    return LoadedConfig(path=p, config=resolve_paths(parse_config(data, str(p)), p.parent))
 
 
 def state_url_for(loaded: LoadedConfig) -> str:

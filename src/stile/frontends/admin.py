@@ -30,6 +30,7 @@ from stile.observe.audit_query import (
     QueryError,
     Source,
     audit_source,
+    check_outcomes,
     parse_since,
     search,
     usage,
@@ -120,6 +121,10 @@ class AdminApi:
         if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
                 and 1 <= int(raw_limit) <= MAX_LIMIT):
             raise BadParam("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        try:
+            check_outcomes(params.get("outcome", ""))
+        except ValueError as exc:
+            raise BadParam("outcome", str(exc)) from None
         flt = Filter(agent=params.get("agent"), user=params.get("user"), tool=params.get("tool"),
                      upstream=params.get("upstream"), outcome=params.get("outcome"),
                      virtual_server=params.get("server"), since=_time(params, "since"), until=_time(params, "until"),

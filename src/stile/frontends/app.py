@@ -161,7 +161,8 @@ class StileApp:
         kind, _, rest = path.lstrip("/").partition("/")
         vs, _, tail = rest.partition("/")
         if kind not in ("mcp", "sse") or not vs or vs not in self.gw.views or (kind == "mcp" and tail):
-            await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path}"))
+            await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path[:200]}; virtual servers: "
+                                                     + ", ".join(f"/mcp/{n}" for n in list(self.gw.views)[:50])))
             return
         principal = ANONYMOUS
         if self.gw.cfg.virtual_servers[vs].auth != "none":

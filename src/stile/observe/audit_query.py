@@ -9,8 +9,9 @@ table, searched through its indexed columns) or a `Path` to a JSONL trail (scann
   other than "ok": is_error, error, denied, unauthenticated), p50/p95 latency_ms (nearest rank) and the
   sum of cost units.
 
-Time bounds are inclusive below (`ts >= since`) and exclusive above (`ts < until`). `tool` may be a glob
-using `*` and `?` (any other character is literal); every other filter matches exactly. `outcome` may list
+Time bounds are inclusive below (`ts >= since`) and exclusive above (`ts < until`). `tool` is an exposed
+name or `upstream.tool` (exposed names have no dot), each part may be a glob using `*` and `?` (any other
+character is literal); every other filter matches exactly. `outcome` may list
 several outcomes separated by commas. Failures the caller should show (unknown source, unreachable
 database, unreadable file) raise `QueryError` with a one-line message.
 """
@@ -134,8 +135,45 @@ def event_field(event: Event, name: str) -> Any:
     return event.get(name)
 
 
+OUTCOMES = ("ok", "is_error", "error", "denied", "unauthenticated")
+
+
 def _outcomes(flt: Filter) -> list[str]:
     return [o.strip() for o in (flt.outcome or "").split(",") if o.strip()]
+
+
+def check_outcomes(text: str) -> None:
+    """ValueError naming the valid outcomes when `text` (comma-separated) names another one."""
+    bad = [o.strip() for o in text.split(",") if o.strip() and o.strip() not in OUTCOMES]
+    if bad:
+        raise ValueError(f"unknown outcome {', '.join(map(repr, bad))}: use {', '.join(OUTCOMES)} (comma-separated)")
+
+
+def tool_parts(pattern: str) -> tuple[str, str] | None:
+    """`upstream.tool` (each part exact or a glob) as (upstream, tool); None for an exposed name (which has no dot)."""
+    upstream, dot, name = pattern.partition(".")
+    return (upstream, name) if dot else None
+
+
+def _glob_re(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def _tool_matcher(tool: str | None) -> Callable[[Event], bool]:
+    """`--tool`: `upstream.tool` (as in config and `stile policy test`) or the exposed name; globs in each."""
+    parts = tool_parts(tool) if tool is not None else None
+    if parts is not None:
+        up_ok, name_ok = _field_matcher(parts[0]), _field_matcher(parts[1])
+        return lambda event: up_ok(event.get("upstream")) and name_ok(event.get("upstream_name"))
+    exposed_ok = _field_matcher(tool) if tool is not None else None
+    return lambda event: exposed_ok is None or exposed_ok(event.get("tool"))
+
+
+def _field_matcher(pattern: str) -> Callable[[Any], bool]:
+    if not _is_glob(pattern):
+        return lambda value: value == pattern
+    compiled = _glob_re(pattern)
+    return lambda value: isinstance(value, str) and compiled.fullmatch(value) is not None
 
 
 def _is_glob(pattern: str) -> bool:
@@ -146,9 +184,7 @@ def _matcher(flt: Filter) -> Matcher:
     since, until, outcomes = epoch(flt.since), epoch(flt.until), set(_outcomes(flt))
     exact = {k: v for k, v in (("agent", flt.agent), ("user", flt.user), ("upstream", flt.upstream),
                                ("virtual_server", flt.virtual_server)) if v is not None}
-    tool: str | re.Pattern[str] | None = flt.tool
-    if flt.tool is not None and _is_glob(flt.tool):
-        tool = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in flt.tool), re.S)
+    tool_ok = _tool_matcher(flt.tool)
 
     def match(event: Event, ts: float) -> bool:
         if (since is not None and ts < since) or (until is not None and ts >= until):
@@ -157,9 +193,7 @@ def _matcher(flt: Filter) -> Matcher:
             return False
         if any(event_field(event, k) != v for k, v in exact.items()):
             return False
-        if isinstance(tool, re.Pattern):
-            return isinstance(event.get("tool"), str) and tool.fullmatch(event["tool"]) is not None
-        return tool is None or event.get("tool") == tool
+        return tool_ok(event)
 
     return match
 
@@ -256,14 +290,24 @@ def _where(flt: Filter, dialect: str) -> list[sa.ColumnElement[bool]]:
             clauses.append(column == value)
     if outcomes:
         clauses.append(t.outcome.in_(outcomes))
-    if flt.tool is not None and not _is_glob(flt.tool):
-        clauses.append(t.tool == flt.tool)
-    elif flt.tool is not None and dialect == "sqlite":  # GLOB is case-sensitive, like the other sources
-        clauses.append(t.tool.op("GLOB")(flt.tool.replace("[", "[[]")))
+    parts = tool_parts(flt.tool) if flt.tool is not None else None
+    if parts is not None:  # upstream.tool: the upstream column and the original name inside the event
+        original: sa.ColumnElement[Any] = (
+            sa.func.json_extract(t.event, "$.upstream_name") if dialect == "sqlite"
+            else sa.func.json_extract_path_text(sa.cast(t.event, sa.JSON), "upstream_name"))
+        clauses += [_glob_clause(t.upstream, parts[0], dialect), _glob_clause(original, parts[1], dialect)]
     elif flt.tool is not None:
-        like = "".join("%" if c == "*" else "_" if c == "?" else "\\" + c if c in "%_\\" else c for c in flt.tool)
-        clauses.append(t.tool.like(like, escape="\\"))
+        clauses.append(_glob_clause(t.tool, flt.tool, dialect))
     return clauses
+
+
+def _glob_clause(column: sa.ColumnElement[Any], pattern: str, dialect: str) -> sa.ColumnElement[bool]:
+    if not _is_glob(pattern):
+        return column == pattern
+    if dialect == "sqlite":  # GLOB is case-sensitive, like the other sources
+        return column.op("GLOB")(pattern.replace("[", "[[]"))
+    like = "".join("%" if c == "*" else "_" if c == "?" else "\\" + c if c in "%_\\" else c for c in pattern)
+    return column.like(like, escape="\\")
 
 
 async def _store_search(url: str, flt: Filter) -> list[tuple[float, str, Event]]:

@@ -1,0 +1,56 @@
+"""Relative paths in a config file mean "beside the config file", wherever Stile is started from.
+
+`load_config` applies `resolve_paths` once, so everything downstream sees absolute paths: `state`
+(a relative SQLite file: `sqlite:///stile.db`), `audit.jsonl`, `audit.spool_dir` (default
+`audit-spool` beside the config when the state store is not a SQLite file) and each stdio upstream's
+`cwd`. A config parsed from text (`parse_config`) has no file and keeps its paths as written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from stile.config.model import GatewayConfig
+
+
+def _beside(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def resolve_state_url(url: str, base: Path) -> str:
+    """`sqlite:///relative.db` -> `sqlite:////<base>/relative.db`; any other URL unchanged."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # reported where the store is opened, with its own message
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return url
+    if parsed.database.startswith("file:") or Path(parsed.database).is_absolute():
+        return url
+    return parsed.set(database=_beside(base, parsed.database)).render_as_string(hide_password=False)
+
+
+def resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
+    """`cfg` with every relative path made absolute against `base` (the config file's directory)."""
+    base = base.resolve()
+    update: dict[str, object] = {}
+    if cfg.state:
+        update["state"] = resolve_state_url(cfg.state, base)
+    audit: dict[str, object] = {}
+    if cfg.audit.jsonl:
+        audit["jsonl"] = _beside(base, cfg.audit.jsonl)
+    if cfg.audit.spool_dir:
+        audit["spool_dir"] = _beside(base, cfg.audit.spool_dir)
+    elif cfg.state and not str(update["state"]).startswith("sqlite"):
+        audit["spool_dir"] = str(base / "audit-spool")  # not beside a SQLite file: beside the config
+    if audit:
+        update["audit"] = cfg.audit.model_copy(update=audit)
+    upstreams = {name: up.model_copy(update={"cwd": _beside(base, up.cwd)}) if up.cwd else up
+                 for name, up in cfg.upstreams.items()}
+    if any(up.cwd for up in cfg.upstreams.values()):
+        update["upstreams"] = upstreams
+    return cfg.model_copy(update=update) if update else cfg
