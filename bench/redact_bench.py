@@ -11,15 +11,21 @@ audit's `redacted` arguments.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from bench.redact_corpus import GENERATORS, clean_text, corpus, hit_text
+from stile.config.model import GatewayConfig
+from stile.core.catalog import Inventory, View, build_view
+from stile.core.context import CallContext, Reply
+from stile.core.pipeline import Policy
 from stile.observe.audit import arguments_for
 from stile.policies.detectors import BUILTIN_NAMES, scanner
-from stile.policies.validate import SchemaCache
+from stile.policies.redact import Redact, RedactConfig
+from stile.policies.validate import SchemaCache, Validate, ValidateConfig
 
 SCHEMA_5 = {"type": "object", "required": ["query", "limit", "tags", "exact", "sort"], "properties": {
     "query": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -103,6 +109,56 @@ def validation() -> list[str]:
             f"- audit `arguments: redacted` of the same arguments (detectors inside strings): {audit:.2f} µs"]
 
 
+class _Views:
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def view(self, name: str) -> View | None:
+        return self._view
+
+    async def ensure_discovered(self, view: View) -> View:
+        return view
+
+
+def policies() -> list[str]:
+    """The validate and redact policies' own cost on one tools/call, with their default configuration."""
+    cfg = GatewayConfig.model_validate({"upstreams": {"u": {"url": "http://127.0.0.1:9/mcp"}},
+                                        "virtual_servers": {"v": {"upstreams": ["u"]}}})
+    tool = {"name": "search", "inputSchema": SCHEMA_5,
+            "outputSchema": {"type": "object", "properties": {"hits": {"type": "array"}}}}
+    view = build_view("v", cfg.virtual_servers["v"], cfg, {"u": Inventory(tools=[tool], ok=True)})
+    views = _Views(view)
+    validate = Validate(ValidateConfig(), ["v"], views)
+    redact = Redact(RedactConfig(), cfg)
+    reply = {"result": {"content": [{"type": "text", "text": "ok"}], "structuredContent": {"hits": []}}}
+    ctx = CallContext("v", "tools/call", {"name": "u__search", "arguments": ARGS_5}, 1, "legacy", "2025-11-25")
+
+    async def terminal(c: CallContext) -> Reply:
+        return reply
+
+    async def loop(policy: Policy, n: int) -> float:
+        t = time.process_time()
+        for _ in range(n):
+            await policy(ctx, terminal)
+        return (time.process_time() - t) / n * 1e6
+
+    async def bare(n: int) -> float:
+        t = time.process_time()
+        for _ in range(n):
+            await terminal(ctx)
+        return (time.process_time() - t) / n * 1e6
+
+    async def run() -> list[str]:
+        n = 20000
+        base = min([await bare(n) for _ in range(5)])
+        v = min([await loop(validate, n) for _ in range(5)]) - base
+        r = min([await loop(redact, n) for _ in range(5)]) - base
+        return [f"- validate policy, defaults (input enforce, output warn), 5-field schema in and out: {v:.2f} µs "
+                "per tools/call", f"- redact policy, nothing configured: {r:.2f} µs per tools/call"]
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--seed", type=int, default=15)
@@ -110,7 +166,7 @@ def main() -> None:
     args = ap.parse_args()
     print("## Redaction speed (all detectors)\n", *speed(), sep="\n")
     print(f"\n## Precision / recall (seed {args.seed})\n", *quality(args.seed, args.per_detector), sep="\n")
-    print("\n## Validation and audit\n", *validation(), sep="\n")
+    print("\n## Validation and audit\n", *validation(), *policies(), sep="\n")
 
 
 if __name__ == "__main__":

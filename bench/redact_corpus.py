@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from stile.policies.detectors import IBAN_LENGTHS, luhn_valid
 
-WORDS = ("the order was shipped on time and the customer asked for a refund because the parcel arrived late "
-         "please check the account status before friday our team reviewed ticket number seven and closed it "
-         "version two of the report lists revenue by region with totals per quarter").split()
+WORDS = ("the", "order", "was", "shipped", "on", "time", "and", "customer", "asked", "for", "a", "refund", "because",
+         "parcel", "arrived", "late", "please", "check", "account", "status", "before", "friday", "our", "team",
+         "reviewed", "ticket", "number", "seven", "closed", "it", "version", "two", "of", "report", "lists", "revenue",
+         "by", "region", "with", "totals", "per", "quarter")
 ALNUM = string.ascii_letters + string.digits
 
 

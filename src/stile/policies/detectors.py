@@ -145,8 +145,11 @@ _PHONE_SHAPE_OF_SSN = re.compile(r"\d{3}-\d{2}-\d{4}$")
 
 def _phone(m: re.Match[str]) -> tuple[int, int] | None:
     text = m.group()
-    if not _after(m.string, m.start(), _WORD + "+.-") or _PHONE_SHAPE_OF_SSN.match(text):
+    start = m.start()
+    if not _after(m.string, start, _WORD + "+.-") or _PHONE_SHAPE_OF_SSN.match(text):
         return None
+    if start >= 2 and m.string[start - 1] == " " and m.string[start - 2].isdigit():
+        return None  # the tail of a longer group of digits (a card number that failed its checksum, an id)
     digits = sum(c.isdigit() for c in text)
     return m.span() if 8 <= digits <= 15 else None
 
@@ -339,8 +342,8 @@ BUILTIN: dict[str, list[Detector]] = {
     "ip": [_num("ip", r"[0-9][0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9]|\.[0-9])", _ipv4),
            Detector("ip", _ipv6s)],
     "aws_key": [_re("aws_key", r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)[A-Z2-7]{16}(?![A-Z0-9])", _aws)],
-    "github_token": [_re("github_token", r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59,240})"
-                         r"(?![A-Za-z0-9_])", _word_start)],
+    "github_token": [_re("github_token", r"(?:gh[pousr]_[A-Za-z0-9]{36,251}"
+                         r"|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59,240})(?![A-Za-z0-9_])", _word_start)],
     "slack_token": [_re("slack_token", r"xox[abposr]-[0-9A-Za-z]{1,40}(?:-[0-9A-Za-z]{1,64}){1,4}(?![A-Za-z0-9_])",
                         _word_start)],
     "jwt": [_re("jwt", r"(eyJ[A-Za-z0-9_-]{10,})\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{16,}(?![A-Za-z0-9_.-])", _jwt)],
