@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from bench.redact_corpus import GENERATORS, clean_text, corpus, hit_text
+from bench.redact_corpus import GENERATORS, ambiguous, clean_text, corpus, hit_text
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, Reply
@@ -88,6 +88,14 @@ def quality(seed: int, per_detector: int) -> list[str]:
         r = tp[name] / (tp[name] + fn[name]) if tp[name] + fn[name] else 1.0
         lines.append(f"| {name} | {per_detector // 2} / {per_detector - per_detector // 2} | {tp[name]} | "
                      f"{fp[name]} | {fn[name]} | {p:.3f} | {r:.3f} |")
+    flagged: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    for sample in ambiguous(seed, per_detector):
+        seen[sample.detector] += 1
+        flagged[sample.detector] += any(h[2] == sample.detector for h in scan.find(sample.text))
+    lines += ["", "Ambiguous non-PII values that share a format (flagged by design: a false positive each):", "",
+              "| imitates | values | flagged |", "|---|---:|---:|"]
+    lines += [f"| {name} | {seen[name]} | {flagged[name]} |" for name in seen]
     return lines
 
 

@@ -199,3 +199,19 @@ def hit_text(seed: int, size: int, every: int = 200) -> str:
         parts += [chunk, value]
         length += len(chunk) + len(value) + 2
     return " ".join(parts)[:size]
+
+
+def ambiguous(seed: int = 15, n: int = 400) -> Iterator[Sample]:
+    """Values that are not PII but share a format with it (flagged by design): a Luhn-valid 16-digit order
+    id with a Visa prefix, a 4-part version string, a 10-digit reference formatted like a US number, a
+    40-character hex digest assigned to `token`. Labelled None; the detector named is the one they imitate."""
+    r = random.Random(seed)
+    makers: list[tuple[str, Callable[[], str]]] = [
+        ("card", lambda: "order " + _luhn("4", 16, r, True)),
+        ("ip", lambda: "version " + ".".join(str(r.randint(0, 20)) for _ in range(4))),
+        ("phone", lambda: f"ref {r.randint(200, 999)}-{r.randint(200, 999)}-{r.randint(0, 9999):04d}"),
+        ("high_entropy", lambda: "token=" + "".join(r.choice("0123456789abcdef") for _ in range(40))),
+    ]
+    for i in range(n):
+        name, make = makers[i % len(makers)]
+        yield Sample(f"{_prose(r, 4)} {make()} {_prose(r, 4)}.", None, name)

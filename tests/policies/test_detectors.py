@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,3 +140,14 @@ def test_overlapping_hits_mask_once_and_custom_detectors_apply() -> None:
 
 def test_only_the_value_of_an_assignment_is_masked() -> None:
     assert ALL.mask("password=hunter22 user=ada")[0] == "password=[REDACTED:high_entropy] user=ada"
+
+
+@pytest.mark.parametrize("text", ["pass_" * 20_000, "token-" * 16_000, "a:" * 50_000, "x@" * 50_000, "1 " * 50_000,
+                                  "-----BEGIN PRIVATE KEY-----" * 4_000, "AKIA" * 25_000, "(" + "1-" * 50_000,
+                                  "a." * 50_000, "eyJ" * 30_000, "ghp_" * 25_000, "xoxb-1" * 16_000,
+                                  "DE89 " * 20_000, "4" * 100_000, "1.1." * 25_000, "+1 " * 30_000])
+def test_adversarial_text_costs_linear_time(text: str) -> None:
+    # a quadratic scan of 100 KB takes minutes; linear takes milliseconds (the bound is 100x generous)
+    start = time.process_time()
+    ALL.mask(text)
+    assert time.process_time() - start < 2.0

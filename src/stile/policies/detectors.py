@@ -281,10 +281,11 @@ def _ipv6s(text: str) -> Iterator[tuple[int, int]]:
 
 
 _KEY_ROOTS = ("pass", "pwd", "secret", "key", "token", "credential")
+_ASSIGNED = re.compile(r"[A-Za-z0-9_.-]{0,64}[\"']?\s{0,8}[:=]")
 _KEY_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
-_ASSIGNMENT = re.compile(r"(?i)(?P<key>[A-Za-z0-9_.-]*?" + r"(?:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key)?"
+_ASSIGNMENT = re.compile(r"(?i)(?P<key>[A-Za-z0-9_.-]{0,64}?" + r"(?:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key)?"
                          r"|client[_-]?secret|api[_-]?key|access[_-]?key|auth[_-]?token|access[_-]?token"
-                         r"|refresh[_-]?token|token|credentials?|private[_-]?key))[\"']?\s*[:=]\s*"
+                         r"|refresh[_-]?token|token|credentials?|private[_-]?key))[\"']?\s{0,8}[:=]\s{0,8}"
                          r"[\"']?(?P<value>[^\s\"',;&}\]]{4,})")
 
 
@@ -295,10 +296,11 @@ def _assignments(text: str) -> Iterator[tuple[int, int]]:
     for root in _KEY_ROOTS:
         i = low.find(root)
         while i != -1:
-            start = i
-            while start > 0 and text[start - 1] in _KEY_CHARS:
-                start -= 1
-            starts.add(start)
+            if _ASSIGNED.match(text, i) is not None:  # an assignment follows this word (C speed, bounded)
+                start = i
+                while start > 0 and i - start < 64 and text[start - 1] in _KEY_CHARS:  # bounded: linear time
+                    start -= 1
+                starts.add(start)
             i = low.find(root, i + len(root))
     done = 0
     for start in sorted(starts):

@@ -225,6 +225,12 @@ class Redact:
 
 
 def _redact(deps: PolicyDeps, config: RedactConfig) -> Redact:
+    for name in config.virtual_servers:
+        if name not in deps.cfg.virtual_servers:
+            log.warning("policies.redact.virtual_servers.%s: no such virtual server (ignored)", name)
+    for name in config.roles:
+        if name not in deps.cfg.roles:
+            log.warning("policies.redact.roles.%s: no such role (ignored)", name)
     return Redact(config, deps.cfg)
 
 

@@ -225,6 +225,9 @@ class Validate:
 
 
 def _validate(deps: PolicyDeps, config: ValidateConfig) -> Validate:
+    for name in config.virtual_servers:
+        if name not in deps.cfg.virtual_servers:
+            log.warning("policies.validate.virtual_servers.%s: no such virtual server (ignored)", name)
     return Validate(config, list(deps.cfg.virtual_servers), deps.views)
 
 
