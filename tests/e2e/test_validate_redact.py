@@ -42,7 +42,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     argv = [sys.executable, "-u", "-m", "tests.fixtures.schema_server", "--port", "0"]
     with ready_process(argv, "schema upstream") as port:
         upstream = f"http://127.0.0.1:{port}"
-        grants = {"allow_tools": ["sl.*", "sm.*"], "allow_resources": ["sl.*", "sm.*"]}
+        grants = {"allow_tools": ["sl.*", "sm.*"], "allow_resources": ["sl.*", "sm.*"],
+                  "allow_prompts": ["sl.*", "sm.*"]}
         config = {
             "state": f"sqlite:///{tmp / 'state.db'}",
             "auth": {"key_cache_seconds": 0, "keys": [
@@ -233,6 +234,16 @@ async def test_pii_in_resource_contents_is_masked(env: Env, http: aiohttp.Client
     (content,) = body["result"]["contents"]
     assert content["uri"] == uri
     assert "[REDACTED:email]" in content["text"] and "ada@example.com" not in content["text"], content
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("up", UPSTREAMS)
+async def test_pii_in_prompt_messages_is_masked(env: Env, http: aiohttp.ClientSession, era: str, up: str) -> None:
+    client = await _client(http, env, era, "enf")
+    body = await client.call("prompts/get", {"name": f"{up}__contact"}, f"{up}__contact")
+    text = body["result"]["messages"][0]["content"]["text"]
+    assert text.startswith("Write to this customer: Customer Ada Lovelace, [REDACTED:email]"), body
+    assert "4111 1111 1111 1111" not in text
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -47,6 +47,23 @@ def test_changing_one_digit_of_a_valid_number_breaks_luhn(body: str, delta: int)
     assert not luhn_valid(changed)
 
 
+@given(st.sampled_from(["4", "51", "55", "2221", "2720", "34", "37", "6011", "65", "3528", "36"]),
+       st.integers(13, 19), st.data(), st.sampled_from(["", " ", "-"]))
+def test_a_luhn_valid_card_in_text_is_found_and_a_luhn_invalid_one_is_not(
+        prefix: str, length: int, data: st.DataObject, sep: str) -> None:
+    body = prefix + data.draw(st.text(alphabet="0123456789", min_size=length - len(prefix) - 1,
+                                      max_size=length - len(prefix) - 1))
+    valid = _luhn_complete(body)
+    invalid = body + str((int(valid[-1]) + data.draw(st.integers(1, 9))) % 10)
+
+    def grouped(number: str) -> str:
+        return sep.join(number[i:i + 4] for i in range(0, len(number), 4))
+
+    card_only = scanner(["card"])
+    assert card_only.find(f"paid with {grouped(valid)}, thanks") == [(10, 10 + len(grouped(valid)), "card")]
+    assert card_only.find(f"paid with {grouped(invalid)}, thanks") == []
+
+
 def _iban_of(country: str, bban: str) -> str:
     """A valid IBAN for `country` and `bban` (ISO 13616 check digits computed independently)."""
     n = int("".join(str(int(c, 36)) for c in bban + country + "00"))
@@ -151,3 +168,16 @@ def test_adversarial_text_costs_linear_time(text: str) -> None:
     start = time.process_time()
     ALL.mask(text)
     assert time.process_time() - start < 2.0
+
+
+def test_an_exempt_role_is_exempt_only_where_it_applies() -> None:
+    from stile.config.model import GatewayConfig
+    from stile.policies.redact import Redact, RedactConfig
+
+    cfg = GatewayConfig.model_validate({
+        "virtual_servers": {"a": {}, "b": {}},
+        "roles": {"auditor": {"virtual_servers": ["a"], "allow_tools": ["*"]}, "bot": {"allow_tools": ["*"]}}})
+    redact = Redact(RedactConfig.model_validate({"detectors": ["email"], "roles": {"auditor": {"exempt": True}}}),
+                    cfg)
+    assert redact.exempted("a", ("auditor",)) and redact.exempted("a", ("bot", "auditor"))
+    assert not redact.exempted("b", ("auditor",)) and not redact.exempted("a", ("bot",))
