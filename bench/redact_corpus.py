@@ -75,8 +75,12 @@ def email(r: random.Random, valid: bool) -> str:
 
 
 def phone(r: random.Random, valid: bool) -> str:
-    d = lambda k: "".join(r.choice(string.digits) for _ in range(k))  # noqa: E731
-    n = lambda k: str(r.randint(2, 9)) + d(k - 1)  # noqa: E731
+    def d(k: int) -> str:
+        return "".join(r.choice(string.digits) for _ in range(k))
+
+    def n(k: int) -> str:
+        return str(r.randint(2, 9)) + d(k - 1)
+
     if valid:
         return r.choice([f"+1 {n(3)} {n(3)} {d(4)}", f"({n(3)}) {n(3)}-{d(4)}", f"{n(3)}-{n(3)}-{d(4)}",
                          f"+44 20 {d(4)} {d(4)}", f"+33 {r.randint(1, 9)} {d(2)} {d(2)} {d(2)} {d(2)}",
@@ -121,7 +125,9 @@ def github_token(r: random.Random, valid: bool) -> str:
 
 
 def slack_token(r: random.Random, valid: bool) -> str:
-    d = lambda k: "".join(r.choice(string.digits) for _ in range(k))  # noqa: E731
+    def d(k: int) -> str:
+        return "".join(r.choice(string.digits) for _ in range(k))
+
     if valid:
         return f"xox{r.choice('bpa')}-{d(12)}-{d(13)}-" + "".join(r.choice(ALNUM) for _ in range(24))
     return r.choice([f"xoxz-{d(12)}-{d(13)}", f"xox{r.choice('bp')}", f"xoxb{d(12)}"])
@@ -182,9 +188,11 @@ def corpus(seed: int = 15, per_detector: int = 400) -> Iterator[Sample]:
 
 def clean_text(seed: int, size: int) -> str:
     r = random.Random(seed)
-    out = []
-    while sum(len(w) + 1 for w in out) < size:
+    out: list[str] = []
+    length = 0
+    while length < size:
         out.append(r.choice(WORDS) if r.random() < 0.95 else str(r.randint(1, 9999)))
+        length += len(out[-1]) + 1
     return " ".join(out)[:size]
 
 

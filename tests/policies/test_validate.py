@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from stile.config.model import GatewayConfig
+from stile.core.catalog import Inventory, View, build_view
+from stile.core.context import CallContext, Reply
 from stile.policies.registry import check_chains
-from stile.policies.validate import SchemaCache, json_path
+from stile.policies.validate import SchemaCache, Validate, ValidateConfig, json_path
 
 SCHEMA = {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 0}}, "required": ["limit"]}
 
@@ -94,3 +96,50 @@ def test_bad_policy_config_is_a_clear_config_error(policies: dict[str, object], 
     cfg = GatewayConfig.model_validate({"virtual_servers": {"v": {}}, "policies": policies})
     problems = check_chains(cfg, "stile.yaml")
     assert any(expected in p for p in problems), problems
+
+
+def _policy(output: str) -> Validate:
+
+    cfg = GatewayConfig.model_validate({"upstreams": {"u": {"url": "http://127.0.0.1:9/mcp"}},
+                                        "virtual_servers": {"v": {"upstreams": ["u"]}}})
+    tool = {"name": "t", "inputSchema": {"type": "object"}, "outputSchema": SCHEMA}
+    view = build_view("v", cfg.virtual_servers["v"], cfg, {"u": Inventory(tools=[tool], ok=True)})
+
+    class Views:
+        def view(self, name: str) -> View | None:
+            return view
+
+        async def ensure_discovered(self, v: View) -> View:
+            return v
+
+    return Validate(ValidateConfig.model_validate({"output": output}), ["v"], Views())
+
+
+@pytest.mark.parametrize("result", [
+    {"task": {"taskId": "1", "status": "working"}},  # a task-augmented call: no tool result yet
+    {"resultType": "input_required", "inputRequests": {}},
+    {"content": [{"type": "text", "text": "boom"}], "isError": True},
+])
+async def test_results_that_are_not_complete_tool_results_are_not_checked(result: dict[str, object]) -> None:
+    policy = _policy("enforce")
+    ctx = CallContext("v", "tools/call", {"name": "u__t", "arguments": {}}, 1, "modern", "2026-07-28")
+
+    async def upstream(c: CallContext) -> Reply:
+        return {"result": result}
+
+    assert await policy(ctx, upstream) == {"result": result}
+
+
+async def test_warn_logs_a_violation_once_per_tool_and_schema(caplog: pytest.LogCaptureFixture) -> None:
+    policy = _policy("warn")
+    ctx = CallContext("v", "tools/call", {"name": "u__t", "arguments": {}}, 1, "legacy", "2025-11-25")
+    bad: Reply = {"result": {"content": [], "structuredContent": {"limit": -1}}}
+
+    async def upstream(c: CallContext) -> Reply:
+        return bad
+
+    with caplog.at_level(logging.WARNING, logger="stile.validate"):
+        for _ in range(3):
+            assert await policy(ctx, upstream) == bad
+    warned = [r.getMessage() for r in caplog.records if "validate (warn)" in r.getMessage()]
+    assert len(warned) == 1 and "structuredContent.limit: -1 is less than the minimum of 0" in warned[0]

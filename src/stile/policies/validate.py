@@ -203,7 +203,8 @@ class Validate:
             return reply
         res = reply.get("result")
         if (not isinstance(res, dict) or res.get("isError") is True
-                or res.get("resultType", "complete") != "complete"):
+                or res.get("resultType", "complete") != "complete"
+                or ("content" not in res and "structuredContent" not in res)):  # not a tool result (a task)
             return reply
         content = res.get("structuredContent")
         if content is None:
