@@ -171,6 +171,16 @@ async def test_warn_and_off_forward_invalid_arguments_to_the_upstream(env: Env, 
     assert await _calls(env, http, "search") == before + 1
 
 
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_tool_whose_schema_does_not_compile_is_not_validated(env: Env, http: aiohttp.ClientSession,
+                                                                     era: str) -> None:
+    client = await _client(http, env, era, "enf")
+    before = await _calls(env, http, "broken")
+    body = await client.tool("sm__broken", {"x": 5})
+    assert body["result"]["content"][0]["text"] == "broken:5", body  # fail open: forwarded and answered
+    assert await _calls(env, http, "broken") == before + 1
+
+
 # --- output validation ---------------------------------------------------------------------------
 @pytest.mark.parametrize("era", ERAS)
 @pytest.mark.parametrize("up", UPSTREAMS)
