@@ -121,6 +121,7 @@ MISSES = [
     ("slack_token", "xoxb alone and xoxz-1234-5678"), ("jwt", "eyJhbGciOi alone and eyJabc.eyJdef"),
     ("private_key", "-----BEGIN PUBLIC KEY-----"),
     ("high_entropy", "password: null, token: ${TOKEN}, tokens: 500, passwords are long, api_key=<your key>"),
+    ("high_entropy", "compass: north-east, passenger: Ada, bypass=enabled, token_count: 9f8e7d6c5b4a39281706"),
 ]
 
 
@@ -153,6 +154,14 @@ def test_overlapping_hits_mask_once_and_custom_detectors_apply() -> None:
     masked, hits = scan.mask("token=ada@example.com for TCK-123456")
     assert masked.count("[REDACTED:") == 2 and "TCK-" not in masked and "ada@" not in masked
     assert "ticket" in hits
+
+
+def test_secret_names_are_read_by_their_last_words() -> None:
+    from stile.policies.detectors import secret_key
+
+    assert all(secret_key(k) for k in ("password", "db_password", "apiKey", "AWS_SECRET_ACCESS_KEY", "x-api-key",
+                                       "clientSecret", "github.token", "db_pass"))
+    assert not any(secret_key(k) for k in ("passenger", "compass", "token_count", "password_hash", "tokens"))
 
 
 def test_only_the_value_of_an_assignment_is_masked() -> None:

@@ -307,7 +307,7 @@ def _assignments(text: str) -> Iterator[tuple[int, int]]:
         if start < done:
             continue
         m = _ASSIGNMENT.match(text, start)
-        if m is not None and secret_value(m.group("key"), m.group("value")):
+        if m is not None and secret_key(m.group("key")) and secret_value(m.group("key"), m.group("value")):
             yield m.span("value")
             done = m.end()
 
@@ -327,9 +327,6 @@ def _num(name: str, pattern: str, check: Check) -> Detector:
 
 
 _ANY_DIGIT = tuple(_DIGITS)
-SECRET_KEY = (r"(?:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key)?|client[_-]?secret|api[_-]?key|access[_-]?key"
-              r"|auth[_-]?token|access[_-]?token|refresh[_-]?token|token|credentials?|private[_-]?key)")
-
 BUILTIN: dict[str, list[Detector]] = {
     "email": [Detector("email", _emails)],
     "phone": [_num("phone",  # the first character by a class (fast scan), then the branch it starts
@@ -354,12 +351,16 @@ BUILTIN: dict[str, list[Detector]] = {
     "high_entropy": [Detector("high_entropy", _assignments)],
 }
 BUILTIN_NAMES = tuple(BUILTIN)
-_SECRET_KEY_RE = re.compile(r"(?i)" + SECRET_KEY)
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_SECRET_NAME = re.compile(r"(?:^|_)(?:pass|password|passwd|passphrase|pwd|secret|secret_key|client_secret|api_key"
+                          r"|apikey|access_key|auth_token|access_token|refresh_token|token|credentials?|private_key)$")
 
 
 def secret_key(key: str) -> bool:
-    """A structured field whose name says it holds a secret (for `high_entropy` on JSON objects)."""
-    return _SECRET_KEY_RE.search(key) is not None
+    """Whether a name says it holds a secret: its last word(s), camelCase and `-`/`.` read as `_`
+    (`db_password`, `apiKey`, `AWS_SECRET_ACCESS_KEY`, `x-api-key`; not `passenger`, `compass`, `token_count`)."""
+    name = _CAMEL.sub(r"\1_\2", key).lower().replace("-", "_").replace(".", "_")
+    return _SECRET_NAME.search(name) is not None
 
 
 def custom(name: str, pattern: str) -> Detector:
