@@ -197,15 +197,17 @@ def regex_finder(pattern: re.Pattern[str], check: Check | None = None, hint: tup
 
 
 _NUMERIC = re.compile(r"[0-9+(][0-9 ().+-]{6,}")
-_numeric_memo: list[object] = [None, ()]  # (the last text, its numeric runs): shared by the digit detectors
+# (the last text, its numeric runs), shared by the digit detectors; one tuple, replaced whole (thread safe)
+_numeric_memo: list[tuple[str | None, tuple[tuple[int, int], ...]]] = [(None, ())]
 
 
 def _numeric_runs(text: str) -> tuple[tuple[int, int], ...]:
     """Spans of runs of digits and separators long enough for a phone, card, SSN or IPv4 (one pass)."""
-    if _numeric_memo[0] is text:
-        return _numeric_memo[1]  # type: ignore[return-value]
+    last, runs = _numeric_memo[0]
+    if last is text:
+        return runs
     runs = tuple(m.span() for m in _NUMERIC.finditer(text) if sum(c.isdigit() for c in m.group()) >= 4)
-    _numeric_memo[0], _numeric_memo[1] = text, runs
+    _numeric_memo[0] = (text, runs)
     return runs
 
 
