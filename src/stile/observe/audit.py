@@ -16,7 +16,7 @@ silently. Shutdown drains the queue through every sink before the process exits.
 
 Arguments are recorded per virtual server (`audit_arguments`, default `audit.arguments`): `none`,
 `digest` (SHA-256 of their canonical JSON), `redacted` (values of secret-looking keys and known secret
-formats masked, structure kept) or `full`.
+formats masked, and inside other strings what the redact policy's detectors find, structure kept) or `full`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from stile.core.context import CallContext, Principal
 from stile.observe.audit_sinks import Event, Sink, SinkError
 from stile.observe.audit_tail import write_heads
 from stile.observe.audit_wal import GroupCommit, Wal
+from stile.policies.detectors import BUILTIN_NAMES, scanner
 from stile.tasks import spawn
 from stile.wire.forwarded import ClientAddress
 
@@ -58,6 +59,7 @@ _SECRET_VALUE = re.compile(
     r"|xox[abpr]-[A-Za-z0-9-]{10,}"  # Slack token
     r"|sk-[A-Za-z0-9_-]{20,})$"  # OpenAI-style key
 )
+_DETECTORS = scanner(BUILTIN_NAMES)  # the redact policy's detectors, for values inside strings
 _NAME_KEY = {"tools/call": "name", "prompts/get": "name"}
 _EXECUTED = frozenset({"ok", "is_error"})  # outcomes of calls the upstream ran: the ones that cost
 
@@ -70,8 +72,8 @@ def redact(value: Any, depth: int = 0) -> Any:
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, depth + 1) for v in value]
-    if isinstance(value, str) and _SECRET_VALUE.match(value):
-        return MASK
+    if isinstance(value, str):
+        return MASK if _SECRET_VALUE.match(value) else _DETECTORS.mask(value)[0]
     return value
 
 
