@@ -24,6 +24,7 @@ async def report(cfg: GatewayConfig, out: Console, *, offline: bool = False) -> 
     gw = Gateway(cfg)
     try:
         await gw.start()
+        await gw.wait_discovered()  # start() does not wait; each failure ends fast (refused, exit code...)
         for name, inv in gw.inventories.items():
             if not inv.ok:
                 problems.append(f"upstream {name}: {inv.error}")

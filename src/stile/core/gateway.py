@@ -1,8 +1,11 @@
 """The running gateway: upstreams, their inventories, the virtual-server views and the hub.
 
-Discovery runs at start (all upstreams concurrently) and again for one upstream whenever it says
-`list_changed`; views are rebuilt from inventories and swapped atomically. A failed upstream is
-retried lazily (at most every RETRY_AFTER seconds) when a client asks for a list.
+Discovery runs in the background from start (one health-check task per upstream, `core/health.py`:
+start never waits on an upstream, so the server listens at once) and again for one upstream whenever
+it says `list_changed`; views are rebuilt from inventories and swapped atomically. A failed upstream is
+retried by its health task with backoff; a client listing only wakes that task (at most every
+RETRY_AFTER seconds), never waits on it. A list before an upstream's first discovery attempt has ended
+waits for it at most `health.list_wait` seconds, then answers from what is known.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, CallNext, Reply
+from stile.core.health import HealthChecker
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.router import NO_SPANS, Router, UpstreamSpans
@@ -23,6 +27,7 @@ from stile.core.sessions import SessionSealer, resolve_key
 from stile.stores.revocations import open_revocation_store
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
+from stile.upstreams.causes import detail_of
 from stile.upstreams.factory import make_upstream
 from stile.wire import jsonrpc
 from stile.wire.errors import MethodNotFound, StileError
@@ -66,6 +71,7 @@ class Gateway:
         self.chains: dict[str, CallNext] = {}
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
+        self.health = HealthChecker(cfg, self.upstreams, lambda n: self.inventories[n], self.refresh)
         self._rebuild_views()
 
     def install_chains(self, chains: dict[str, CallNext]) -> None:
@@ -87,14 +93,24 @@ class Gateway:
         return text
 
     async def start(self) -> None:
+        """Start discovery and health checks in the background; returns at once (see `wait_discovered`)."""
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
-        await asyncio.gather(*(self.refresh(n) for n in self.upstreams))
+        self.health.start()
+        spawn(self._log_problems(), name="view-problems")
+
+    async def wait_discovered(self, timeout: float | None = None) -> None:
+        """Wait until every upstream's first discovery attempt has ended (succeeded or failed)."""
+        await self.health.wait_first(self.upstreams, timeout)
+
+    async def _log_problems(self) -> None:
+        await self.wait_discovered()
         for view in self.views.values():
             for problem in view.problems:
                 log.warning("virtual server %s: %s", view.name, problem)
 
     async def stop(self) -> None:
+        await self.health.stop()
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.sessions.aclose()
 
@@ -117,8 +133,9 @@ class Gateway:
                 inv = Inventory(lists["tools/list"], lists["resources/list"], lists["resources/templates/list"],
                                 lists["prompts/list"], ok=True)
             except StileError as exc:
-                log.warning("upstream %s: discovery failed: %s", name, exc.message)
-                inv = Inventory(ok=False, error=exc.message)
+                why = detail_of(exc, up.target)
+                log.warning("upstream %s: discovery failed: %s", name, why)
+                inv = Inventory(ok=False, error=why)
             self.inventories[name] = inv
             self._rebuild_views()
             return inv
@@ -146,14 +163,16 @@ class Gateway:
         return items
 
     async def ensure_discovered(self, view: View) -> View:
-        """Retry failed upstreams of a view (rate-limited) before answering a list."""
+        """The view to answer a list from: waits (at most `health.list_wait`) only for first discovery
+        attempts still running; failed upstreams get a background retry scheduled (rate-limited)."""
+        if not all(self.health.discovered(u) for u in view.upstreams):
+            await self.health.wait_first(view.upstreams, self.cfg.health.list_wait)
         now = time.monotonic()
-        stale = [u for u in view.upstreams if not self.inventories[u].ok
-                 and now - self._last_try.get(u, 0.0) >= RETRY_AFTER]
-        if stale:
-            await asyncio.gather(*(self.refresh(u) for u in stale))
-            return self.views[view.name]
-        return view
+        for u in view.upstreams:
+            if not self.inventories[u].ok and now - self._last_try.get(u, 0.0) >= RETRY_AFTER:
+                self._last_try[u] = now
+                self.health.kick(u)
+        return self.views.get(view.name, view)
 
     def _notification_handler(self, name: str) -> Any:
         def on_notification(method: str, msg: Message) -> None:
