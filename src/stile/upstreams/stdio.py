@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -106,7 +107,7 @@ class StdioUpstream(UpstreamBase):
         path = os.environ.get("PATH", os.defpath)
         exe = shutil.which(argv[0], path=self.cfg.env.get("PATH", path))
         if exe is None:
-            raise FileNotFoundError(argv[0])
+            raise FileNotFoundError(errno.ENOENT, "command not found on PATH", argv[0])
         argv[0] = exe
         env = {"PATH": path, **self.cfg.env}
         return await asyncio.create_subprocess_exec(
