@@ -3,6 +3,7 @@ answers whatever the upstreams do, and `stile check` explains dead upstreams in 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -28,13 +29,16 @@ async def _readyz(base: str) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
-async def _until(base: str, want: Callable[[int, dict[str, Any]], bool], deadline_s: float) -> tuple[int, dict[str, Any]]:
+Want = Callable[[int, dict[str, Any]], bool]
+
+
+async def _until(base: str, want: Want, deadline_s: float) -> tuple[int, dict[str, Any]]:
     """Poll /readyz (not an MCP request: no upstream traffic) until `want` holds or the deadline passes."""
     end = time.monotonic() + deadline_s
     status, body = await _readyz(base)
     while not want(status, body):
         assert time.monotonic() < end, f"/readyz still {status} {body} after {deadline_s}s"
-        time.sleep(0.05)  # polling between attempts; not a test sleep
+        await asyncio.sleep(0.05)  # polling /readyz between attempts, bounded by the deadline
         status, body = await _readyz(base)
     return status, body
 
@@ -77,7 +81,7 @@ async def test_healthz_and_lists_answer_at_once_while_a_stdio_upstream_never_bec
         config = {"upstreams": {"notes": {"url": notes},
                                 "stuck": {"command": HANG, "connect_timeout": 60},
                                 "broken": {"command": EXITS}},
-                  "virtual_servers": {"main": {"auth": "none"}}, "health": {"interval": 0.5, "list_wait": 1}}
+                  "virtual_servers": {"main": {"auth": "none"}}, "health": {"interval": 0.5, "startup_wait": 1}}
         begun = time.monotonic()
         with stile_server(config) as base:  # waits for /healthz (30 s deadline; the old startup took 65 s)
             listening = time.monotonic() - begun
@@ -94,7 +98,7 @@ async def test_healthz_and_lists_answer_at_once_while_a_stdio_upstream_never_bec
             broken = body["upstreams"]["broken"]["error"]
             assert "process exited with code 3; last stderr: loading plugins" in broken, body
     print(f"listening after {listening:.2f}s, tools/list took {list_took:.2f}s")
-    assert list_took < 5  # at most list_wait for the first discovery attempt, never a retry
+    assert list_took < 5  # at most startup_wait for the first discovery attempts, never a retry
 
 
 def test_stile_check_explains_a_dead_sse_and_a_broken_stdio_upstream_in_seconds() -> None:

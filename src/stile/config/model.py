@@ -108,8 +108,9 @@ class HealthConfig(_Strict):
     interval: float = Field(default=10.0, gt=0, description="seconds between checks of a reachable upstream; "
                             "a down one is retried with backoff up to this")
     timeout: float = Field(default=5.0, gt=0, description="seconds one probe (ping) may take")
-    list_wait: float = Field(default=3.0, ge=0, description="seconds a list may wait for an upstream's first "
-                             "discovery after start; later lists answer from what is known")
+    startup_wait: float = Field(default=3.0, ge=0, description="seconds after start during which a client "
+                                "request waits for the upstreams' first discovery attempts; then it answers "
+                                "from what is known")
 
 
 class GatewayConfig(_Strict):

@@ -4,8 +4,9 @@ Discovery runs in the background from start (one health-check task per upstream,
 start never waits on an upstream, so the server listens at once) and again for one upstream whenever
 it says `list_changed`; views are rebuilt from inventories and swapped atomically. A failed upstream is
 retried by its health task with backoff; a client listing only wakes that task (at most every
-RETRY_AFTER seconds), never waits on it. A list before an upstream's first discovery attempt has ended
-waits for it at most `health.list_wait` seconds, then answers from what is known.
+RETRY_AFTER seconds), never waits on it. A client request in the first `health.startup_wait` seconds
+after start waits (until then at most) for the upstreams' first discovery attempts to end, so a client
+connecting at once sees every healthy upstream; later requests answer from what is known.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class Gateway:
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
         self.health = HealthChecker(cfg, self.upstreams, lambda n: self.inventories[n], self.refresh)
+        self._warming = False  # just started: requests wait (bounded) for the first discovery attempts
+        self._warm_until = 0.0
         self._rebuild_views()
 
     def install_chains(self, chains: dict[str, CallNext]) -> None:
@@ -79,6 +82,8 @@ class Gateway:
 
     async def handle(self, ctx: CallContext) -> Reply:
         """The only way a client message reaches the router: through its virtual server's chain."""
+        if self._warming:
+            await self._warm_up()
         chain = self.chains.get(ctx.virtual_server)
         if chain is None:
             raise MethodNotFound(f"unknown virtual server {ctx.virtual_server!r}")
@@ -97,7 +102,16 @@ class Gateway:
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
         self.health.start()
+        self._warm_until = time.monotonic() + self.cfg.health.startup_wait
+        self._warming = True
         spawn(self._log_problems(), name="view-problems")
+
+    async def _warm_up(self) -> None:
+        """Just after start: wait until every first discovery attempt has ended or `startup_wait` is over."""
+        remaining = self._warm_until - time.monotonic()
+        if remaining > 0:
+            await self.health.wait_first(self.upstreams, remaining)
+        self._warming = False
 
     async def wait_discovered(self, timeout: float | None = None) -> None:
         """Wait until every upstream's first discovery attempt has ended (succeeded or failed)."""
@@ -163,10 +177,8 @@ class Gateway:
         return items
 
     async def ensure_discovered(self, view: View) -> View:
-        """The view to answer a list from: waits (at most `health.list_wait`) only for first discovery
-        attempts still running; failed upstreams get a background retry scheduled (rate-limited)."""
-        if not all(self.health.discovered(u) for u in view.upstreams):
-            await self.health.wait_first(view.upstreams, self.cfg.health.list_wait)
+        """The view to answer a list from, at once: a failed upstream only gets its background retry
+        scheduled earlier (rate-limited); the startup wait is `handle`'s."""
         now = time.monotonic()
         for u in view.upstreams:
             if not self.inventories[u].ok and now - self._last_try.get(u, 0.0) >= RETRY_AFTER:

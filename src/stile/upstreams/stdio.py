@@ -92,13 +92,15 @@ class StdioUpstream(UpstreamBase):
         except TimeoutError as exc:
             raise self.unavailable(f"process not ready within {limit:g}s") from exc
 
-    def _settle(self, failure: UpstreamUnavailable | None) -> None:
+    def _settle(self, failure: UpstreamUnavailable | None, *, was_ready: bool = False) -> None:
+        """Ready (`failure` None), or an attempt ended. Callers fail fast only on an attempt that never got
+        ready (a broken command); a crash of a ready process makes them wait for the restart instead."""
         if failure is None:
             self._ready.set()
             self._failure = None
         else:
             self._attempts += 1
-            self._failure = failure
+            self._failure = None if was_ready else failure
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -153,7 +155,7 @@ class StdioUpstream(UpstreamBase):
                 self._rpc.fail_all(failure.cause)
                 if self._closed:
                     return
-                self._settle(failure)
+                self._settle(failure, was_ready=handshake is None)
                 self.restarts += 1
                 log.warning("upstream %s: %s; restarting in %.2fs", self.name, self._last_error, delay)
             self._running = False
@@ -226,8 +228,11 @@ class StdioUpstream(UpstreamBase):
                 continue
             except asyncio.IncompleteReadError as exc:  # end of output; a last line without newline counts
                 line = exc.partial
-            if not line:
-                self._rpc.fail_all("process closed its output")  # a handshake in flight fails now, not at its timeout
+            if not line:  # calls in flight (a handshake too) fail now, with the exit code, not at their timeout
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await proc.wait()
+                self._rpc.fail_all(exit_cause(proc.returncode))
                 return
             try:
                 msg = jsonrpc.loads(line)
