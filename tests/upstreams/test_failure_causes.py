@@ -112,3 +112,23 @@ async def test_a_missing_stdio_command_says_it_cannot_be_started() -> None:
             "stile-no-such-command-xyz: cannot start 'stile-no-such-command-xyz': command not found on PATH")
     finally:
         await gw.stop()
+
+
+async def test_https_to_a_plain_http_server_is_a_tls_error(http_500: str) -> None:
+    url = http_500.replace("http://", "https://")
+    gw = await _discover({"tls": {"url": url}})
+    try:
+        error = gw.inventories["tls"].error or ""
+        assert error.startswith(f"{url}: TLS error ("), error
+    finally:
+        await gw.stop()
+
+
+async def test_a_stdio_process_that_never_answers_names_the_handshake_timeout() -> None:
+    gw = await _discover({"mute": {"command": [sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                   "connect_timeout": 0.5}})
+    try:
+        error = gw.inventories["mute"].error or ""
+        assert error.endswith(": handshake failed: no answer to initialize within 0.5s"), error
+    finally:
+        await gw.stop()

@@ -75,6 +75,7 @@ class Gateway:
         self.health = HealthChecker(cfg, self.upstreams, lambda n: self.inventories[n], self.refresh)
         self._warming = False  # just started: requests wait (bounded) for the first discovery attempts
         self._warm_until = 0.0
+        self._problems_task: asyncio.Task[None] | None = None
         self._rebuild_views()
 
     def install_chains(self, chains: dict[str, CallNext]) -> None:
@@ -104,7 +105,7 @@ class Gateway:
         self.health.start()
         self._warm_until = time.monotonic() + self.cfg.health.startup_wait
         self._warming = True
-        spawn(self._log_problems(), name="view-problems")
+        self._problems_task = spawn(self._log_problems(), name="view-problems")
 
     async def _warm_up(self) -> None:
         """Just after start: wait until every first discovery attempt has ended or `startup_wait` is over."""
@@ -124,6 +125,8 @@ class Gateway:
                 log.warning("virtual server %s: %s", view.name, problem)
 
     async def stop(self) -> None:
+        if self._problems_task is not None:
+            self._problems_task.cancel()
         await self.health.stop()
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.sessions.aclose()

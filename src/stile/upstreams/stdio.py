@@ -82,7 +82,7 @@ class StdioUpstream(UpstreamBase):
         elif not self._running and self._failure is not None:
             raise self._failure
         seen = self._attempts
-        limit = self.cfg.connect_timeout + PROBE_TIMEOUT
+        limit = self.cfg.connect_timeout + PROBE_TIMEOUT + 1  # the handshake's own timeouts name the cause first
         try:
             async with asyncio.timeout(limit):
                 while not self._ready.is_set():
