@@ -108,7 +108,7 @@ class HealthConfig(_Strict):
     interval: float = Field(default=10.0, gt=0, description="seconds between checks of a reachable upstream; "
                             "a down one is retried with backoff up to this")
     timeout: float = Field(default=5.0, gt=0, description="seconds one probe (ping) may take")
-    startup_wait: float = Field(default=3.0, ge=0, description="seconds after start during which a client "
+    startup_wait: float = Field(default=5.0, ge=0, description="seconds after start during which a client "
                                 "request waits for the upstreams' first discovery attempts; then it answers "
                                 "from what is known")
 

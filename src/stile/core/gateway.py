@@ -151,7 +151,8 @@ class Gateway:
                                 lists["prompts/list"], ok=True)
             except StileError as exc:
                 why = detail_of(exc, up.target)
-                log.warning("upstream %s: discovery failed: %s", name, why)
+                repeated = why == self.inventories[name].error  # background retries: say it once
+                log.log(logging.DEBUG if repeated else logging.WARNING, "upstream %s: discovery failed: %s", name, why)
                 inv = Inventory(ok=False, error=why)
             self.inventories[name] = inv
             self._rebuild_views()
