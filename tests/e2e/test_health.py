@@ -53,7 +53,7 @@ async def test_readyz_follows_an_upstream_coming_up_and_going_down_without_clien
     config = {"upstreams": {"notes": {"url": url, "connect_timeout": 1}},
               "virtual_servers": {"main": {"auth": "none"}}, "health": {"interval": 0.2, "timeout": 1}}
     with stile_server(config) as base:
-        status, body = await _readyz(base)
+        status, body = await _until(base, lambda s, b: b["upstreams"]["notes"]["error"] is not None, 10)
         assert status == 503 and body["upstreams"]["notes"]["error"] == f"{url}: connection refused", body
         with _notes_on(port):
             started = time.monotonic()
@@ -97,8 +97,13 @@ async def test_healthz_and_lists_answer_at_once_while_a_stdio_upstream_never_bec
             assert body["upstreams"]["stuck"]["ready"] is False
             broken = body["upstreams"]["broken"]["error"]
             assert "process exited with code 3; last stderr: loading plugins" in broken, body
-    print(f"listening after {listening:.2f}s, tools/list took {list_took:.2f}s")
+            async with Client(f"{base}/mcp/main", mode="legacy") as c:  # past startup_wait: no waiting at all
+                again = time.monotonic()
+                assert [t.name for t in (await c.list_tools()).tools] == tools
+                again_took = time.monotonic() - again
+    print(f"listening after {listening:.2f}s, tools/list took {list_took:.2f}s, later {again_took:.2f}s")
     assert list_took < 5  # at most startup_wait for the first discovery attempts, never a retry
+    assert again_took < 2  # a retry of the broken upstreams runs in the background, not on this request
 
 
 def test_stile_check_explains_a_dead_sse_and_a_broken_stdio_upstream_in_seconds() -> None:

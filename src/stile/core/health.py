@@ -40,7 +40,7 @@ FIRST_RETRY = 0.5
 @dataclass
 class UpstreamHealth:
     ready: bool = False
-    reason: str | None = "not checked yet"  # for operators: target and cause; None when ready
+    reason: str | None = None  # for operators: target and cause; None when ready or not checked yet
     checked_at: float = 0.0  # time.monotonic() of the last check
     checks: int = 0
 
@@ -107,7 +107,7 @@ class HealthChecker:
     def reason(self, name: str) -> str | None:
         if self.ready(name):
             return None
-        if self.started and self.status[name].reason is not None:
+        if self.started:  # None until the first check has ended
             return self.status[name].reason
         return self.upstreams[name].last_error or self._inventory(name).error or "not ready"
 
