@@ -50,8 +50,8 @@ def _notes_on(port: int) -> Any:
 async def test_readyz_follows_an_upstream_coming_up_and_going_down_without_client_traffic() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
-    config = {"upstreams": {"notes": {"url": url, "connect_timeout": 1}},
-              "virtual_servers": {"main": {"auth": "none"}}, "health": {"interval": 0.2, "timeout": 1}}
+    config = {"upstreams": {"notes": {"url": url, "connect_timeout": 1, "health_interval": 0.2}},
+              "virtual_servers": {"main": {"auth": "none"}}, "health": {"timeout": 1}}
     with stile_server(config) as base:
         status, body = await _until(base, lambda s, b: b["upstreams"]["notes"]["error"] is not None, 10)
         assert status == 503 and body["upstreams"]["notes"]["error"] == f"{url}: connection refused", body
