@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -374,11 +376,16 @@ async def test_an_upstream_down_from_the_start_leaves_stile_serving_the_others()
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
-            async with http.get(f"{base}/readyz") as resp:
-                ready = await resp.json()
-                assert resp.status == 503
-                assert ready["upstreams"]["gone"]["ready"] is False and ready["upstreams"]["gone"]["error"]
-                assert ready["upstreams"]["notes"]["ready"] is True
+            deadline = time.monotonic() + 20
+            while True:  # discovery runs in the background after the server listens (core/health.py)
+                async with http.get(f"{base}/readyz") as resp:
+                    ready = await resp.json()
+                    assert resp.status == 503
+                if ready["upstreams"]["notes"]["ready"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)  # polling readiness between attempts, bounded by the deadline
+            assert ready["upstreams"]["gone"]["ready"] is False and ready["upstreams"]["gone"]["error"]
+            assert ready["upstreams"]["notes"]["ready"] is True
         for mode in MODES:
             async with Client(f"{base}/mcp/main", mode=mode) as c:
                 names = [t.name for t in (await c.list_tools()).tools]

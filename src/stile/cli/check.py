@@ -41,6 +41,7 @@ async def surface(cfg: GatewayConfig, *, offline: bool = False) -> dict[str, Any
     gw = Gateway(cfg)
     try:
         await gw.start()
+        await gw.wait_discovered()  # start() does not wait; each failure ends fast (refused, exit code...)
         for name, inv in gw.inventories.items():
             data["upstreams"][name] = {"status": "ok" if inv.ok else "error", "error": None if inv.ok else inv.error}
             if not inv.ok:

@@ -32,6 +32,8 @@ class UpstreamConfig(_Strict):
     timeout: float = Field(default=60.0, gt=0, description="seconds for one upstream request")
     connect_timeout: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=100, ge=1)
+    health_interval: float | None = Field(default=None, gt=0, description="seconds between health checks; "
+                                          "default `health.interval`")
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpstreamConfig:
@@ -101,6 +103,17 @@ class LimitsConfig(_Strict):
     max_metric_series: int = Field(default=10_000, ge=10)  # label sets per metric family; more go to (overflow)
 
 
+class HealthConfig(_Strict):
+    """Active upstream health checks (they drive /readyz and retry discovery in the background)."""
+
+    interval: float = Field(default=10.0, gt=0, description="seconds between checks of a reachable upstream; "
+                            "a down one is retried with backoff up to this")
+    timeout: float = Field(default=5.0, gt=0, description="seconds one probe (ping) may take")
+    startup_wait: float = Field(default=5.0, ge=0, description="seconds after start during which a client "
+                                "request waits for the upstreams' first discovery attempts; then it answers "
+                                "from what is known")
+
+
 class GatewayConfig(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
@@ -109,6 +122,7 @@ class GatewayConfig(_Strict):
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     state: str | None = None  # state store URL; default sqlite:///stile.db beside the config
     public_url: str | None = None  # canonical base URL clients use (token audience); default http://HOST:PORT
     auth: AuthConfig = Field(default_factory=AuthConfig)

@@ -1,8 +1,12 @@
 """The running gateway: upstreams, their inventories, the virtual-server views and the hub.
 
-Discovery runs at start (all upstreams concurrently) and again for one upstream whenever it says
-`list_changed`; views are rebuilt from inventories and swapped atomically. A failed upstream is
-retried lazily (at most every RETRY_AFTER seconds) when a client asks for a list.
+Discovery runs in the background from start (one health-check task per upstream, `core/health.py`:
+start never waits on an upstream, so the server listens at once) and again for one upstream whenever
+it says `list_changed`; views are rebuilt from inventories and swapped atomically. A failed upstream is
+retried by its health task with backoff; a client listing only wakes that task (at most every
+RETRY_AFTER seconds), never waits on it. A client request in the first `health.startup_wait` seconds
+after start waits (until then at most) for the upstreams' first discovery attempts to end, so a client
+connecting at once sees every healthy upstream; later requests answer from what is known.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, CallNext, Reply
+from stile.core.health import HealthChecker
 from stile.core.hub import Hub
 from stile.core.mrtr import InputBridge
 from stile.core.router import NO_SPANS, Router, UpstreamSpans
@@ -24,6 +29,7 @@ from stile.core.sessions import SessionSealer, resolve_key
 from stile.stores.revocations import open_revocation_store
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
+from stile.upstreams.causes import detail_of
 from stile.upstreams.factory import make_upstream
 from stile.wire import jsonrpc
 from stile.wire.errors import MethodNotFound, StileError
@@ -71,6 +77,10 @@ class Gateway:
         self.upstream_listeners: list[Callable[[str, str, Message], None]] = []
         self._last_try: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {n: asyncio.Lock() for n in cfg.upstreams}
+        self.health = HealthChecker(cfg, self.upstreams, lambda n: self.inventories[n], self.refresh)
+        self._warming = False  # just started: requests wait (bounded) for the first discovery attempts
+        self._warm_until = 0.0
+        self._problems_task: asyncio.Task[None] | None = None
         self._rebuild_views()
 
     def install_chains(self, chains: dict[str, CallNext]) -> None:
@@ -78,6 +88,8 @@ class Gateway:
 
     async def handle(self, ctx: CallContext) -> Reply:
         """The only way a client message reaches the router: through its virtual server's chain."""
+        if self._warming:
+            await self._warm_up()
         chain = self.chains.get(ctx.virtual_server)
         if chain is None:
             raise MethodNotFound(f"unknown virtual server {ctx.virtual_server!r}")
@@ -92,14 +104,35 @@ class Gateway:
         return text
 
     async def start(self) -> None:
+        """Start discovery and health checks in the background; returns at once (see `wait_discovered`)."""
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
-        await asyncio.gather(*(self.refresh(n) for n in self.upstreams))
+        self.health.start()
+        self._warm_until = time.monotonic() + self.cfg.health.startup_wait
+        self._warming = True
+        self._problems_task = spawn(self._log_problems(), name="view-problems")
+
+    async def _warm_up(self) -> None:
+        """Just after start: wait until every first discovery attempt has ended or `startup_wait` is over."""
+        remaining = self._warm_until - time.monotonic()
+        if remaining > 0:
+            await self.health.wait_first(self.upstreams, remaining)
+        self._warming = False
+
+    async def wait_discovered(self, timeout: float | None = None) -> None:
+        """Wait until every upstream's first discovery attempt has ended (succeeded or failed)."""
+        await self.health.wait_first(self.upstreams, timeout)
+
+    async def _log_problems(self) -> None:
+        await self.wait_discovered()
         for view in self.views.values():
             for problem in view.problems:
                 log.warning("virtual server %s: %s", view.name, problem)
 
     async def stop(self) -> None:
+        if self._problems_task is not None:
+            self._problems_task.cancel()
+        await self.health.stop()
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.sessions.aclose()
 
@@ -122,8 +155,10 @@ class Gateway:
                 inv = Inventory(lists["tools/list"], lists["resources/list"], lists["resources/templates/list"],
                                 lists["prompts/list"], ok=True)
             except StileError as exc:
-                log.warning("upstream %s: discovery failed: %s", name, exc.message)
-                inv = Inventory(ok=False, error=exc.message)
+                why = detail_of(exc, up.target)
+                repeated = why == self.inventories[name].error  # background retries: say it once
+                log.log(logging.DEBUG if repeated else logging.WARNING, "upstream %s: discovery failed: %s", name, why)
+                inv = Inventory(ok=False, error=why)
             if self.inventory_filter is not None and inv.ok:
                 inv = await self.inventory_filter(name, inv)
             self.inventories[name] = inv
@@ -153,14 +188,14 @@ class Gateway:
         return items
 
     async def ensure_discovered(self, view: View) -> View:
-        """Retry failed upstreams of a view (rate-limited) before answering a list."""
+        """The view to answer a list from, at once: a failed upstream only gets its background retry
+        scheduled earlier (rate-limited); the startup wait is `handle`'s."""
         now = time.monotonic()
-        stale = [u for u in view.upstreams if not self.inventories[u].ok
-                 and now - self._last_try.get(u, 0.0) >= RETRY_AFTER]
-        if stale:
-            await asyncio.gather(*(self.refresh(u) for u in stale))
-            return self.views[view.name]
-        return view
+        for u in view.upstreams:
+            if not self.inventories[u].ok and now - self._last_try.get(u, 0.0) >= RETRY_AFTER:
+                self._last_try[u] = now
+                self.health.kick(u)
+        return self.views.get(view.name, view)
 
     def _notification_handler(self, name: str) -> Any:
         def on_notification(method: str, msg: Message) -> None:

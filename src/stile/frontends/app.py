@@ -301,11 +301,5 @@ class StileApp:
 
     async def _ready(self, headers: dict[str, str], send: Send) -> None:
         details = await self.metrics_access.may_see_details(headers)  # error text may name internal hosts
-        status: dict[str, Any] = {}
-        for name, up in self.gw.upstreams.items():
-            inv = self.gw.inventories[name]
-            status[name] = {"ready": up.healthy and inv.ok, "era": up.era}
-            if details:
-                status[name]["error"] = up.last_error or inv.error
-        ok = all(s["ready"] for s in status.values())
+        ok, status = self.gw.health.report(details)  # from the active health checks (core/health.py)
         await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})

@@ -59,7 +59,7 @@ class _UpstreamCollector:
         up = GaugeMetricFamily("stile_upstream_up", "1 when the upstream is reachable and discovered",
                                labels=["upstream", "era"])
         for name, upstream in self.gw.upstreams.items():
-            ready = upstream.healthy and self.gw.inventories[name].ok
+            ready = self.gw.health.ready(name)  # the same answer as /readyz (active health checks)
             up.add_metric([name, upstream.era or "unknown"], 1.0 if ready else 0.0)
         yield up
 

@@ -16,8 +16,9 @@ from typing import Any, Literal, Protocol
 
 from stile import __version__
 from stile.config.model import UpstreamConfig
+from stile.upstreams.causes import target_of
 from stile.wire import eras
-from stile.wire.errors import MethodNotFound
+from stile.wire.errors import MethodNotFound, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream")
@@ -62,6 +63,7 @@ DEFAULT_OPTIONS = CallOptions()
 
 class Upstream(Protocol):
     name: str
+    target: str  # its URL (no user-info, no query) or command line, for operators' messages
     era: Era | None
     server_info: dict[str, Any]
     capabilities: dict[str, Any]
@@ -103,11 +105,17 @@ class UpstreamBase:
         self.on_notification: OnNotification = ignore_notification
         self.initialize_count = 0
         self._closed = False
-        self._last_error: str | None = None
+        self._last_error: str | None = None  # for operators: target and cause (see upstreams/causes.py)
+        self.target = target_of(cfg)
 
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    def unavailable(self, cause: str, detail: str | None = None) -> UpstreamUnavailable:
+        """Record a failure (`detail`, else `cause`, after the target) and build the client's error (`cause`)."""
+        self._last_error = f"{self.target}: {detail or cause}"
+        return UpstreamUnavailable(self.name, cause, detail=self._last_error)
 
     def adopt_initialize(self, result: dict[str, Any]) -> None:
         """Record what a legacy `initialize` answered."""

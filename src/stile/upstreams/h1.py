@@ -45,6 +45,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from stile.upstreams.causes import os_cause
+
 __all__ = ["H1Error", "H1HeaderError", "H1Pool", "H1Response", "H1Timeout", "H1TooLarge"]
 
 _HIGH_WATER = 256 * 1024  # buffered body bytes per response before reading pauses
@@ -55,7 +57,14 @@ _SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})  # th
 
 
 class H1Error(Exception):
-    """Connection refused, reset or closed early, a malformed response, or a closed pool/response."""
+    """Connection refused, reset or closed early, a malformed response, or a closed pool/response.
+
+    `str()` is the full text (it may name the host); `cause` the short words a client may see.
+    """
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class H1Timeout(H1Error):
@@ -473,9 +482,11 @@ class H1Pool:
             ok = True
             return conn
         except TimeoutError as exc:
-            raise H1Timeout(f"no connection to {self._host}:{self._port} within {self._connect_timeout}s") from exc
+            cause = f"connect timeout after {self._connect_timeout:g}s"
+            raise H1Timeout(f"cannot connect to {self._host}:{self._port}: {cause}", cause) from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
-            raise H1Error(f"cannot connect to {self._host}:{self._port}: {exc}") from exc
+            cause = os_cause(exc)
+            raise H1Error(f"cannot connect to {self._host}:{self._port}: {cause}", cause) from exc
         finally:
             if not ok:
                 conn.close()

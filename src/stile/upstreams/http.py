@@ -28,6 +28,7 @@ from stile.upstreams.base import (
     initialize_params,
     is_modern_discover,
 )
+from stile.upstreams.causes import detail_of
 from stile.upstreams.h1 import H1Error, H1HeaderError, H1Pool, H1Response, H1TooLarge
 from stile.wire import eras, jsonrpc, sse
 from stile.wire import headers as mcp_headers
@@ -116,7 +117,7 @@ class HttpUpstream(UpstreamBase):
                     await self._initialize()
                     self._legacy_ok = True
             except StileError as exc:
-                self._last_error = exc.message
+                self._last_error = detail_of(exc, self.target)
                 if self.cfg.era == "auto":
                     self.era = None
                 raise
@@ -151,11 +152,11 @@ class HttpUpstream(UpstreamBase):
                     async for msg in self._messages(resp):
                         if jsonrpc.is_response(msg):
                             return msg
-                    return {"error": {"code": -32603, "message": f"HTTP {resp.status}"}}
+                    return {"error": {"code": -32603, "message": f"HTTP status {resp.status}"}}
         except TimeoutError as exc:
-            raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout}s") from exc
+            raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout:g}s") from exc
         except H1Error as exc:
-            raise UpstreamUnavailable(self.name, f"cannot reach upstream ({type(exc).__name__})") from exc
+            raise self.unavailable(exc.cause) from exc
 
     async def _messages(self, resp: H1Response) -> AsyncIterator[Message]:
         """The JSON-RPC messages of a response; UpstreamTooLarge (connection closed) past `max_response`."""
@@ -199,7 +200,8 @@ class HttpUpstream(UpstreamBase):
                 async with await self._send("POST", self._headers(era="legacy"), body) as resp:
                     await resp.read(self.max_response)
         except (TimeoutError, H1Error) as exc:
-            log.warning("upstream %s: notification %s not delivered: %s", self.name, method, type(exc).__name__)
+            log.warning("upstream %s (%s): notification %s not delivered: %s", self.name, self.target, method,
+                        exc.cause if isinstance(exc, H1Error) else "timeout")
 
     async def _pick_era(self, opts: CallOptions) -> Era:
         """Speak to a dual-era upstream in the client's era, so each client gets faithful behaviour."""
@@ -226,7 +228,7 @@ class HttpUpstream(UpstreamBase):
             try:
                 msg = await self._request_once(method, params, opts, era)
             except UpstreamUnavailable as exc:
-                self._last_error = exc.message  # readiness shows the upstream as lost until it answers again
+                self._last_error = detail_of(exc, self.target)  # not ready until it answers again
                 raise
             except _SessionLost:
                 if attempt == 2:
@@ -264,7 +266,7 @@ class HttpUpstream(UpstreamBase):
                         elif msg.get("id") == rid:
                             return msg
                     if not got_any:
-                        raise UpstreamUnavailable(self.name, f"HTTP {resp.status} without a JSON-RPC answer")
+                        raise UpstreamUnavailable(self.name, f"HTTP status {resp.status} without a JSON-RPC answer")
                     raise UpstreamUnavailable(self.name, "stream ended before the response")
         except TimeoutError as exc:
             self._cancel_later(rid, era)
@@ -277,7 +279,7 @@ class HttpUpstream(UpstreamBase):
         except H1HeaderError as exc:  # a header value the client supplied cannot be sent (CR/LF, non-Latin-1)
             raise InvalidParams(f"a value for upstream {self.name!r} cannot be sent in an HTTP header") from exc
         except H1Error as exc:
-            raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
+            raise self.unavailable(exc.cause) from exc
 
     def _cancel_later(self, rid: str, era: Era) -> None:
         if era == "legacy":
@@ -301,7 +303,7 @@ class HttpUpstream(UpstreamBase):
             async with await self._send("POST", self._headers(era="legacy"), body) as resp:
                 await resp.read(self.max_response)
         except H1Error as exc:
-            log.warning("upstream %s: could not deliver answer: %s", self.name, type(exc).__name__)
+            log.warning("upstream %s (%s): could not deliver answer: %s", self.name, self.target, exc.cause)
 
     async def _listen(self, era: Era) -> None:
         """Keep a stream open for list_changed / resources/updated, reconnecting with backoff."""
@@ -314,9 +316,9 @@ class HttpUpstream(UpstreamBase):
                     await self._listen_legacy()
                 delay = 0.5
             except (H1Error, TimeoutError, ValueError, UpstreamTooLarge) as exc:
-                log.debug("upstream %s listener: %s", self.name, type(exc).__name__)
+                log.debug("upstream %s listener: %s", self.name, exc)
                 if isinstance(exc, H1Error):
-                    self._last_error = f"cannot reach upstream ({type(exc).__name__})"
+                    self._last_error = f"{self.target}: {exc.cause}"
             except _NoStream:
                 return
             await asyncio.sleep(delay)

@@ -27,6 +27,7 @@ from stile.upstreams.base import (
     adapt_params,
     initialize_params,
 )
+from stile.upstreams.causes import os_cause
 from stile.upstreams.correlate import Correlator
 from stile.wire import jsonrpc, sse
 from stile.wire.errors import StileError, UpstreamTooLarge, UpstreamUnavailable
@@ -44,6 +45,7 @@ class SseUpstream(UpstreamBase):
         self._http: aiohttp.ClientSession | None = None
         self._endpoint: str | None = None
         self._endpoint_error: str | None = None  # the stream named an endpoint on another origin
+        self._stream_cause: str | None = None  # why the last stream ended before its endpoint event
         self._rpc = Correlator(name, self._post, lambda: self.on_notification, "e")
         self._ready = asyncio.Event()
         self._endpoint_seen = asyncio.Event()
@@ -62,20 +64,22 @@ class SseUpstream(UpstreamBase):
                 self._http = aiohttp.ClientSession()
             self._endpoint_seen.clear()
             self._endpoint_error = None
+            self._stream_cause = None
             if self._reader is None or self._reader.done():
                 self._reader = spawn(self._read(), name=f"sse-{self.name}")
             try:
                 async with asyncio.timeout(self.cfg.connect_timeout):
                     await self._endpoint_seen.wait()
             except TimeoutError as exc:
-                raise UpstreamUnavailable(self.name, "no endpoint event on the SSE stream") from exc
+                raise self.unavailable(f"no endpoint event on the SSE stream within {self.cfg.connect_timeout:g}s"
+                                       ) from exc
             if self._endpoint_error is not None:
-                raise UpstreamUnavailable(self.name, self._endpoint_error)
+                raise self.unavailable(self._endpoint_error)
             if self._endpoint is None:
-                raise UpstreamUnavailable(self.name, self._last_error or "SSE stream closed before its endpoint event")
+                raise self.unavailable(self._stream_cause or "SSE stream closed before its endpoint event")
             msg = await self._rpc.call("initialize", initialize_params(), timeout=self.cfg.connect_timeout)
             if "result" not in msg:
-                raise UpstreamUnavailable(self.name, "initialize failed")
+                raise self.unavailable(f"initialize failed: {(msg.get('error') or {}).get('message', 'no result')}")
             self.adopt_initialize(msg["result"])
             await self._post(jsonrpc.notification("notifications/initialized", {}))
             self._ready.set()
@@ -87,7 +91,8 @@ class SseUpstream(UpstreamBase):
             async with self._http.get(self.url, headers={"Accept": "text/event-stream", **self.cfg.headers},
                                       timeout=timeout) as resp:
                 if resp.status != 200:
-                    self._last_error = f"SSE GET answered HTTP {resp.status}"
+                    self._stream_cause = f"SSE GET answered HTTP status {resp.status}"
+                    self._last_error = f"{self.target}: {self._stream_cause}"
                     log.error("upstream %s: %s", self.name, self._last_error)
                     return
                 dec = sse.Decoder(self.max_response)
@@ -104,8 +109,9 @@ class SseUpstream(UpstreamBase):
             log.error("%s; closing the stream", why)
             self._rpc.fail_all(why.split(": ", 1)[1])
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._last_error = f"SSE stream failed ({type(exc).__name__})"
-            log.warning("upstream %s: SSE stream failed: %s", self.name, type(exc).__name__)
+            self._stream_cause = _client_cause(exc, self.cfg.connect_timeout)
+            self._last_error = f"{self.target}: {self._stream_cause}"
+            log.warning("upstream %s: SSE stream failed: %s", self.name, self._last_error)
         finally:
             self._ready.clear()
             self._endpoint = None
@@ -140,9 +146,9 @@ class SseUpstream(UpstreamBase):
                 while size <= self.max_response and (chunk := await resp.content.readany()):
                     size += len(chunk)  # drained, not kept (an answer comes on the stream)
                 if resp.status >= 400:
-                    raise UpstreamUnavailable(self.name, f"POST answered HTTP {resp.status}")
+                    raise self.unavailable(f"POST answered HTTP status {resp.status}")
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(self.name, f"connection failed ({type(exc).__name__})") from exc
+            raise self.unavailable(_client_cause(exc, self.cfg.connect_timeout)) from exc
 
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
         if not self._ready.is_set():
@@ -173,3 +179,14 @@ def _origin(url: str) -> str:
         return ""
     host = (parts.hostname or "").lower()
     return f"{parts.scheme.lower()}://{host}:{port}" if host and parts.scheme else ""
+
+
+def _client_cause(exc: BaseException, connect_timeout: float) -> str:
+    """An aiohttp failure in words (the OS error under a connector error: refused, DNS, TLS...)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return os_cause(exc.os_error)
+    if isinstance(exc, TimeoutError):
+        return f"timeout after {connect_timeout:g}s"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP status {exc.status}"
+    return str(exc) or type(exc).__name__

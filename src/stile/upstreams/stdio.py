@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
 import shutil
 import signal
+from collections import deque
 from typing import Any
 
 from stile.config.model import UpstreamConfig
@@ -32,13 +34,15 @@ from stile.upstreams.base import (
     initialize_params,
     is_modern_discover,
 )
+from stile.upstreams.causes import exit_cause
 from stile.upstreams.correlate import Correlator
 from stile.wire import jsonrpc
-from stile.wire.errors import StileError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
+from stile.wire.errors import StileError, UpstreamError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
 
 log = logging.getLogger("stile.upstream.stdio")
 PROBE_TIMEOUT = 5.0
+STDERR_TAIL = 3  # last stderr lines kept to explain why a process ended
 _SNIFF = 4096  # bytes kept of an oversized line's head and tail, to find the id it answers
 # the id as the first member (after "jsonrpc") or the last member of the top-level object
 _HEAD_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*"([^"\\]{1,64})"')
@@ -56,26 +60,56 @@ class StdioUpstream(UpstreamBase):
         self._start_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._attempts = 0  # process starts that ended (failed handshake or exit)
+        self._failure: UpstreamUnavailable | None = None  # why the last one ended
+        self._running = False  # a process is running or being started (not waiting out a backoff)
+        self._changed = asyncio.Event()  # set (and replaced) when ready, or when an attempt ends
 
     @property
     def healthy(self) -> bool:
         return self._ready.is_set()
 
     async def start(self) -> None:
+        """Wait until the process is ready; fail as soon as an attempt ends (exit, failed handshake).
+
+        While the supervisor waits out its restart backoff, fail at once with the last attempt's cause.
+        """
+        if self._ready.is_set():
+            return
         if self._supervisor is None:
             self._supervisor = spawn(self._supervise(), name=f"stdio-{self.name}")
+        elif not self._running and self._failure is not None:
+            raise self._failure
+        seen = self._attempts
+        limit = self.cfg.connect_timeout + PROBE_TIMEOUT + 1  # the handshake's own timeouts name the cause first
         try:
-            async with asyncio.timeout(self.cfg.connect_timeout + PROBE_TIMEOUT):
-                await self._ready.wait()
+            async with asyncio.timeout(limit):
+                while not self._ready.is_set():
+                    if self._attempts > seen and self._failure is not None:
+                        raise self._failure
+                    await self._changed.wait()
         except TimeoutError as exc:
-            raise UpstreamUnavailable(self.name, f"process not ready: {self._last_error or 'timeout'}") from exc
+            raise self.unavailable(f"process not ready within {limit:g}s") from exc
+
+    def _settle(self, failure: UpstreamUnavailable | None, *, was_ready: bool = False) -> None:
+        """Ready (`failure` None), or an attempt ended. Callers fail fast only on an attempt that never got
+        ready (a broken command); a crash of a ready process makes them wait for the restart instead."""
+        if failure is None:
+            self._ready.set()
+            self._failure = None
+        else:
+            self._attempts += 1
+            self._failure = None if was_ready else failure
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         argv = list(self.cfg.command or [])
         path = os.environ.get("PATH", os.defpath)
         exe = shutil.which(argv[0], path=self.cfg.env.get("PATH", path))
         if exe is None:
-            raise FileNotFoundError(argv[0])
+            raise FileNotFoundError(errno.ENOENT, "command not found on PATH", argv[0])
         argv[0] = exe
         env = {"PATH": path, **self.cfg.env}
         return await asyncio.create_subprocess_exec(
@@ -86,34 +120,59 @@ class StdioUpstream(UpstreamBase):
     async def _supervise(self) -> None:
         delay = 0.25
         while not self._closed:
+            self._running = True
             try:
                 proc = self._proc = await self._spawn()
             except OSError as exc:
-                self._last_error = f"cannot start {self.cfg.command[0] if self.cfg.command else ''!r}: {exc}"
-                log.error("upstream %s: %s", self.name, self._last_error)
+                why = f"cannot start {exc.filename or (self.cfg.command or [''])[0]!r}: {exc.strerror or exc}"
+                log.error("upstream %s: %s", self.name, why)
+                self._settle(self.unavailable(why))
             else:
+                self._stderr_tail.clear()
                 readers = [spawn(self._read_stdout(proc), name=f"stdout-{self.name}"),
                            spawn(self._read_stderr(proc), name=f"stderr-{self.name}")]
+                handshake: StileError | None = None
+                killed = False
                 try:
                     await self._handshake()
-                    self._ready.set()
+                    self._settle(None)
                     delay = 0.25
                 except StileError as exc:
-                    self._last_error = exc.message
-                    log.error("upstream %s: handshake failed: %s", self.name, exc.message)
-                    self._kill()
+                    handshake = exc
+                    try:  # a process that is exiting by itself reports its exit code, not our kill
+                        async with asyncio.timeout(0.5):
+                            await proc.wait()
+                    except TimeoutError:
+                        killed = self._kill()
                 await proc.wait()
                 self._ready.clear()
+                with contextlib.suppress(TimeoutError):  # the last stderr lines, unless a grandchild holds it open
+                    async with asyncio.timeout(1.0):
+                        await readers[1]
                 for r in readers:
                     r.cancel()
-                self._rpc.fail_all("process exited")
+                failure = self._ended(proc, handshake, killed)
+                self._rpc.fail_all(failure.cause)
                 if self._closed:
                     return
+                self._settle(failure, was_ready=handshake is None)
                 self.restarts += 1
-                log.warning("upstream %s: process exited with %s; restarting in %.2fs",
-                            self.name, proc.returncode, delay)
+                log.warning("upstream %s: %s; restarting in %.2fs", self.name, self._last_error, delay)
+            self._running = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    def _ended(self, proc: asyncio.subprocess.Process, handshake: StileError | None, killed: bool
+               ) -> UpstreamUnavailable:
+        """Why a process attempt ended: its exit code (or the failed handshake Stile killed it for), and its
+        last stderr lines (those for operators only: logs, `stile check`, /readyz details)."""
+        if killed and handshake is not None:
+            why = handshake.cause if isinstance(handshake, UpstreamError) else handshake.message
+            cause = f"handshake failed: {why}"
+        else:
+            cause = exit_cause(proc.returncode)
+        tail = " | ".join(self._stderr_tail)
+        return self.unavailable(cause, f"{cause}; last stderr: {tail}" if tail else cause)
 
     async def _handshake(self) -> None:
         if self.era in (None, "modern"):
@@ -169,7 +228,11 @@ class StdioUpstream(UpstreamBase):
                 continue
             except asyncio.IncompleteReadError as exc:  # end of output; a last line without newline counts
                 line = exc.partial
-            if not line:
+            if not line:  # calls in flight (a handshake too) fail now, with the exit code, not at their timeout
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await proc.wait()
+                self._rpc.fail_all(exit_cause(proc.returncode))
                 return
             try:
                 msg = jsonrpc.loads(line)
@@ -207,13 +270,18 @@ class StdioUpstream(UpstreamBase):
                 continue
             if not line:
                 return
-            log.info("upstream %s stderr: %s", self.name, line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self._stderr_tail.append(text[:300])
+            log.info("upstream %s stderr: %s", self.name, text)
 
-    def _kill(self) -> None:
+    def _kill(self) -> bool:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+                return True
+        return False
 
     async def aclose(self) -> None:
         self._closed = True

@@ -99,9 +99,11 @@ class UpstreamError(StileError):
     jsonrpc_code = UPSTREAM_UNAVAILABLE
     http_status = 200
 
-    def __init__(self, upstream: str, message: str) -> None:
+    def __init__(self, upstream: str, message: str, *, detail: str | None = None) -> None:
         super().__init__(f"upstream {upstream!r}: {message}", data={"upstream": upstream})
         self.upstream = upstream
+        self.cause = message
+        self.detail = detail  # for operators (logs, `stile check`, /readyz details): URL/command, stderr
 
 
 class UpstreamUnavailable(UpstreamError):
