@@ -57,6 +57,8 @@ _SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})  # th
 class H1Error(Exception):
     """Connection refused, reset or closed early, a malformed response, or a closed pool/response."""
 
+    maybe_sent = True  # False only on a connect failure before this request went out on any connection
+
 
 class H1Timeout(H1Error):
     """No connection within ``connect_timeout``."""
@@ -366,7 +368,11 @@ class H1Pool:
         data, extra, reuse = self._encode(method, self._target if url is None else self._target_of(url), headers, body)
         head_only = method == "HEAD"
         for fresh in (False, True):  # fresh: the keep-alive race, once more on a new connection
-            conn, reused = await self._acquire(fresh)
+            try:
+                conn, reused = await self._acquire(fresh)
+            except H1Error as exc:
+                exc.maybe_sent = fresh  # the first try went out on a connection that then died
+                raise
             fut = conn.send(data, extra, reuse, head_only)
             try:
                 return await fut
