@@ -227,3 +227,26 @@ async def test_discovery_uses_the_first_available_endpoint_and_notifications_of_
     for m in members:
         m.on_notification("up", {"method": "notifications/tools/list_changed"})
     assert got == [("up", "notifications/tools/list_changed")] * 3
+
+
+async def test_active_checks_take_an_endpoint_out_and_bring_it_back_at_their_thresholds() -> None:
+    pool, members, _ = make(health_check={"healthy": 2, "unhealthy": 3, "timeout": 1})
+    members[0].fail = "reset"
+    for expected in ("healthy", "healthy", "down"):
+        await pool.check_once()
+        assert pool.endpoint_status()[0]["state"] == expected
+    assert members[0].calls["ping"] == 3 and members[1].calls["ping"] == 3
+    assert URLS[0] not in {await who(pool, *call()) for _ in range(6)}
+    members[0].fail = None
+    await pool.check_once()
+    assert pool.endpoint_status()[0]["state"] == "down"
+    await pool.check_once()
+    assert pool.endpoint_status()[0]["state"] == "healthy"
+    assert URLS[0] in {await who(pool, *call()) for _ in range(3)}
+
+
+async def test_a_hanging_endpoint_fails_its_check_by_the_timeout() -> None:
+    pool, members, _ = make(health_check={"unhealthy": 1, "timeout": 0.05})
+    members[2].gate = asyncio.Event()  # never set: the ping hangs
+    await pool.check_once()
+    assert [s["state"] for s in pool.endpoint_status()] == ["healthy", "healthy", "down"]

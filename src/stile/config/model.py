@@ -37,6 +37,15 @@ class EjectionConfig(_Strict):
     max_ejected_percent: float = Field(default=50.0, ge=0, le=100)
 
 
+class HealthCheckConfig(_Strict):
+    """Active checks of a pooled upstream's endpoints: a `ping` every `interval` seconds (0: off)."""
+
+    interval: float = Field(default=0.0, ge=0)
+    timeout: float = Field(default=2.0, gt=0)
+    healthy: int = Field(default=2, ge=1, description="passed checks in a row that bring an endpoint back")
+    unhealthy: int = Field(default=3, ge=1, description="failed checks in a row that take it out")
+
+
 class UpstreamConfig(_Strict):
     """An MCP server Stile fronts: `url` (Streamable HTTP or legacy SSE) or `command` (stdio).
 
@@ -53,6 +62,7 @@ class UpstreamConfig(_Strict):
     retry_tools: list[str] = Field(default_factory=list)  # tool-name globs safe to retry (beside annotations)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     transport: Literal["streamable-http", "http", "sse", "stdio"] | None = None
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)

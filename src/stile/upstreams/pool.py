@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stile.config.model import UpstreamConfig
+from stile.tasks import spawn
 from stile.upstreams.base import (
     DEFAULT_MAX_RESPONSE,
     DEFAULT_OPTIONS,
@@ -71,6 +72,8 @@ class Endpoint:
         self.stdio = cfg.kind == "stdio"
         self.member = member
         self.in_flight = 0
+        self.checks_up = True  # the active health check's verdict (always True when checks are off)
+        self.check_streak = 0  # passed (> 0) or failed (< 0) checks in a row
         self.breaker = Breaker(clock, failures=b.failures, failure_rate=b.failure_rate, window=b.window,
                                open_seconds=b.open_seconds, trial_calls=b.trial_calls)
         self.ejection = Ejection(clock, consecutive=e.consecutive_failures, base_seconds=e.base_seconds,
@@ -82,9 +85,11 @@ class Endpoint:
         self.breaker.on_change = changed
 
     def selectable(self) -> bool:
-        return not self.ejection.ejected and self.breaker.available()
+        return self.checks_up and not self.ejection.ejected and self.breaker.available()
 
     def state(self) -> str:
+        if not self.checks_up:
+            return "down"
         if self.ejection.ejected:
             return "ejected"
         breaker = self.breaker.state
@@ -107,6 +112,7 @@ class PooledUpstream:
         self._budget = RetryBudget(clock, ratio=cfg.retry_budget, min_per_second=cfg.retry_min_per_second)
         self._rr = itertools.count()
         self._safe_tools: set[str] = set()
+        self._checker: asyncio.Task[None] | None = None
         self.era: Era | None = None
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
@@ -141,6 +147,8 @@ class PooledUpstream:
                 first = first or res
             elif isinstance(res, BaseException):
                 raise res
+        if self.cfg.health_check.interval > 0 and self._checker is None:
+            self._checker = spawn(self._check_forever(), name=f"health-{self.name}")
         if not self._adopt() and first is not None:
             raise first
 
@@ -185,6 +193,10 @@ class PooledUpstream:
         await asyncio.gather(*(ep.member.notify(method, params) for ep in self.endpoints if ep.member.healthy))
 
     async def aclose(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
         for ep in self.endpoints:
             with contextlib.suppress(UpstreamError):
                 await ep.member.aclose()
@@ -201,6 +213,32 @@ class PooledUpstream:
                         "ejected_until": wall + (until - now) if until > now else None,
                         "last_error": ep.member.last_error})
         return out
+
+    async def check_once(self) -> None:
+        """One round of active checks: a `ping` to every endpoint, concurrently, within `timeout`."""
+        await asyncio.gather(*(self._check(ep) for ep in self.endpoints))
+
+    async def _check(self, ep: Endpoint) -> None:
+        hc = self.cfg.health_check
+        try:
+            async with asyncio.timeout(hc.timeout):
+                await ep.member.request("ping", {})
+            ok = True
+        except (UpstreamError, TimeoutError):
+            ok = False
+        ep.check_streak = max(1, ep.check_streak + 1) if ok else min(-1, ep.check_streak - 1)
+        if ep.checks_up and ep.check_streak <= -hc.unhealthy:
+            ep.checks_up = False
+            log.warning("upstream %s endpoint %s: down (%d failed health checks)", self.name, ep.label, hc.unhealthy)
+        elif not ep.checks_up and ep.check_streak >= hc.healthy:
+            ep.checks_up = True
+            log.warning("upstream %s endpoint %s: up again (%d passed health checks)", self.name, ep.label,
+                        hc.healthy)
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.health_check.interval)
+            await self.check_once()
 
     # --- one attempt -----------------------------------------------------------------------
     async def _attempt(self, ep: Endpoint, method: str, params: dict[str, Any], opts: CallOptions) -> Message:
