@@ -253,3 +253,26 @@ async def test_a_killed_endpoint_costs_no_safe_call_and_no_duplicate_side_effect
     # a call cut by the kill ran at most once (a failure after a request may have left is final), and
     # the slow `record` that had reached the victim is among them: it ran there, and only there
     assert any(invoked[tag] == 1 and tag.startswith("slow-") for tag in cut), (cut, invoked)
+
+
+async def test_when_every_breaker_is_open_the_client_gets_a_fast_error_with_retry_after(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    log = tmp_path / "record.log"
+    port = free_port()
+    with endpoint(port, 0, log) as proc:
+        config = {"upstreams": {"pool": {"endpoints": [f"http://127.0.0.1:{port}/mcp"],
+                                         "breaker": {"failures": 1, "open_seconds": 30}}},
+                  "virtual_servers": {"main": {"upstreams": ["pool"], "auth": "none"}}}
+        with stile(config, tmp_path) as (base, _):
+            url = f"{base}/mcp/main"
+            sid = await open_session(http, url)
+            assert answer(await call_tool(http, url, sid, "pool__lookup", {})) == "e0"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            failed = await call_tool(http, url, sid, "pool__lookup", {})
+            assert failed["error"]["code"] == -32001, failed
+            fast = (await call_tool(http, url, sid, "pool__lookup", {}))["error"]
+    assert fast["code"] == -32001 and "'pool'" in fast["message"] and "circuit open" in fast["message"], fast
+    assert fast["data"]["upstream"] == "pool"
+    assert 25_000 <= fast["data"]["retry_after_ms"] <= 30_000, fast

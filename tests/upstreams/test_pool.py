@@ -16,7 +16,7 @@ from stile.config.model import UpstreamConfig
 from stile.upstreams.base import DEFAULT_OPTIONS, CallOptions, Era, OnNotification, Upstream, ignore_notification
 from stile.upstreams.h1 import H1Error
 from stile.upstreams.pool import PooledUpstream
-from stile.wire.errors import UpstreamUnavailable
+from stile.wire.errors import UpstreamTimeout, UpstreamUnavailable
 
 URLS = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp", "http://127.0.0.1:3/mcp"]
 
@@ -250,3 +250,14 @@ async def test_a_hanging_endpoint_fails_its_check_by_the_timeout() -> None:
     members[2].gate = asyncio.Event()  # never set: the ping hangs
     await pool.check_once()
     assert [s["state"] for s in pool.endpoint_status()] == ["healthy", "healthy", "down"]
+
+
+async def test_a_retry_gets_only_what_is_left_of_the_timeout() -> None:
+    pool, members, _ = make(timeout=0.2)
+    members[0].fail = "reset"
+    members[1].gate = members[2].gate = asyncio.Event()  # whichever gets the retry hangs
+    with pytest.raises(UpstreamTimeout) as caught:
+        async with asyncio.timeout(5):
+            await pool.request("resources/read", {"uri": "x://1"})
+    assert "within 0.2s (2 attempts)" in caught.value.message
+    assert [s["in_flight"] for s in pool.endpoint_status()] == [0, 0, 0]

@@ -163,25 +163,39 @@ class PooledUpstream:
         return False
 
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
+        """One call; `timeout` bounds every attempt together (a retry gets what is left of it)."""
         safe = self._is_safe(method, params)
         self._budget.request()
+        ep = self._pick(method, opts.affinity, set())
+        if ep is None:
+            raise self._all_open()
+        deadline = self._clock() + self.cfg.timeout
         tried: set[int] = set()
         retries = 0
         while True:
-            ep = self._pick(method, opts.affinity, tried)
-            if ep is None:
-                raise self._unavailable(tried)
             tried.add(ep.index)
             try:
-                reply = await self._attempt(ep, method, params, opts)
+                if retries:
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        reply = await self._attempt(ep, method, params, opts)
+                else:
+                    reply = await self._attempt(ep, method, params, opts)
+            except TimeoutError:
+                raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.timeout}s "
+                                                 f"({retries + 1} attempts)") from None
             except _Failed as failed:
-                if not (safe or failed.before_send) or retries >= self.cfg.retries:
+                nxt = None
+                delay = self._rand() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retries)
+                if (safe or failed.before_send) and retries < self.cfg.retries and self._clock() + delay < deadline:
+                    nxt = self._pick(method, opts.affinity, tried)
+                if nxt is None:
                     raise failed.error from None
                 if not self._budget.try_retry():
                     log.info("upstream %s: retry budget spent; not retrying %s", self.name, method)
                     raise failed.error from None
                 retries += 1
-                await asyncio.sleep(self._rand() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (retries - 1)))
+                await asyncio.sleep(delay)
+                ep = nxt
                 continue
             if method == "tools/list":
                 self._learn_tools(reply)
@@ -294,12 +308,12 @@ class PooledUpstream:
             candidates = [ep for ep in candidates if ep.in_flight == low]
         return candidates[next(self._rr) % len(candidates)]
 
-    def _unavailable(self, tried: set[int]) -> UpstreamUnavailable:
-        if tried:  # every endpoint was tried and failed (a non-retryable failure was raised already)
-            return UpstreamUnavailable(self.name, f"all {len(self.endpoints)} endpoints failed")
-        waits = [max(ep.breaker.retry_after(), ep.ejection.until - self._clock()) for ep in self.endpoints]
+    def _all_open(self) -> UpstreamUnavailable:
+        """The fast answer when no endpoint admits calls: names the upstream and when to come back."""
+        waits = [max(ep.breaker.retry_after(), ep.ejection.until - self._clock(),
+                     0.0 if ep.checks_up else self.cfg.health_check.interval) for ep in self.endpoints]
         retry_ms = max(1, int(min(waits) * 1000))
-        err = UpstreamUnavailable(self.name, f"every endpoint is unavailable (circuit open); retry in {retry_ms} ms")
+        err = UpstreamUnavailable(self.name, f"no endpoint is available (circuit open); retry in {retry_ms} ms")
         err.data = {"upstream": self.name, "retry_after_ms": retry_ms}
         return err
 
