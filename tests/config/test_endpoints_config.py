@@ -29,6 +29,7 @@ def problem_of(upstream: dict[str, Any]) -> str:
     ({"endpoints": [A, A]}, "lists a URL twice"),
     ({"endpoints": ["ftp://x/mcp"]}, "endpoint 'ftp://x/mcp' must start with http:// or https://"),
     ({"url": A, "replicas": 2}, "`replicas` is for stdio"),
+    ({"endpoints": [A], "replicas": 2}, "`replicas` is for stdio"),
     ({"endpoints": [A], "balance": "random"}, "balance"),
     ({"endpoints": [A], "breaker": {"failures": 0}}, "breaker.failures"),
     ({"endpoints": [A], "ejection": {"max_ejected_percent": 101}}, "ejection.max_ejected_percent"),

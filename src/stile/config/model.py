@@ -59,7 +59,7 @@ class UpstreamConfig(_Strict):
     retries: int = Field(default=2, ge=0, le=10, description="extra attempts of a safe call, on other endpoints")
     retry_budget: float = Field(default=0.2, ge=0, le=1, description="retries as a share of requests (10s window)")
     retry_min_per_second: float = Field(default=3.0, ge=0)
-    retry_tools: list[str] = Field(default_factory=list)  # tool-name globs safe to retry (beside annotations)
+    retry_tools: list[str] = Field(default_factory=list)  # the upstream's own tool names (globs) safe to retry
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
@@ -85,8 +85,8 @@ class UpstreamConfig(_Strict):
             for url in self.endpoints:
                 if not re.match(r"^https?://", url):
                     raise ValueError(f"endpoint {url!r} must start with http:// or https://")
-            if self.transport == "stdio":
-                raise ValueError("transport stdio uses `command` with `replicas`, not `endpoints`")
+            if self.transport == "stdio" or self.replicas > 1:
+                raise ValueError("`replicas` is for stdio (`command`); HTTP upstreams list `endpoints`")
             return self
         if self.replicas > 1 and self.command is None:
             raise ValueError("`replicas` is for stdio (`command`) upstreams; HTTP upstreams list `endpoints`")
