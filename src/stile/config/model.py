@@ -19,10 +19,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BreakerConfig(_Strict):
+    """Per-endpoint circuit breaker of a pooled upstream (`endpoints` / `replicas`)."""
+
+    failures: int = Field(default=5, ge=1, description="consecutive failures that open the breaker")
+    failure_rate: float = Field(default=0.5, gt=0, le=1, description="failed share of `window` calls that opens it")
+    window: int = Field(default=20, ge=2)
+    open_seconds: float = Field(default=10.0, gt=0)
+    trial_calls: int = Field(default=1, ge=1, description="half-open trial calls that must succeed to close")
+
+
+class EjectionConfig(_Strict):
+    """Passive outlier ejection of a pooled upstream's endpoints."""
+
+    consecutive_failures: int = Field(default=3, ge=1)
+    base_seconds: float = Field(default=5.0, gt=0, description="first ejection; doubles each time in a row")
+    max_seconds: float = Field(default=60.0, gt=0)
+    max_ejected_percent: float = Field(default=50.0, ge=0, le=100)
+
+
+class HealthCheckConfig(_Strict):
+    """Active checks of a pooled upstream's endpoints: a `ping` every `interval` seconds (0: off)."""
+
+    interval: float = Field(default=0.0, ge=0)
+    timeout: float = Field(default=2.0, gt=0)
+    healthy: int = Field(default=2, ge=1, description="passed checks in a row that bring an endpoint back")
+    unhealthy: int = Field(default=3, ge=1, description="failed checks in a row that take it out")
+
+
 class UpstreamConfig(_Strict):
-    """An MCP server Stile fronts: `url` (Streamable HTTP or legacy SSE) or `command` (stdio)."""
+    """An MCP server Stile fronts: `url` (Streamable HTTP or legacy SSE) or `command` (stdio).
+
+    Several endpoints of one upstream: `endpoints` (URLs, instead of `url`) or `replicas` (stdio processes);
+    see docs/design/0007-endpoints.md."""
 
     url: str | None = None
+    endpoints: list[str] | None = None
+    replicas: int = Field(default=1, ge=1, le=64)
+    balance: Literal["round_robin", "least_in_flight", "session"] = "round_robin"
+    retries: int = Field(default=2, ge=0, le=10, description="extra attempts of a safe call, on other endpoints")
+    retry_budget: float = Field(default=0.2, ge=0, le=1, description="retries as a share of requests (10s window)")
+    retry_min_per_second: float = Field(default=3.0, ge=0)
+    retry_tools: list[str] = Field(default_factory=list)  # the upstream's own tool names (globs) safe to retry
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    ejection: EjectionConfig = Field(default_factory=EjectionConfig)
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     transport: Literal["streamable-http", "http", "sse", "stdio"] | None = None
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
@@ -37,6 +78,21 @@ class UpstreamConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpstreamConfig:
+        if self.endpoints is not None:
+            if self.url is not None or self.command is not None:
+                raise ValueError("set `endpoints` instead of `url`, not beside it (stdio: `replicas`)")
+            if not self.endpoints:
+                raise ValueError("`endpoints` must list at least one URL")
+            if len(set(self.endpoints)) != len(self.endpoints):
+                raise ValueError("`endpoints` lists a URL twice")
+            for url in self.endpoints:
+                if not re.match(r"^https?://", url):
+                    raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+            if self.transport == "stdio" or self.replicas > 1:
+                raise ValueError("`replicas` is for stdio (`command`); HTTP upstreams list `endpoints`")
+            return self
+        if self.replicas > 1 and self.command is None:
+            raise ValueError("`replicas` is for stdio (`command`) upstreams; HTTP upstreams list `endpoints`")
         if (self.url is None) == (self.command is None):
             raise ValueError("set exactly one of `url` (HTTP) or `command` (stdio)")
         if self.command is not None:

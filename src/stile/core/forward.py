@@ -90,7 +90,8 @@ class UpstreamLeg:
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
-                           extra_headers=headers or {}, trace_headers=spans.upstream_headers(ctx, span))
+                           extra_headers=headers or {}, trace_headers=spans.upstream_headers(ctx, span),
+                           affinity=ctx.session_id or owner_of(ctx.principal) or None)
         stats = ctx.stats
         started = perf_counter()
         try:

@@ -56,6 +56,7 @@ class CallOptions:
     progress_token: Any = None  # the upstream-side token, set by the router when the client asked
     extra_headers: dict[str, str] = field(default_factory=dict)  # Mcp-Param-* for modern upstreams
     trace_headers: dict[str, str] = field(default_factory=dict)  # W3C traceparent/tracestate of Stile's hop
+    affinity: str | None = None  # the client's session / principal: `balance: session` keeps it on one endpoint
 
 
 DEFAULT_OPTIONS = CallOptions()

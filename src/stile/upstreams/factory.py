@@ -1,15 +1,22 @@
-"""Build the right Upstream for a config entry."""
+"""Build the right Upstream for a config entry (a pool of members when it lists `endpoints` or `replicas`)."""
 
 from __future__ import annotations
 
 from stile.config.model import UpstreamConfig
 from stile.upstreams.base import DEFAULT_MAX_RESPONSE, Upstream
 from stile.upstreams.http import HttpUpstream
+from stile.upstreams.pool import build_pool
 from stile.upstreams.sse import SseUpstream
 from stile.upstreams.stdio import StdioUpstream
 
 
 def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
+    if cfg.endpoints is not None or cfg.replicas > 1:
+        return build_pool(name, cfg, _make_one, max_response)
+    return _make_one(name, cfg, max_response)
+
+
+def _make_one(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
     kind = cfg.kind
     if kind == "stdio":
         return StdioUpstream(name, cfg, max_response)

@@ -66,6 +66,8 @@ class H1Error(Exception):
         super().__init__(message)
         self.cause = cause or message
 
+    maybe_sent = True  # False only on a connect failure before this request went out on any connection
+
 
 class H1Timeout(H1Error):
     """No connection within ``connect_timeout``."""
@@ -375,7 +377,11 @@ class H1Pool:
         data, extra, reuse = self._encode(method, self._target if url is None else self._target_of(url), headers, body)
         head_only = method == "HEAD"
         for fresh in (False, True):  # fresh: the keep-alive race, once more on a new connection
-            conn, reused = await self._acquire(fresh)
+            try:
+                conn, reused = await self._acquire(fresh)
+            except H1Error as exc:
+                exc.maybe_sent = fresh  # the first try went out on a connection that then died
+                raise
             fut = conn.send(data, extra, reuse, head_only)
             try:
                 return await fut
