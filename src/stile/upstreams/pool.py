@@ -108,6 +108,7 @@ class PooledUpstream:
         self._clock = clock
         self._rand = rand
         self.endpoints = [Endpoint(i, label, m, cfg, clock, name) for i, (label, m) in enumerate(members)]
+        self.target = ", ".join(label for label, _ in members)  # every endpoint, for operators' messages
         self._max_ejected = max_ejected(len(members), cfg.ejection.max_ejected_percent)
         self._budget = RetryBudget(clock, ratio=cfg.retry_budget, min_per_second=cfg.retry_min_per_second)
         self._rr = itertools.count()
