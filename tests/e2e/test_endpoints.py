@@ -273,6 +273,13 @@ async def test_when_every_breaker_is_open_the_client_gets_a_fast_error_with_retr
             failed = await call_tool(http, url, sid, "pool__lookup", {})
             assert failed["error"]["code"] == -32001, failed
             fast = (await call_tool(http, url, sid, "pool__lookup", {}))["error"]
+            async with http.get(f"{base}/readyz") as r:  # from loopback: states, URLs and errors
+                endpoints = (await r.json())["upstreams"]["pool"]["endpoints"]
+            async with http.get(f"{base}/metrics") as r:
+                metrics = await r.text()
+    assert [(e["state"], e["breaker"], e["url"]) for e in endpoints] == [
+        ("open", "open", f"http://127.0.0.1:{port}/mcp")], endpoints
+    assert 'stile_upstream_endpoints{state="open",upstream="pool"} 1.0' in metrics
     assert fast["code"] == -32001 and "'pool'" in fast["message"] and "circuit open" in fast["message"], fast
     assert fast["data"]["upstream"] == "pool"
     assert 25_000 <= fast["data"]["retry_after_ms"] <= 30_000, fast

@@ -118,6 +118,11 @@ class HealthChecker:
             entry: dict[str, Any] = {"ready": self.ready(name), "era": up.era}
             if details:
                 entry["error"] = self.reason(name)
+            endpoints = getattr(up, "endpoint_status", None)  # a pooled upstream (upstreams/pool.py)
+            if callable(endpoints):  # states for everyone; URLs and errors only with details
+                entry["endpoints"] = [{"state": e["state"], "breaker": e["breaker"],
+                                       **({"url": e["url"], "error": e["last_error"]} if details else {})}
+                                      for e in endpoints()]
             out[name] = entry
         return all(e["ready"] for e in out.values()), out
 

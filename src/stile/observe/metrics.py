@@ -17,6 +17,7 @@ per-observation bucket scan), this ~1 µs.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -62,6 +63,15 @@ class _UpstreamCollector:
             ready = self.gw.health.ready(name)  # the same answer as /readyz (active health checks)
             up.add_metric([name, upstream.era or "unknown"], 1.0 if ready else 0.0)
         yield up
+        endpoints = GaugeMetricFamily("stile_upstream_endpoints", "endpoints of a pooled upstream by state "
+                                      "(healthy, down, ejected, open, half_open)", labels=["upstream", "state"])
+        for name, upstream in self.gw.upstreams.items():
+            status = getattr(upstream, "endpoint_status", None)  # upstreams with `endpoints:` (upstreams/pool.py)
+            if callable(status):
+                states = Counter(e["state"] for e in status())
+                for state in ("healthy", "down", "ejected", "open", "half_open"):
+                    endpoints.add_metric([name, state], float(states.get(state, 0)))
+        yield endpoints
 
 
 class _Hist:
