@@ -44,7 +44,7 @@ def test_json_names_upstream_status_and_each_virtual_servers_surface(tmp_path: P
     assert data["ok"] is False
     assert data["upstreams"]["notes"] == {"status": "ok", "error": None}
     gone = data["upstreams"]["gone"]
-    assert gone["status"] == "error" and "cannot reach upstream" in gone["error"]
+    assert gone["status"] == "error" and gone["error"].endswith("/mcp: connection refused"), gone
     v = data["virtual_servers"]["v"]
     assert v["path"] == "/mcp/v" and v["upstreams"] == ["notes", "gone"]
     assert {"exposed": "notes__get_note", "upstream": "notes", "original": "get_note"} in v["tools"]
