@@ -34,6 +34,7 @@ def env() -> Iterator[Env]:
         config = {
             "upstreams": {
                 "web": {"url": f"{hostile}/mcp", "timeout": 20},
+                "slow": {"url": f"{hostile}/mcp", "timeout": 20, "first_byte_timeout": 0.5},
                 "stream": {"url": f"{hostile}/sse", "transport": "sse", "timeout": 20},
                 "proc": {"command": [sys.executable, "-m", "tests.fixtures.hostile_stdio"], "cwd": str(REPO),
                          "timeout": 20},
@@ -80,6 +81,13 @@ async def hostile_stats(http: aiohttp.ClientSession, hostile: str) -> dict[str, 
     async with http.get(f"{hostile}/stats") as resp:
         data: dict[str, int] = await resp.json()
         return data
+
+
+async def test_first_byte_timeout_bounds_the_wait_for_an_answer_to_start(env: Env, http: aiohttp.ClientSession) -> None:
+    sid = await session(http, f"{env.base}/mcp/main")
+    reply = await call(http, env.base, sid, "slow__silent")
+    assert reply["error"]["message"] == "upstream 'slow': no response to tools/call started within 0.5s", reply
+    assert (await call(http, env.base, sid, "slow__ok"))["result"]["content"][0]["text"] == "ok"
 
 
 @pytest.mark.parametrize(("upstream", "tool", "what"), [

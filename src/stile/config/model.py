@@ -72,6 +72,7 @@ class UpstreamConfig(_Strict):
     era: Literal["auto", "legacy", "modern"] = "auto"
     timeout: float = Field(default=60.0, gt=0, description="seconds for one upstream request")
     connect_timeout: float = Field(default=10.0, gt=0)
+    first_byte_timeout: float | None = Field(default=None, gt=0, description="seconds until an HTTP answer starts")
     max_connections: int = Field(default=100, ge=1)
     health_interval: float | None = Field(default=None, gt=0, description="seconds between health checks; "
                                           "default `health.interval`")

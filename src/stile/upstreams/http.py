@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from stile.config.model import UpstreamConfig
@@ -63,6 +63,18 @@ class HttpUpstream(UpstreamBase):
             self._http = H1Pool(self.url, max_connections=self.cfg.max_connections,
                                 connect_timeout=self.cfg.connect_timeout, keepalive_timeout=60.0)
         return self._http
+
+    async def _head(self, sending: Coroutine[Any, Any, H1Response], method: str, rid: str, era: Era) -> H1Response:
+        """The response head, within `first_byte_timeout` when set (the body then streams within `timeout`)."""
+        limit = self.cfg.first_byte_timeout
+        if limit is None:
+            return await sending
+        try:
+            async with asyncio.timeout(limit):
+                return await sending
+        except TimeoutError as exc:
+            self._cancel_later(rid, era)
+            raise UpstreamTimeout(self.name, f"no response to {method} started within {limit:g}s") from exc
 
     async def _send(self, method: str, headers: dict[str, str], body: bytes = b"") -> H1Response:
         return await self._client().request(method, headers, body)
@@ -254,7 +266,7 @@ class HttpUpstream(UpstreamBase):
         body = jsonrpc.dumps(jsonrpc.request(rid, method, sent))
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                async with await self._send("POST", h, body) as resp:
+                async with await self._head(self._send("POST", h, body), method, rid, era) as resp:
                     if resp.status == 404 and era == "legacy" and self._session_id is not None:
                         await resp.read(self.max_response)
                         raise _SessionLost
