@@ -10,6 +10,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stile.config.model import GatewayConfig
 from stile.core.gateway import Gateway
@@ -21,6 +22,10 @@ from stile.observe.observers import Observers
 from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
+from stile.vault.credentials import VaultCredentials, needs_vault
+from stile.vault.keyring import load_keyring
+from stile.vault.store import SecretStore
 from stile.wire.forwarded import ClientAddress
 
 log = logging.getLogger("stile.gateway")
@@ -34,20 +39,32 @@ class Runtime:
     gateway: Gateway
     observers: Observers
     state_url: str | None
+    vault: VaultCredentials | None = None  # when some upstream references a secret or uses identity assertions
 
     async def start(self) -> None:
+        if self.vault is not None:
+            await self.vault.start()  # before the upstreams: their headers and env need the secrets
         await self.observers.audit.start()
         await self.gateway.start()
 
+    def jwks(self) -> dict[str, Any]:
+        """The public keys identity assertions are signed with (empty without a vault)."""
+        return self.vault.jwks() if self.vault is not None else {"keys": []}
+
     async def stop(self) -> None:
         await self.gateway.stop()
+        if self.vault is not None:
+            await self.vault.aclose()
         await self.observers.audit.aclose()
         await self.observers.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
 
 
 def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
+    """Raises `stile.vault.keyring.VaultError` when secrets are referenced but no master key is configured."""
     tracing = Tracing(cfg.tracing)
-    gw = Gateway(cfg, spans=tracing, state_url=state_url)
+    vault = build_vault(cfg, state_url)
+    creds: Credentials = vault if vault is not None else NO_CREDENTIALS
+    gw = Gateway(cfg, spans=tracing, state_url=state_url, credentials=creds)
     audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
@@ -56,7 +73,14 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
                      wal_dir=audit_spool_dir(cfg, state_url) / "wal", durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
     gw.install_chains(build_chains(PolicyDeps(cfg, gw, observers), gw.router.handle))
-    return Runtime(cfg, gw, observers, state_url)
+    return Runtime(cfg, gw, observers, state_url, vault)
+
+
+def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials | None:
+    if not needs_vault(cfg):
+        return None
+    url = state_url or cfg.state or "sqlite:///stile.db"
+    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)))
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:

@@ -64,7 +64,7 @@ class RequestStats:
     (the caller's view); read by metrics and the audit trail when the request completes.
     """
 
-    __slots__ = ("span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
+    __slots__ = ("identity", "span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
 
     def __init__(self) -> None:
         self.upstream_seconds = 0.0
@@ -73,6 +73,7 @@ class RequestStats:
         self.trace_id: str | None = None
         self.span: Any = None  # the server span when tracing is enabled
         self.view: View | None = None  # the caller's narrowed view, once access control computed it
+        self.identity: dict[str, Any] | None = None  # the identity the upstream call used (mode, subject, token id)
 
 
 @dataclass(frozen=True, slots=True)

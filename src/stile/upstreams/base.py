@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from stile import __version__
 from stile.config.model import UpstreamConfig
+from stile.upstreams.credentials import Caller
 from stile.wire import eras
 from stile.wire.errors import MethodNotFound
 from stile.wire.jsonrpc import Message
@@ -55,6 +56,7 @@ class CallOptions:
     progress_token: Any = None  # the upstream-side token, set by the router when the client asked
     extra_headers: dict[str, str] = field(default_factory=dict)  # Mcp-Param-* for modern upstreams
     trace_headers: dict[str, str] = field(default_factory=dict)  # W3C traceparent/tracestate of Stile's hop
+    caller: Caller | None = None  # who the call is for (identity: assertion), and back which identity it used
 
 
 DEFAULT_OPTIONS = CallOptions()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from stile.config.model import UpstreamConfig
 from stile.upstreams.base import DEFAULT_MAX_RESPONSE, Upstream
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.upstreams.http import HttpUpstream
 from stile.upstreams.sse import SseUpstream
 from stile.upstreams.stdio import StdioUpstream
 
 
-def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
+def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                  credentials: Credentials = NO_CREDENTIALS) -> Upstream:
+    """`credentials` resolves `${secret:...}` and identity assertions (the vault, built by the composition root)."""
     kind = cfg.kind
     if kind == "stdio":
-        return StdioUpstream(name, cfg, max_response)
+        return StdioUpstream(name, cfg, max_response, credentials)
     if kind == "sse":
-        return SseUpstream(name, cfg, max_response)
-    return HttpUpstream(name, cfg, max_response)
+        return SseUpstream(name, cfg, max_response, credentials)
+    return HttpUpstream(name, cfg, max_response, credentials)

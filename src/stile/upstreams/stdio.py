@@ -33,6 +33,7 @@ from stile.upstreams.base import (
     is_modern_discover,
 )
 from stile.upstreams.correlate import Correlator
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
@@ -46,9 +47,11 @@ _TAIL_ID = re.compile(rb'[,{]\s*"id"\s*:\s*"([^"\\]{1,64})"\s*\}\s*$')
 
 
 class StdioUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         assert cfg.command is not None
         super().__init__(name, cfg, max_response)
+        self._creds = credentials
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._rpc = Correlator(name, self._write, lambda: self.on_notification, "p")
@@ -77,7 +80,7 @@ class StdioUpstream(UpstreamBase):
         if exe is None:
             raise FileNotFoundError(argv[0])
         argv[0] = exe
-        env = {"PATH": path, **self.cfg.env}
+        env = {"PATH": path, **self._creds.env(self.name, self.cfg.env)}  # secrets as of this (re)spawn
         return await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=self.cfg.cwd, start_new_session=True, limit=self.max_response,
@@ -88,7 +91,7 @@ class StdioUpstream(UpstreamBase):
         while not self._closed:
             try:
                 proc = self._proc = await self._spawn()
-            except OSError as exc:
+            except (OSError, UpstreamUnavailable) as exc:
                 self._last_error = f"cannot start {self.cfg.command[0] if self.cfg.command else ''!r}: {exc}"
                 log.error("upstream %s: %s", self.name, self._last_error)
             else:
@@ -151,8 +154,8 @@ class StdioUpstream(UpstreamBase):
         if not self._ready.is_set():
             await self.start()
         assert self.era is not None
-        return await self._rpc.call(method, adapt_params(self.era, params, opts), timeout=self.cfg.timeout,
-                                    opts=opts)
+        return self._creds.scrub(self.name, await self._rpc.call(method, adapt_params(self.era, params, opts),
+                                                                 timeout=self.cfg.timeout, opts=opts))
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         with contextlib.suppress(UpstreamUnavailable):
