@@ -131,7 +131,7 @@ class VaultCredentials:
         return {k: self._expand(upstream, v) for k, v in configured.items()}
 
     def scrub(self, upstream: str, msg: Message) -> Message:
-        if False:
+        if upstream in self.refs and self.scrubber.active:
             cleaned: Any = self.scrubber.scrub(msg)
             return cleaned  # type: ignore[no-any-return]
         return msg
