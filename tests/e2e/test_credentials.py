@@ -53,8 +53,8 @@ class Env:
     seen: list[bytes] = field(default_factory=list)  # every byte a client got back from Stile
 
 
-def _cli(args: list[str], *, stdin: str | None = None, master: str = K1, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "STILE_MASTER_KEY": master, **env}
+def _cli(args: list[str], *, stdin: str | None = None, master: str = K1) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "STILE_MASTER_KEY": master}
     full.pop("STILE_MASTER_KEY_PREVIOUS", None)
     return subprocess.run([sys.executable, "-m", "stile", *args], input=stdin, capture_output=True, text=True,
                           timeout=60, env=full, cwd=REPO)
@@ -212,13 +212,16 @@ async def test_jwks_is_published_and_the_audit_records_the_identity_not_the_toke
 
 
 async def test_a_rewrap_while_clients_call_fails_no_call(env: Env) -> None:
-    stop_calls = asyncio.Event()
+    stop_calls, enough_after = asyncio.Event(), asyncio.Event()
     results: list[bool] = []
+    target = [10**9]
 
     async def caller() -> None:
         while not stop_calls.is_set():
             got = _text(await _modern(env, "cred__echo_token", "alice"))
             results.append(got["sha256"] == _sha(PLANTED))
+            if len(results) >= target[0]:
+                enough_after.set()
 
     task = asyncio.create_task(caller())
     proc = await asyncio.create_subprocess_exec(
@@ -229,12 +232,13 @@ async def test_a_rewrap_while_clients_call_fails_no_call(env: Env) -> None:
     out, errs = await proc.communicate()
     assert proc.returncode == 0, errs
     assert b"re-wrapped 1 data keys" in out  # the secret (the signing key was created under K2 already)
-    before = len(results)
-    while len(results) < before + 10:  # calls across several refreshes after the rewrap
-        await asyncio.sleep(0.05)
+    target[0] = len(results) + 10  # calls across several refreshes after the rewrap
+    async with asyncio.timeout(30):
+        await enough_after.wait()
     stop_calls.set()
     await task
     assert results and all(results)
+    assert b"vault refresh failed" not in (env.tmp / "stile.log").read_bytes()  # read every row, not a stale cache
     with sqlite3.connect(env.tmp / "state.db") as db:
         kids = {row[0] for row in db.execute("select key_id from stile_secrets")}
     assert kids == {key_id(parse_key(K2, "K2"))}
