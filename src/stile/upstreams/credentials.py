@@ -26,8 +26,10 @@ class Caller:
 
 
 class Credentials(Protocol):
-    def headers(self, upstream: str, configured: Mapping[str, str], caller: Caller | None = None) -> dict[str, str]:
-        """The headers to send (secrets resolved, an assertion added); raises `UpstreamUnavailable`."""
+    def headers(self, upstream: str, configured: Mapping[str, str],
+                caller: Caller | None = None) -> Mapping[str, str]:
+        """The headers to send (secrets resolved, an assertion added; not to be mutated); raises
+        `UpstreamUnavailable`. Sets `caller.used`."""
         ...
 
     def env(self, upstream: str, configured: Mapping[str, str]) -> dict[str, str]:
@@ -39,11 +41,15 @@ class Credentials(Protocol):
         ...
 
 
+SERVICE: dict[str, Any] = {"mode": "service"}  # shared: never mutated
+
+
 class _None:
-    def headers(self, upstream: str, configured: Mapping[str, str], caller: Caller | None = None) -> dict[str, str]:
+    def headers(self, upstream: str, configured: Mapping[str, str],
+                caller: Caller | None = None) -> Mapping[str, str]:
         if caller is not None:
-            caller.used = {"mode": "service"}
-        return dict(configured)
+            caller.used = SERVICE
+        return configured
 
     def env(self, upstream: str, configured: Mapping[str, str]) -> dict[str, str]:
         return dict(configured)

@@ -155,7 +155,7 @@ class HttpUpstream(UpstreamBase):
                         self._session_id = resp.headers["mcp-session-id"]
                     async for msg in self._messages(resp):
                         if jsonrpc.is_response(msg):
-                            return msg
+                            return self._creds.scrub(self.name, msg)  # its error text becomes Stile's
                     return {"error": {"code": -32603, "message": f"HTTP {resp.status}"}}
         except TimeoutError as exc:
             raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout}s") from exc

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from stile.config.model import GatewayConfig
 from stile.tasks import spawn
-from stile.upstreams.credentials import Caller
+from stile.upstreams.credentials import SERVICE, Caller
 from stile.vault.assertion import SERVICE_SUBJECT, SIGNING_KEY, Minter, new_signing_key, token_id_hash
 from stile.vault.keyring import VaultError
 from stile.vault.scrub import Scrubber
@@ -105,13 +105,14 @@ class VaultCredentials:
 
         return SECRET_REF.sub(sub, text)
 
-    def headers(self, upstream: str, configured: Mapping[str, str], caller: Caller | None = None) -> dict[str, str]:
-        out = ({k: self._expand(upstream, v) for k, v in configured.items()} if upstream in self.refs
-               else dict(configured))
+    def headers(self, upstream: str, configured: Mapping[str, str],
+                caller: Caller | None = None) -> Mapping[str, str]:
+        out: Mapping[str, str] = ({k: self._expand(upstream, v) for k, v in configured.items()}
+                                  if upstream in self.refs else configured)
         audience = self.audiences.get(upstream)
         if audience is None:
             if caller is not None:
-                caller.used = {"mode": "service"}
+                caller.used = SERVICE
             return out
         if not self.minter.ready:
             raise UpstreamUnavailable(upstream, "no signing key for identity assertions yet")
@@ -119,11 +120,11 @@ class VaultCredentials:
         agent = caller.agent if caller is not None else None
         subject = user or agent or SERVICE_SUBJECT
         token, jti = self.minter.mint(self.issuer, subject, agent, audience, caller.scope if caller else "")
-        out = {k: v for k, v in out.items() if k.lower() != "authorization"}
-        out["Authorization"] = f"Bearer {token}"
+        sent = {k: v for k, v in out.items() if k.lower() != "authorization"}
+        sent["Authorization"] = f"Bearer {token}"
         if caller is not None:
             caller.used = {"mode": "assertion", "subject": subject, "token_id": token_id_hash(jti)}
-        return out
+        return sent
 
     def env(self, upstream: str, configured: Mapping[str, str]) -> dict[str, str]:
         if upstream not in self.refs:
