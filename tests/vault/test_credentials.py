@@ -96,3 +96,12 @@ def test_identity_assertion_needs_a_streamable_http_upstream() -> None:
                {"url": "http://h/sse", "transport": "sse", "identity": "assertion"}):
         with pytest.raises(ConfigError, match="identity: assertion needs a Streamable HTTP"):
             parse_config({"upstreams": {"u": up}})
+
+
+def test_a_secret_reference_outside_upstream_headers_and_env_or_badly_named_is_a_config_error() -> None:
+    from stile.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match=r"metrics.token: \$\{secret:...\} is only resolved in upstreams"):
+        parse_config({"metrics": {"token": "${secret:metrics-token-xxxxxxxx}"}})
+    with pytest.raises(ConfigError, match=r"upstreams.u.headers.X: bad secret name 'a b'"):
+        parse_config({"upstreams": {"u": {"url": "http://h/mcp", "headers": {"X": "${secret:a b}"}}}})
