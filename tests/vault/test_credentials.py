@@ -105,3 +105,24 @@ def test_a_secret_reference_outside_upstream_headers_and_env_or_badly_named_is_a
         parse_config({"metrics": {"token": "${secret:metrics-token-xxxxxxxx}"}})
     with pytest.raises(ConfigError, match=r"upstreams.u.headers.X: bad secret name 'a b'"):
         parse_config({"upstreams": {"u": {"url": "http://h/mcp", "headers": {"X": "${secret:a b}"}}}})
+
+
+async def test_replicas_starting_together_share_one_signing_key(tmp_path: Path) -> None:
+    import asyncio
+
+    cfg = parse_config({"state": f"sqlite:///{tmp_path / 'state.db'}", "virtual_servers": {"v": {}},
+                        "upstreams": {"who": {"url": "http://127.0.0.1:9/mcp", "identity": "assertion"}}})
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    replicas = [VaultCredentials(cfg, SecretStore(url, Keyring(KEY))) for _ in range(3)]
+    try:
+        await asyncio.gather(*(r.refresh() for r in replicas))
+        assert all(r.minter.ready for r in replicas)  # the losers of the creation race read the winner's key
+        kids = {r.jwks()["keys"][0]["kid"] for r in replicas}
+        assert len(kids) == 1 and all(len(r.jwks()["keys"]) == 1 for r in replicas)
+        caller = Caller("alice", "app")
+        headers = replicas[0].headers("who", {"Authorization": "Bearer client-token"}, caller)
+        assert headers["Authorization"].startswith("Bearer ey") and "client-token" not in str(headers)
+        assert caller.used is not None and caller.used["subject"] == "alice"
+    finally:
+        for r in replicas:
+            await r.aclose()

@@ -69,6 +69,7 @@ class VaultCredentials:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.scrubber.uninstall()
         await self.store.aclose()
 
     async def _loop(self) -> None:
@@ -83,7 +84,8 @@ class VaultCredentials:
             if self.audiences:
                 versions = await self.store.versions(SIGNING_KEY)
                 if not versions:
-                    await self.store.rotate(SIGNING_KEY, new_signing_key(), create=True)
+                    with contextlib.suppress(VaultError):  # another replica created it first: use theirs
+                        await self.store.rotate(SIGNING_KEY, new_signing_key(), create=True)
                     versions = await self.store.versions(SIGNING_KEY)
                 self.minter.load([v for _, v in versions])
         except (VaultError, SQLAlchemyError, OSError) as exc:
