@@ -41,6 +41,8 @@ ISSUER = "https://idp.test"
 K1, K2 = new_key_text(), new_key_text()
 PLANTED = "pl@nted/" + secrets.token_urlsafe(18) + "+="
 ROTATED = "r0tated/" + secrets.token_urlsafe(18) + "+="
+CARELESS_STDIO = ("import os, runpy, sys; sys.stderr.write('token is ' + os.environ['TOKEN'] + '\\n'); sys.stderr.flush(); "
+                  "runpy.run_module('stile.examples_servers.files_server', run_name='__main__')")
 
 
 @dataclass
@@ -79,9 +81,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "auth": {"key_cache_seconds": 0,
                      "keys": [{"name": "ops", "hash": hash_for_config(admin_key), "roles": ["admin", "user"]}],
                      "jwt": [{"issuer": ISSUER, "jwks": {"keys": [idp.as_dict(private=False)]}}]},
-            "roles": {"user": {"allow_tools": ["cred.*", "who.*"]}, "admin": {"allow_tools": ["cred.*"]}},
+            "roles": {"user": {"allow_tools": ["cred.*", "who.*", "files.*"]}, "admin": {"allow_tools": ["cred.*"]}},
             "upstreams": {"cred": {"url": up, "headers": {"X-Api-Token": "${secret:api-token}"}},
-                          "who": {"url": up, "identity": "assertion"}},
+                          "who": {"url": up, "identity": "assertion"},
+                          # a careless stdio server: prints its token to stderr (Stile copies stderr to its log)
+                          "files": {"command": [sys.executable, "-c", CARELESS_STDIO],
+                                    "env": {"TOKEN": "${secret:api-token}", "PYTHONPATH": str(REPO / "src")}}},
             "virtual_servers": {"v": {}},
         }
         path = tmp / "stile.yaml"
@@ -112,9 +117,10 @@ def _cred(env: Env, user: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {_token(env, user)}"} if user else {"X-API-Key": env.admin_key}
 
 
-async def _modern(env: Env, tool: str, user: str | None = None) -> dict[str, Any]:
+async def _modern(env: Env, tool: str, user: str | None = None,
+                  arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": {}, "_meta": modern_meta()}}
+            "params": {"name": tool, "arguments": arguments or {}, "_meta": modern_meta()}}
     async with aiohttp.ClientSession() as http, http.post(
             f"{env.base}/mcp/v", json=body, headers={**modern_headers("tools/call", tool), **_cred(env, user)}) as r:
         raw = await r.read()
@@ -164,6 +170,13 @@ async def test_a_tool_result_echoing_the_secret_header_is_scrubbed_in_both_eras(
         got = _text(await call(env, "cred__echo_token", "alice"))
         assert got["sha256"] == _sha(PLANTED)  # the upstream did receive the vault's value...
         assert got["raw"] == got["b64"] == got["url"] == "[secret]"  # ...and the client never sees it
+
+
+async def test_a_stdio_upstream_gets_the_secret_in_its_env_and_its_echo_and_stderr_are_scrubbed(env: Env) -> None:
+    reply = await _modern(env, "files__read_env", "alice", {"name": "TOKEN"})
+    assert reply["result"]["content"][0]["text"] == "[secret]"  # resolved (a literal reference is not masked)
+    log = (env.tmp / "stile.log").read_text()
+    assert "upstream files stderr: token is [secret]" in log
 
 
 async def test_an_upstream_error_echoing_the_secret_is_scrubbed(env: Env) -> None:
