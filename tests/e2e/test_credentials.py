@@ -41,8 +41,8 @@ ISSUER = "https://idp.test"
 K1, K2 = new_key_text(), new_key_text()
 PLANTED = "pl@nted/" + secrets.token_urlsafe(18) + "+="
 ROTATED = "r0tated/" + secrets.token_urlsafe(18) + "+="
-CARELESS_STDIO = ("import os, runpy, sys; sys.stderr.write('token is ' + os.environ['TOKEN'] + '\\n'); sys.stderr.flush(); "
-                  "runpy.run_module('stile.examples_servers.files_server', run_name='__main__')")
+CARELESS_STDIO = ("import os, runpy, sys; sys.stderr.write('token is ' + os.environ['TOKEN'] + '\\n'); "
+                  "sys.stderr.flush(); runpy.run_module('stile.examples_servers.files_server', run_name='__main__')")
 
 
 @dataclass
