@@ -35,6 +35,7 @@ from stile.stores.keys import hash_for_config
 from stile.vault.keyring import Keyring, key_id, new_key_text, parse_key
 from stile.vault.store import SecretStore
 from tests.e2e.helpers import LEGACY_HEADERS, initialize_body, modern_headers, modern_meta
+from tests.e2e.test_tracing import Collector
 from tests.support import REPO, free_port, ready_process, stop, wait_http
 
 ISSUER = "https://idp.test"
@@ -52,6 +53,7 @@ class Env:
     config: Path
     admin_key: str
     idp: RSAKey
+    collector: Collector
     seen: list[bytes] = field(default_factory=list)  # every byte a client got back from Stile
 
 
@@ -71,6 +73,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     admin_key = "stile_admin_" + secrets.token_urlsafe(32)
     argv = [sys.executable, "-u", "-m", "tests.fixtures.credential_server", "--port", "0",
             "--jwks", f"{base}/.well-known/jwks.json", "--issuer", base]
+    collector = Collector()
+    collector.thread.start()
     with ready_process(argv, "credential upstream") as up_port:
         up = f"http://127.0.0.1:{up_port}/mcp"
         config = {
@@ -78,6 +82,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "public_url": base,
             "vault": {"cache_seconds": 0.2},
             "audit": {"jsonl": str(tmp / "audit.jsonl")},
+            "tracing": {"enabled": True, "otlp_endpoint": collector.url},
             "auth": {"key_cache_seconds": 0,
                      "keys": [{"name": "ops", "hash": hash_for_config(admin_key), "roles": ["admin", "user"]}],
                      "jwt": [{"issuer": ISSUER, "jwks": {"keys": [idp.as_dict(private=False)]}}]},
@@ -101,9 +106,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 env={**os.environ, "STILE_MASTER_KEY": K2, "STILE_MASTER_KEY_PREVIOUS": K1})
             try:
                 wait_http(f"{base}/healthz", proc, log=log)
-                yield Env(base, tmp, path, admin_key, idp)
+                yield Env(base, tmp, path, admin_key, idp, collector)
             finally:
                 stop(proc)
+                collector.server.shutdown()
+                collector.server.server_close()
 
 
 def _token(env: Env, sub: str) -> str:
@@ -303,6 +310,10 @@ async def test_nothing_stile_wrote_contains_a_secret_value_or_its_encodings(env:
     written = [log, (env.tmp / "audit.jsonl").read_bytes(), *env.seen]
     written += [p.read_bytes() for p in env.tmp.glob("state.db*")]  # the audit store (and the WAL)
     written += [p.read_bytes() for p in env.tmp.rglob("audit-spool/**/*") if p.is_file()]
+    # the traces: the upstream error that echoed the secret is an error span, its status message scrubbed
+    env.collector.wait_for(lambda spans: [s for s in spans if "[secret]" in s.span.status.message])
+    with env.collector.cond:
+        written += [s.span.SerializeToString() for s in env.collector.spans]
     assert len(env.seen) > 20
     hits = [(form, i) for value in (PLANTED, ROTATED) for form in _forms(value)
             for i, blob in enumerate(written) if form.encode() in blob]
