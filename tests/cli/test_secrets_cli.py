@@ -67,3 +67,14 @@ def test_rewrap_then_only_the_new_key_reads(tmp_path: Path) -> None:
     assert _run(tmp_path, "rotate", "gh", stdin="value-2", key=new).returncode == 0
     stale = _run(tmp_path, "rewrap", "--new-key-file", str(key_file))
     assert stale.returncode == 0 and "re-wrapped 0" in stale.stdout  # already under the new key: nothing to do
+
+
+def test_serve_without_a_master_key_for_referenced_secrets_is_a_one_line_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "stile.yaml"
+    cfg.write_text("upstreams:\n  u: {url: 'http://127.0.0.1:9/mcp', headers: {X-Key: '${secret:k}'}}\n"
+                   "virtual_servers: {v: {}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STILE_")}
+    done = subprocess.run([sys.executable, "-m", "stile", "serve", "--config", str(cfg), "--port", "0"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert done.returncode != 0
+    assert "error: no vault master key" in done.stderr and "Traceback" not in done.stderr
