@@ -24,6 +24,10 @@ from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
 from stile.stores.pins import open_pin_store
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
+from stile.vault.credentials import VaultCredentials, needs_vault
+from stile.vault.keyring import load_keyring
+from stile.vault.store import SecretStore
 from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
@@ -40,8 +44,11 @@ class Runtime:
     state_url: str | None
     policies: list[Any] = field(default_factory=list)  # policies with their own start()/aclose()
     pinning: Pinning | None = None
+    vault: VaultCredentials | None = None  # when some upstream references a secret or uses identity assertions
 
     async def start(self) -> None:
+        if self.vault is not None:
+            await self.vault.start()  # before the upstreams: their headers and env need the secrets
         await self.observers.audit.start()
         for policy in self.policies:
             await policy.start()
@@ -49,22 +56,32 @@ class Runtime:
         if self.pinning is not None:
             await self.pinning.start()
 
+    def jwks(self) -> dict[str, Any]:
+        """The public keys identity assertions are signed with (empty without a vault)."""
+        return self.vault.jwks() if self.vault is not None else {"keys": []}
+
     async def stop(self) -> None:
         if self.pinning is not None:
             await self.pinning.aclose()
         await self.gateway.stop()
         for policy in self.policies:
             await policy.aclose()
+        if self.vault is not None:
+            await self.vault.aclose()
         await self.observers.audit.aclose()
         await self.observers.tracing.aclose()  # flush the last spans: uvicorn's SIGTERM exit skips atexit handlers
 
 
 def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
+    """Raises `stile.vault.keyring.VaultError` when secrets are referenced but no master key is configured."""
     tracing = Tracing(cfg.tracing)
     pinning = None
     if cfg.governance.pinning != "off":
         pinning = Pinning(cfg.governance, open_pin_store(state_url or cfg.state), lambda e: report(e))
-    gw = Gateway(cfg, spans=tracing, state_url=state_url, inventory_filter=pinning)
+
+    vault = build_vault(cfg, state_url)
+    creds: Credentials = vault if vault is not None else NO_CREDENTIALS
+    gw = Gateway(cfg, spans=tracing, state_url=state_url, inventory_filter=pinning, credentials=creds)
     audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
@@ -84,7 +101,7 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
 
     if pinning is not None:
         pinning.on_change = lambda upstream: rediscover(gw, upstream)
-    return Runtime(cfg, gw, observers, state_url, deps.lifecycle, pinning)
+    return Runtime(cfg, gw, observers, state_url, deps.lifecycle, pinning, vault)
 
 
 async def rediscover(gw: Gateway, upstream: str) -> None:
@@ -95,6 +112,11 @@ async def rediscover(gw: Gateway, upstream: str) -> None:
             for method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
                            "notifications/resources/list_changed"):
                 gw.hub.publish(view.name, jsonrpc.notification(method))
+def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials | None:
+    if not needs_vault(cfg):
+        return None
+    url = state_url or cfg.state or "sqlite:///stile.db"
+    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)))
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:

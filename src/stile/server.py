@@ -12,6 +12,7 @@ from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
 from stile.identity.audience import audience_warning
 from stile.observe.audit_wal import WalError
+from stile.vault.keyring import VaultError
 
 log = logging.getLogger("stile")
 PUBLIC_METRICS_WARNING = ("metrics.public: true: /metrics is served to anyone who can reach the gateway "
@@ -35,7 +36,13 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
 
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
-    app = build_app(cfg, host, state_url)
+    try:
+        app = build_app(cfg, host, state_url)
+    except VaultError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    vault = app.runtime.vault
+    if vault is not None and not cfg.public_url:  # the assertions' issuer: the gateway's own URL
+        vault.issuer = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     try:
         app.audit.preflight()
     except WalError as exc:

@@ -17,6 +17,7 @@ from stile.cli.audit import audit_app
 from stile.cli.keys import keys_app
 from stile.cli.pins import pins_app
 from stile.cli.policy import policy_app
+from stile.cli.secrets import secrets_app
 from stile.cli.usage import usage_cmd
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
 
@@ -127,6 +128,7 @@ app.add_typer(keys_app, name="keys", help="Create, list and revoke agent API key
 app.add_typer(pins_app, name="pins", help="Review and approve pinned tool definitions (rug pulls).")
 app.add_typer(policy_app, name="policy", help="Inspect access-control decisions.")
 app.add_typer(audit_app, name="audit", help="Inspect the audit trail.")
+app.add_typer(secrets_app, name="secrets", help="Store, rotate and re-wrap secrets in the vault.")
 app.command("usage")(usage_cmd)
 
 

@@ -104,13 +104,37 @@ def expand_env(value: Any, missing: list[str], where: str = "") -> Any:
     return value
 
 
+_SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
+_SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_SECRET_PLACES = re.compile(r"upstreams\.[^.]+\.(headers|env)\.[^.]+")
+
+
+def secret_reference_problems(value: Any, where: str = "") -> list[str]:
+    """`${secret:NAME}` (resolved from the vault, never at load) only in upstream `headers` and `env`, with
+    valid names: anywhere else it would silently stay a literal string."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in secret_reference_problems(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in secret_reference_problems(v, f"{where}[{i}]")]
+    if not isinstance(value, str):
+        return []
+    problems = []
+    for m in _SECRET_REF.finditer(value):
+        if not _SECRET_PLACES.fullmatch(where):
+            problems.append(f"{where}: ${{secret:...}} is only resolved in upstreams.<name>.headers and .env")
+        elif not _SECRET_NAME.fullmatch(m.group(1)):
+            problems.append(f"{where}: bad secret name {m.group(1)!r} (1-128 of [A-Za-z0-9_.-])")
+    return problems
+
+
 def parse_config(data: Any, where: str = "<config>") -> GatewayConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{where}: top level must be a mapping"])
     missing: list[str] = []
-    data = expand_env(data, missing)
+    data = expand_env(data, missing)  # `${secret:NAME}` does not match `_VAR`: it stays literal here
+    missing += secret_reference_problems(data)
     if missing:
         raise ConfigError([f"{where}: {m}" for m in missing])
     try:

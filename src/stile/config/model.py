@@ -76,6 +76,7 @@ class UpstreamConfig(_Strict):
     max_connections: int = Field(default=100, ge=1)
     health_interval: float | None = Field(default=None, gt=0, description="seconds between health checks; "
                                           "default `health.interval`")
+    identity: Literal["service", "assertion"] = "service"  # assertion: a per-caller JWT minted by Stile
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpstreamConfig:
@@ -106,6 +107,8 @@ class UpstreamConfig(_Strict):
                 raise ValueError("`url` must start with http:// or https://")
             if self.transport == "stdio":
                 raise ValueError("transport stdio needs `command`, not `url`")
+        if self.identity == "assertion" and (self.url is None or self.transport == "sse"):
+            raise ValueError("identity: assertion needs a Streamable HTTP `url` upstream (the token's audience)")
         return self
 
     @property
@@ -171,6 +174,14 @@ class HealthConfig(_Strict):
                                 "from what is known")
 
 
+class VaultConfig(_Strict):
+    """Where the vault's master key comes from when `STILE_MASTER_KEY` is not set (docs/credentials.md)."""
+
+    master_key_file: str | None = None  # a file holding the base64 of 32 bytes
+    master_key_command: list[str] | None = None  # a KMS hook: its stdout is the base64 key
+    cache_seconds: float = Field(default=5.0, gt=0, le=3600)  # how often referenced secrets are re-read
+
+
 class GatewayConfig(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     virtual_servers: dict[str, VirtualServerConfig] = Field(default_factory=dict)
@@ -180,6 +191,7 @@ class GatewayConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    vault: VaultConfig = Field(default_factory=VaultConfig)
     state: str | None = None  # state store URL; default sqlite:///stile.db beside the config
     public_url: str | None = None  # canonical base URL clients use (token audience); default http://HOST:PORT
     auth: AuthConfig = Field(default_factory=AuthConfig)

@@ -65,7 +65,8 @@ class RequestStats:
     metrics and the audit trail when the request completes.
     """
 
-    __slots__ = ("cache", "cache_hint", "span", "trace_id", "traceparent", "tracestate", "upstream_seconds", "view")
+    __slots__ = ("cache", "cache_hint", "identity", "span", "trace_id", "traceparent", "tracestate",
+                 "upstream_seconds", "view")
 
     def __init__(self) -> None:
         self.upstream_seconds = 0.0
@@ -76,6 +77,7 @@ class RequestStats:
         self.view: View | None = None  # the caller's narrowed view, once access control computed it
         self.cache: str | None = None  # "hit" / "miss" when the response cache looked this request up
         self.cache_hint: tuple[Any, Any] | None = None  # the upstream result's (ttlMs, cacheScope), when it sent one
+        self.identity: dict[str, Any] | None = None  # the identity the upstream call used (mode, subject, token id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from stile.core.mrtr import InputBridge
 from stile.core.results import adapt_reply
 from stile.core.sessions import owner_of
 from stile.upstreams.base import CallOptions, Upstream
+from stile.upstreams.credentials import Caller
 from stile.wire import eras, jsonrpc
 from stile.wire.errors import MethodNotFound, StileError
 
@@ -87,11 +88,14 @@ class UpstreamLeg:
 
         spans = self.spans
         span = spans.start_upstream(ctx, upstream, params) if spans.spans else None  # the upstream's parent
+        p = ctx.principal
+        scope = p.claims.get("scope") if p.claims else None
+        caller = Caller(p.user, p.agent, scope if isinstance(scope, str) else "")
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
                            extra_headers=headers or {}, trace_headers=spans.upstream_headers(ctx, span),
-                           affinity=ctx.session_id or owner_of(ctx.principal) or None)
+                           affinity=ctx.session_id or owner_of(ctx.principal) or None, caller=caller)
         stats = ctx.stats
         started = perf_counter()
         try:
@@ -105,6 +109,8 @@ class UpstreamLeg:
             raise
         finally:
             stats.upstream_seconds += perf_counter() - started
+            if caller.used is not None:
+                stats.identity = {"upstream": upstream, **caller.used}
         if span is not None:
             spans.end_upstream(span, reply)
         return reply

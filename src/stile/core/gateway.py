@@ -30,6 +30,7 @@ from stile.stores.revocations import open_revocation_store
 from stile.tasks import spawn
 from stile.upstreams.base import Upstream
 from stile.upstreams.causes import detail_of
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.upstreams.factory import make_upstream
 from stile.wire import jsonrpc
 from stile.wire.errors import MethodNotFound, StileError
@@ -58,11 +59,13 @@ class Gateway:
     """
 
     def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS, state_url: str | None = None,
-                 inventory_filter: InventoryFilter | None = None) -> None:
+                 inventory_filter: InventoryFilter | None = None,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         self.cfg = cfg
         self.inventory_filter = inventory_filter
         self.upstreams: dict[str, Upstream] = {
-            n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes) for n, c in cfg.upstreams.items()}
+            n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes, credentials)
+            for n, c in cfg.upstreams.items()}
         self.inventories: dict[str, Inventory] = {n: Inventory() for n in cfg.upstreams}
         self.views: dict[str, View] = {}
         self.hub = Hub()

@@ -40,6 +40,7 @@ from stile.wire.forwarded import PEER
 
 log = logging.getLogger("stile.app")
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class StileApp:
@@ -131,6 +132,9 @@ class StileApp:
             return
         if path.startswith(WELL_KNOWN):
             await self._resource_metadata(path, headers, send)
+            return
+        if path == JWKS_PATH:  # the keys identity assertions to upstreams are signed with (docs/credentials.md)
+            await send_json(send, 200, self.runtime.jwks())
             return
         if sum(len(k) + len(v) for k, v in headers.items()) > self.max_header:
             await send_text(send, 431, "Request header fields too large")

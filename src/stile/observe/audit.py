@@ -239,7 +239,9 @@ class AuditLog:
         request = (ctx.request_id, ctx.stats.trace_id, ctx.virtual_server, method, ctx.era, p.agent, p.user,
                    p.roles, p.method, args, len(orjson.dumps(params)), ctx.stats.upstream_seconds,
                    uri if isinstance(uri, str) else None)
-        self._put((f"{self._boot}-{next(self._ids)}", time.time(), request, _values(outcome), None))
+        identity = ctx.stats.identity  # which identity the upstream call used (never the token)
+        self._put((f"{self._boot}-{next(self._ids)}", time.time(), request, _values(outcome),
+                   {"identity": identity} if identity is not None else None))
 
     def record_http(self, virtual_server: str, headers: Mapping[str, str], outcome: str, reason: str,
                     method: str | None = None, principal: Principal | None = None,
@@ -331,6 +333,8 @@ class AuditLog:
             event["tool"] = tool or None
         elif uri is not None:
             event["uri"] = uri
+        if extra:
+            event.update(extra)
         return event
 
     async def _write_loop(self) -> None:

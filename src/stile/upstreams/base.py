@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from stile import __version__
 from stile.config.model import UpstreamConfig
 from stile.upstreams.causes import target_of
+from stile.upstreams.credentials import Caller
 from stile.wire import eras
 from stile.wire.errors import MethodNotFound, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
@@ -57,6 +58,7 @@ class CallOptions:
     extra_headers: dict[str, str] = field(default_factory=dict)  # Mcp-Param-* for modern upstreams
     trace_headers: dict[str, str] = field(default_factory=dict)  # W3C traceparent/tracestate of Stile's hop
     affinity: str | None = None  # the client's session / principal: `balance: session` keeps it on one endpoint
+    caller: Caller | None = None  # who the call is for (identity: assertion), and back which identity it used
 
 
 DEFAULT_OPTIONS = CallOptions()

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from stile.config.model import UpstreamConfig
 from stile.upstreams.base import DEFAULT_MAX_RESPONSE, Upstream
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.upstreams.http import HttpUpstream
 from stile.upstreams.pool import build_pool
 from stile.upstreams.sse import SseUpstream
 from stile.upstreams.stdio import StdioUpstream
 
 
-def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
+def make_upstream(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                  credentials: Credentials = NO_CREDENTIALS) -> Upstream:
+    """`credentials` resolves `${secret:...}` and identity assertions (the vault, built by the composition root)."""
     if cfg.endpoints is not None or cfg.replicas > 1:
-        return build_pool(name, cfg, _make_one, max_response)
-    return _make_one(name, cfg, max_response)
+        return build_pool(name, cfg, lambda n, c, m: _make_one(n, c, m, credentials), max_response)
+    return _make_one(name, cfg, max_response, credentials)
 
 
-def _make_one(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> Upstream:
+def _make_one(name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+              credentials: Credentials = NO_CREDENTIALS) -> Upstream:
     kind = cfg.kind
     if kind == "stdio":
-        return StdioUpstream(name, cfg, max_response)
+        return StdioUpstream(name, cfg, max_response, credentials)
     if kind == "sse":
-        return SseUpstream(name, cfg, max_response)
-    return HttpUpstream(name, cfg, max_response)
+        return SseUpstream(name, cfg, max_response, credentials)
+    return HttpUpstream(name, cfg, max_response, credentials)

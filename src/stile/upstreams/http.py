@@ -29,6 +29,7 @@ from stile.upstreams.base import (
     is_modern_discover,
 )
 from stile.upstreams.causes import detail_of
+from stile.upstreams.credentials import NO_CREDENTIALS, Caller, Credentials
 from stile.upstreams.h1 import H1Error, H1HeaderError, H1Pool, H1Response, H1TooLarge
 from stile.wire import eras, jsonrpc, sse
 from stile.wire import headers as mcp_headers
@@ -40,9 +41,11 @@ _ACCEPT = "application/json, text/event-stream"
 
 
 class HttpUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         assert cfg.url is not None
         super().__init__(name, cfg, max_response)
+        self._creds = credentials
         self.url = cfg.url
         self._ids = IdSource()
         self._session_id: str | None = None
@@ -97,8 +100,10 @@ class HttpUpstream(UpstreamBase):
         if self._http is not None:
             await self._http.aclose()
 
-    def _headers(self, method: str | None = None, name: str | None = None, era: Era | None = None) -> dict[str, str]:
-        h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
+    def _headers(self, method: str | None = None, name: str | None = None, era: Era | None = None,
+                 caller: Caller | None = None) -> dict[str, str]:
+        h = {"Accept": _ACCEPT, "Content-Type": "application/json",
+             **self._creds.headers(self.name, self.cfg.headers, caller)}
         if (era or self.era) == "modern":
             h["MCP-Protocol-Version"] = eras.MODERN
             if method is not None:
@@ -152,7 +157,7 @@ class HttpUpstream(UpstreamBase):
         self, method: str, params: dict[str, Any], *, force_modern: bool = False, keep_session: bool = False
     ) -> Message:
         """One request during setup (discover / initialize): JSON or SSE, first response wins."""
-        h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.cfg.headers}
+        h = {"Accept": _ACCEPT, "Content-Type": "application/json", **self._creds.headers(self.name, self.cfg.headers)}
         if force_modern:
             h.update({"MCP-Protocol-Version": eras.MODERN, "Mcp-Method": method})
         body = jsonrpc.dumps(jsonrpc.request(self._ids.next(), method, params))
@@ -163,7 +168,7 @@ class HttpUpstream(UpstreamBase):
                         self._session_id = resp.headers["mcp-session-id"]
                     async for msg in self._messages(resp):
                         if jsonrpc.is_response(msg):
-                            return msg
+                            return self._creds.scrub(self.name, msg)  # its error text becomes Stile's
                     return {"error": {"code": -32603, "message": f"HTTP status {resp.status}"}}
         except TimeoutError as exc:
             raise UpstreamTimeout(self.name, f"no answer to {method} within {self.cfg.connect_timeout:g}s") from exc
@@ -250,7 +255,7 @@ class HttpUpstream(UpstreamBase):
                     await self._initialize()
             else:
                 self._last_error = None
-                return msg
+                return self._creds.scrub(self.name, msg)
         raise UpstreamUnavailable(self.name, "upstream session could not be re-established")
 
     async def _request_once(self, method: str, params: dict[str, Any], opts: CallOptions, era: Era) -> Message:
@@ -258,7 +263,7 @@ class HttpUpstream(UpstreamBase):
         sent = adapt_params(era, params, opts)
         key = eras.NAMED_METHODS.get(method)
         name = sent.get(key) if key else None
-        h = self._headers(method, name if isinstance(name, str) else None, era)
+        h = self._headers(method, name if isinstance(name, str) else None, era, opts.caller)
         if era == "modern" and opts.extra_headers:
             h.update(opts.extra_headers)
         if opts.trace_headers:
@@ -300,7 +305,7 @@ class HttpUpstream(UpstreamBase):
 
     async def _on_stream_message(self, msg: Message, opts: CallOptions) -> None:
         if "id" not in msg:
-            await opts.on_message(msg)
+            await opts.on_message(self._creds.scrub(self.name, msg))
             return
         spawn(self._answer_server_request(msg, opts), name=f"relay-{self.name}")
 

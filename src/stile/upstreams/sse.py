@@ -29,6 +29,7 @@ from stile.upstreams.base import (
 )
 from stile.upstreams.causes import os_cause
 from stile.upstreams.correlate import Correlator
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.wire import jsonrpc, sse
 from stile.wire.errors import StileError, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
@@ -37,9 +38,11 @@ log = logging.getLogger("stile.upstream.sse")
 
 
 class SseUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         assert cfg.url is not None
         super().__init__(name, cfg, max_response)
+        self._creds = credentials
         self.era = "legacy"
         self.url = cfg.url
         self._http: aiohttp.ClientSession | None = None
@@ -88,7 +91,8 @@ class SseUpstream(UpstreamBase):
         assert self._http is not None
         try:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout)
-            async with self._http.get(self.url, headers={"Accept": "text/event-stream", **self.cfg.headers},
+            async with self._http.get(self.url, headers={"Accept": "text/event-stream",
+                                                                **self._creds.headers(self.name, self.cfg.headers)},
                                       timeout=timeout) as resp:
                 if resp.status != 200:
                     self._stream_cause = f"SSE GET answered HTTP status {resp.status}"
@@ -141,7 +145,8 @@ class SseUpstream(UpstreamBase):
             raise UpstreamUnavailable(self.name, "not connected")
         try:
             async with self._http.post(self._endpoint, data=jsonrpc.dumps(msg),
-                                       headers={"Content-Type": "application/json", **self.cfg.headers}) as resp:
+                                       headers={"Content-Type": "application/json",
+                                                **self._creds.headers(self.name, self.cfg.headers)}) as resp:
                 size = 0
                 while size <= self.max_response and (chunk := await resp.content.readany()):
                     size += len(chunk)  # drained, not kept (an answer comes on the stream)
@@ -153,8 +158,8 @@ class SseUpstream(UpstreamBase):
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
         if not self._ready.is_set():
             await self.start()
-        return await self._rpc.call(method, adapt_params("legacy", params, opts), timeout=self.cfg.timeout,
-                                    opts=opts)
+        return self._creds.scrub(self.name, await self._rpc.call(method, adapt_params("legacy", params, opts),
+                                                                 timeout=self.cfg.timeout, opts=opts))
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         with contextlib.suppress(StileError):

@@ -36,6 +36,7 @@ from stile.upstreams.base import (
 )
 from stile.upstreams.causes import exit_cause
 from stile.upstreams.correlate import Correlator
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.wire import jsonrpc
 from stile.wire.errors import StileError, UpstreamError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from stile.wire.jsonrpc import Message
@@ -50,9 +51,11 @@ _TAIL_ID = re.compile(rb'[,{]\s*"id"\s*:\s*"([^"\\]{1,64})"\s*\}\s*$')
 
 
 class StdioUpstream(UpstreamBase):
-    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE) -> None:
+    def __init__(self, name: str, cfg: UpstreamConfig, max_response: int = DEFAULT_MAX_RESPONSE,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         assert cfg.command is not None
         super().__init__(name, cfg, max_response)
+        self._creds = credentials
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._rpc = Correlator(name, self._write, lambda: self.on_notification, "p")
@@ -111,7 +114,7 @@ class StdioUpstream(UpstreamBase):
         if exe is None:
             raise FileNotFoundError(errno.ENOENT, "command not found on PATH", argv[0])
         argv[0] = exe
-        env = {"PATH": path, **self.cfg.env}
+        env = {"PATH": path, **self._creds.env(self.name, self.cfg.env)}  # secrets as of this (re)spawn
         return await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=self.cfg.cwd, start_new_session=True, limit=self.max_response,
@@ -123,8 +126,11 @@ class StdioUpstream(UpstreamBase):
             self._running = True
             try:
                 proc = self._proc = await self._spawn()
-            except OSError as exc:
-                why = f"cannot start {exc.filename or (self.cfg.command or [''])[0]!r}: {exc.strerror or exc}"
+            except (OSError, UpstreamUnavailable) as exc:
+                if isinstance(exc, OSError):
+                    why = f"cannot start {exc.filename or (self.cfg.command or [''])[0]!r}: {exc.strerror or exc}"
+                else:
+                    why = f"cannot start {(self.cfg.command or [''])[0]!r}: {exc}"
                 log.error("upstream %s: %s", self.name, why)
                 self._settle(self.unavailable(why))
             else:
@@ -210,8 +216,8 @@ class StdioUpstream(UpstreamBase):
         if not self._ready.is_set():
             await self.start()
         assert self.era is not None
-        return await self._rpc.call(method, adapt_params(self.era, params, opts), timeout=self.cfg.timeout,
-                                    opts=opts)
+        return self._creds.scrub(self.name, await self._rpc.call(method, adapt_params(self.era, params, opts),
+                                                                 timeout=self.cfg.timeout, opts=opts))
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         with contextlib.suppress(UpstreamUnavailable):

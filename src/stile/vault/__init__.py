@@ -1,0 +1,1 @@
+"""The secrets vault: envelope-encrypted secrets in the state store, resolved for upstreams (docs/credentials.md)."""
