@@ -9,7 +9,11 @@ from typing import Any
 
 from stile.core.pipeline import Policy
 from stile.observe.policy import Observe
-from stile.policies import cache  # noqa: F401  (registers `cache`)
+from stile.policies import (
+    cache,  # noqa: F401  (registers `cache`)
+    flows,  # noqa: F401  (registers `flows`)
+    screen,  # noqa: F401  (registers `screen`)
+)
 from stile.policies.access import AccessControl
 from stile.policies.registry import PolicyDeps, PolicyType, register
 from stile.policies.rules import Rules
