@@ -58,19 +58,24 @@ RULES: tuple[Rule, ...] = (
     _r("address_model", "dear|attention|note|ai|llm|now",
        r"\b(?:(?:dear|attention|note\s+(?:to|for))\s+(?:ai|llm|assistant|model|agent|claude|gpt)\b|"
        r"(?:ai|llm)\s+(?:assistant|agent|model)s?\s*(?:must|should|:)|as\s+an\s+ai\b|you\s+are\s+now\b)", 1.0, 1.0),
-    _r("secrecy", "n't|dont|not|never|without|secret|hidden|confidential|between|silently|secretly|covertly|quietly",
+    _r("role_prefix", "assistant|agent|ai|llm|bot",
+       r"(?:^|\n|#|//|\*)\s*(?:ai|assistant|agent|llm|bot)\s*:", 0.6, 0.6),
+    _r("secrecy", "n't|dont|not|never|without|keep|remain|silently|secretly|covertly|quietly",
        r"\b(?:do\s*n[o']?t|never|without)\s+(?:\w+\s+){0,2}?(?:tell(?:ing)?|mention(?:ing)?|"
        r"inform(?:ing)?|notify(?:ing)?|alert(?:ing)?|reveal(?:ing)?|disclos(?:e|ing)|show(?:ing)?|let(?:ting)?|"
        r"ask(?:ing)?|confirm(?:ing)?|report(?:ing)?|explain(?:ing)?)\s+(?:\w+\s+){0,3}?(?:the\s+)?"
-       r"(?:user|human|operator|customer|them)\b|\b(?:keep|remain)\s+(?:this|it|these)\s+(?:\w+\s+)?"
+       r"(?:user|human|operator|customer|them|anyone|anybody|owner)\b|\b(?:keep|remain)\s+(?:this|it|these)\s+(?:\w+\s+)?"
        r"(?:secret|hidden|confidential|between\s+us)|\b(?:silently|secretly|covertly|quietly)\s+"
        r"(?:\w+\s+){0,2}?(?:send|read|include|call|copy|upload|forward|add|pass|run|execute)", 1.0, 1.0),
-    _r("cross_tool", "before|after|instead|prior|when|whenever|effect|must",
+    _r("cross_tool", "before|after|instead|prior|when|whenever",
        r"\b(?:before|after|instead\s+of|prior\s+to|when(?:ever)?)\s+(?:using|calling|invoking|"
        r"running|you\s+use|you\s+call|the\s+user\s+(?:asks|calls))\b.{0,80}?\b(?:call|invoke|use|run|read|"
-       r"execute|send|must|always|first)\b|\b(?:this|the)\s+tool\s+(?:has|with)\s+(?:a|an)\s+(?:very\s+)?"
-       r"important\s+side\s+effect|\b(?:the\s+)?[a-z]+(?:_[a-z]+)+\s+tool\s+must\b|\bwhen\s+\(?\w+\)?\s*\w*_\w+\s+is\s+"
-       r"(?:invoked|called|used)", 1.0, 0.6),
+       r"execute|send|must|always|first)\b", 0.5, 0.6),
+    _r("shadowing", "effect|must|when|whenever|instead",
+       r"\b(?:this|the)\s+tool\s+(?:has|with)\s+(?:a|an)\s+(?:very\s+)?important\s+side\s+effect|"
+       r"\b[a-z]+(?:_[a-z]+)+\s+tool\s+(?:must|should)\b|\bwhen(?:ever)?\s+\(?[\w-]+\)?\s*[a-z]*_[a-z_]+\s+"
+       r"(?:is|gets)\s+(?:invoked|called|used)|\binstead\s+of\s+(?:using\s+)?(?:the\s+)?[a-z]+_[a-z_]+\b.{0,40}?"
+       r"\b(?:always|must)\b", 1.0, 0.8),
     _r("coercion", "otherwise|crash|lost|very|extremely|critically|absolutely|vitally",
        r"\botherwise\s+(?:the\s+)?(?:tool|it|this|system|request|application)\b(?:\s+\w+){0,3}?\s+"
        r"(?:will\s+)?(?:not\s+work|fail|crash|break|be\s+blocked)|\bor\s+(?:else\s+)?(?:the\s+)?"
@@ -97,11 +102,25 @@ RULES: tuple[Rule, ...] = (
        r"messages?|result|value)s?\b.{0,60}?\b(?:as|in|into|to)\s+(?:the\s+)?['\"`]?\w+['\"`]?\s*"
        r"(?:parameter|param|argument|field|variable)?", 0.6, 0.6),
     # --- sensitive files and secrets ----------------------------------------------------------------
-    _r("sensitive_file", "~/|id_|/etc/|.env|mcp|config|credentials|wallet|private",
-       r"~/\.(?:ssh|aws|gnupg|kube|docker|cursor|config/gcloud|netrc|npmrc|pypirc|bash_history|"
-       r"zsh_history|git-credentials)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|/etc/(?:passwd|shadow|sudoers)\b|"
+    _r("sensitive_path", "~/|id_|/etc/|.env|mcp|config|credentials|wallet|private|keychain",
+       r"~/\.(?:ssh(?!/config\b|/known_hosts\b)|aws|gnupg|kube|docker|cursor|config/gcloud|netrc|npmrc|pypirc|"
+       r"bash_history|zsh_history|git-credentials)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|/etc/(?:passwd|shadow|sudoers)\b|"
        r"(?:^|[\s'\"`/])\.env\b|\bmcp\.json\b|\bclaude_desktop_config\.json\b|\bcredentials\.json\b|"
-       r"\.aws/credentials|\bwallet\.dat\b|\bprivate[\s_-]?keys?\b", 1.0, 0.8),
+       r"\.aws/credentials|\bwallet\.dat\b|\bprivate[\s_-]?keys?\b|\bkeychain\b", 0.6, 0.4),
+    _r("sensitive_access", "read|reads|reading|cat|copy|send|pass|include|upload|paste|leak|share|attach|summarise|"
+       "summarize|collect|look",
+       r"\b(?:read|reads|reading|cat|copy|send|pass|include|upload|paste|leak|share|attach|summari[sz]e|collect|"
+       r"look\s+for)\b[^.\n]{0,60}?(?:~/\.(?:ssh(?!/config\b|/known_hosts\b)|aws|gnupg|kube|docker|cursor|netrc|"
+       r"npmrc|pypirc|git-credentials)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|/etc/(?:passwd|shadow)\b|"
+       r"(?:^|[\s'\"`/])\.env\b|\bmcp\.json\b|\bcredentials\.json\b|\.aws/credentials|\bprivate[\s_-]?key)",
+       1.0, 1.0),
+    _r("remote_exec", "curl|wget|download|downloads",
+       r"\b(?:curl|wget)\b[^|\n]{0,120}\|\s*(?:ba|z)?sh\b|\bdownloads?\b.{0,100}?\b(?:run|execute|chmod)\b",
+       1.0, 0.8),
+    _r("call_with_data", "call|calls|calling|invoke",
+       r"\b(?:call|calls|calling|invoke)\s+(?:the\s+)?`?[a-z]+(?:_[a-z]+)+`?\s+(?:tool\s+)?with\s+(?:the\s+)?"
+       r"(?:\w+\s+){0,2}?(?:text|content|contents|conversation|history|messages|data|code|contacts|files)\b",
+       0.6, 0.6),
     _r("secret_leak", "key|keys|token|tokens|password|passwords",
        r"\b(?:api|access|secret)[\s_-]?(?:keys?|tokens?)\b.{0,40}?\b(?:send|pass|include|leak|share)|"
        r"\b(?:send|pass|include|leak|share)\b.{0,40}?\b(?:api|access|secret)[\s_-]?(?:keys?|tokens?)|"
