@@ -77,8 +77,10 @@ class ScreenConfig(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _shape(cls, v: str | None) -> str | None:
-        if v is not None and (":" not in v or not all(v.split(":", 1))):
-            raise ValueError("want 'package.module:callable' or 'entrypoint:<name>'")
+        if v is not None:
+            if ":" not in v or not all(v.split(":", 1)):
+                raise ValueError("want 'package.module:callable' or 'entrypoint:<name>'")
+            load_classifier(v)  # a config error, not a crash at startup
         return v
 
 
@@ -147,6 +149,8 @@ class Screen:
             own = cfg.virtual_servers.get(vs, ScreenActions())
             self._actions[vs] = (own.descriptions or cfg.descriptions, own.results or cfg.results)
         self.enabled = any(a != ("off", "off") for a in self._actions.values())
+        for name in sorted(set(cfg.virtual_servers) - set(virtual_servers)):
+            log.warning("policies.screen.virtual_servers.%s: no such virtual server", name)
         self._verdicts: dict[str, tuple[str, ...]] = {}  # digest -> hits (empty: clean), per definition
         self._views: dict[tuple[str, int], tuple[View, View]] = {}  # (vs, id(source)) -> (source, screened)
         self._quarantined: dict[str, str] = {}  # digest -> "upstream.name", awaiting review
