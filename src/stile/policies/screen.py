@@ -4,7 +4,7 @@ Descriptions: every tool's and prompt's `description`, its `title`, and every `d
 tool's `inputSchema` (and a prompt's argument descriptions) of the caller's view are scored by the
 built-in rule set (`screen_rules`) and by an optional plug-in classifier. What a hit does is set per
 virtual server (`descriptions:`):
-- `flag`: the tool stays; the hit is logged (`stile.screen`) once per definition;
+- `flag`: the tool stays; the hit is logged (`stile.screen`) each time a screened view is computed;
 - `block`: the tool is hidden while its definition is a hit (absent from lists, a call answers exactly
   like an unknown tool: the router only knows the screened view);
 - `quarantine`: hidden until a reviewer approves that exact definition: its digest (`stile_digest`,
