@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from stile.policies.screen import digest
 from stile.stores.keys import hash_for_config
@@ -187,6 +188,11 @@ async def test_calling_a_hidden_tool_answers_exactly_like_an_unknown_tool(env: E
         assert hidden["error"]["message"] == same
         prompt = await c.request("prompts/get", {"name": "sneaky", "arguments": {"code": "x"}})
         assert "error" in prompt and "Unknown prompt" in prompt["error"]["message"]
+    async with aiohttp.ClientSession() as http, http.get(f"{env.base}/metrics") as r:
+        metrics = await r.text()
+    labels = [s.labels for fam in text_string_to_metric_families(metrics) for s in fam.samples
+              if s.name == "stile_requests_total" and s.labels.get("virtual_server") == f"block_{up}"]
+    assert labels and not any(lab.get("tool") == "add" for lab in labels)  # metrics do not name a hidden tool
 
 
 @pytest.mark.parametrize("era", ["modern", "legacy"])

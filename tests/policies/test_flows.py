@@ -136,3 +136,26 @@ def test_bad_flow_config_is_reported_per_key() -> None:
     assert any("policies.flows.flows.1.deny_when.call_has" in p for p in problems), problems
     assert any("policies.flows.window_s" in p for p in problems), problems
     assert any("policies.flows.colour" in p for p in problems), problems
+
+
+async def test_a_cel_flow_sees_the_history_and_the_tool_and_fails_closed() -> None:
+    expr = '"egress" in tool.labels && "reads_private" in session.labels_seen && tool.name == "up.send"'
+    flows, _ = _flows(flows=[{"name": "cel-trifecta", "deny_when": {"cel": expr}, "reason": "by CEL"}])
+    await flows(_call("send"), _ok)  # nothing private seen yet
+    await flows(_call("read"), _ok)
+    with pytest.raises(FlowDenied, match="by CEL") as err:
+        await flows(_call("send"), _ok)
+    assert err.value.data == {"rule": "flow:cel-trifecta", "flow": "cel-trifecta"}
+    broken, _ = _flows(flows=[{"name": "err", "deny_when": {"cel": "session.nope.x == 1"}}])
+    with pytest.raises(FlowDenied):  # an evaluation error denies
+        await broken(_call("read"), _ok)
+    number, _ = _flows(flows=[{"name": "num", "deny_when": {"cel": "1 + 1"}}])
+    with pytest.raises(FlowDenied):  # so does a non-boolean
+        await number(_call("read"), _ok)
+
+
+def test_a_cel_flow_that_does_not_compile_or_mixes_forms_is_a_config_error() -> None:
+    for deny_when, msg in (({"cel": "session.labels_seen.exists("}, "cel:"),
+                           ({"cel": "true", "call_has": ["egress"]}, "not both"), ({"seen_all": ["x"]}, "call_has")):
+        with pytest.raises(ValueError, match=msg):
+            FlowsConfig.model_validate({"flows": [{"name": "f", "deny_when": deny_when}]})

@@ -8,7 +8,10 @@ the called tool has every label of `call_has`, the history has seen every label 
 given, at least one of `seen_any`: e.g. the "lethal trifecta", an `egress` call after private data and
 untrusted content were read. A denial raises `FlowDenied` (JSON-RPC -32010 like the rules, HTTP 200,
 `data: {rule: "flow:<name>", flow: <name>}`), audited as a denial with the flow's name and reason;
-a denied call adds nothing to the history.
+a denied call adds nothing to the history. Instead of `call_has`/`seen_*`, `deny_when: {cel: "..."}` is a
+CEL expression over `session` (`labels_seen`, `virtual_server`), `tool` (`name` as `upstream.tool`,
+`labels`, `annotations`) and `principal`: true denies, and so does an error or a non-boolean (fail
+closed). Flows are evaluated for calls of labelled tools only (an unlabelled call costs one dict lookup).
 
 Whose history: a legacy client's session (`Mcp-Session-Id`). Modern clients are stateless, so their
 history is the principal's (auth method, agent, user) on that virtual server, narrowed by an optional
@@ -25,6 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from cel_expr_python import cel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stile.core.catalog import Target, ViewSource, matches
@@ -34,6 +38,7 @@ from stile.policies.rules import PolicyDenied
 
 SESSION_HINT = "io.stile/session"
 _MAX_HINT = 128
+_ENV = cel.NewEnv(variables={"session": cel.Type.DYN, "tool": cel.Type.DYN, "principal": cel.Type.DYN})
 
 
 class FlowDenied(PolicyDenied):
@@ -42,12 +47,23 @@ class FlowDenied(PolicyDenied):
 
 class DenyWhen(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    call_has: list[str] = Field(min_length=1)  # the called tool has all of these labels
+    call_has: list[str] | None = Field(default=None, min_length=1)  # the called tool has all of these labels
     seen_all: list[str] = Field(default_factory=list)  # the history has seen all of these
     seen_any: list[str] = Field(default_factory=list)  # ...and at least one of these (when given)
+    cel: str | None = None  # instead: a CEL expression over session, tool, principal; true (or an error) denies
 
     @model_validator(mode="after")
-    def _some_history(self) -> DenyWhen:
+    def _shape(self) -> DenyWhen:
+        if self.cel is not None:
+            if self.call_has is not None or self.seen_all or self.seen_any:
+                raise ValueError("give either cel or call_has/seen_all/seen_any, not both")
+            try:
+                _ENV.compile(self.cel)
+            except RuntimeError as exc:
+                raise ValueError(f"cel: {str(exc).split(chr(10), 1)[-1].strip()}") from exc
+            return self
+        if self.call_has is None:
+            raise ValueError("a flow needs call_has (or cel)")
         if not self.seen_all and not self.seen_any:
             raise ValueError("a flow needs seen_all or seen_any (without history it is an access rule)")
         return self
@@ -72,17 +88,28 @@ class FlowsConfig(BaseModel):
 
 
 class _Compiled:
-    __slots__ = ("call_has", "name", "reason", "seen_all", "seen_any", "virtual_servers")
+    __slots__ = ("call_has", "name", "program", "reason", "seen_all", "seen_any", "virtual_servers")
 
     def __init__(self, cfg: FlowConfig) -> None:
         self.name = cfg.name
         self.reason = cfg.reason
-        self.call_has = frozenset(cfg.deny_when.call_has)
+        self.call_has = frozenset(cfg.deny_when.call_has or ())
         self.seen_all = frozenset(cfg.deny_when.seen_all)
         self.seen_any = frozenset(cfg.deny_when.seen_any)
+        self.program = _ENV.compile(cfg.deny_when.cel) if cfg.deny_when.cel is not None else None
         self.virtual_servers = frozenset(cfg.virtual_servers) if cfg.virtual_servers is not None else None
 
-    def denies(self, labels: frozenset[str], seen: set[str]) -> bool:
+    def denies(self, labels: frozenset[str], seen: set[str], ctx: CallContext, target: Target) -> bool:
+        if self.program is not None:
+            data = {"session": {"labels_seen": sorted(seen), "virtual_server": ctx.virtual_server},
+                    "tool": {"name": f"{target.upstream}.{target.original}", "labels": sorted(labels),
+                             "annotations": target.annotations},
+                    "principal": ctx.principal.as_cel()}
+            try:
+                value = self.program.eval(data=data)
+            except RuntimeError:
+                return True  # an evaluation error fails closed, as the rules do
+            return value.type() != cel.Type.BOOL or bool(value.value())
         return (self.call_has <= labels and self.seen_all <= seen
                 and (not self.seen_any or not self.seen_any.isdisjoint(seen)))
 
@@ -176,7 +203,7 @@ class Flows:
         seen = self.history.seen(key, now)
         vs = ctx.virtual_server
         for flow in self.flows:
-            if (flow.virtual_servers is None or vs in flow.virtual_servers) and flow.denies(labels, seen):
+            if (flow.virtual_servers is None or vs in flow.virtual_servers) and flow.denies(labels, seen, ctx, target):
                 raise FlowDenied(f"denied by flow policy: {flow.reason}",
                                  data={"rule": f"flow:{flow.name}", "flow": flow.name})
         self.history.add(key, labels, now)

@@ -252,7 +252,9 @@ class Screen:
             if view is not None:
                 if ctx.view is None and method in _LISTS:
                     view = await self.views.ensure_discovered(view)
-                ctx = ctx.with_view(self.screened(ctx.virtual_server, view, desc_action))
+                screened = self.screened(ctx.virtual_server, view, desc_action)
+                ctx.stats.view = screened  # metrics label a hidden tool `(unknown)`, as for access control
+                ctx = ctx.with_view(screened)
         reply = await call_next(ctx)
         if result_action == "off" or method != "tools/call":
             return reply
