@@ -8,7 +8,9 @@ results.jsonl: the rules were adjusted while looking at them) and `holdout` (hol
 the rules were frozen, measured once, never tuned against). `--misses` prints what each one got wrong.
 
 Cost: one `await screen(ctx, call_next)` with `results: block` on a short clean result, against a bare
-`await call_next(ctx)` (the terminal answers at once), and the policy with nothing configured. p50/p90 in µs.
+`await call_next(ctx)` (the terminal answers at once), and the policy with nothing configured; and one
+`await flows(ctx, call_next)` (`policies.flows`, the trifecta flow, declarative and CEL) for an unlabelled
+and a labelled tool in a legacy session. p50/p90 in µs.
 
 Run: ``PYTHONPATH=src python -m bench.screen_bench [--calls 20000] [--misses]``
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, Principal, Reply
+from stile.policies.flows import Flows, FlowsConfig
 from stile.policies.screen import Screen, ScreenConfig
 from stile.policies.screen_rules import scan
 
@@ -92,11 +95,25 @@ class _Views:
         return view
 
 
-def _setup(cfg: ScreenConfig) -> tuple[Screen, View]:
+TRIFECTA = {"name": "trifecta", "deny_when": {"call_has": ["egress"], "seen_all": ["reads_private", "untrusted"]}}
+CEL_TRIFECTA = {"name": "trifecta", "deny_when": {
+    "cel": '"egress" in tool.labels && "reads_private" in session.labels_seen && "untrusted" in session.labels_seen'}}
+
+
+def _view(tools: list[dict[str, object]]) -> View:
     gw = GatewayConfig.model_validate({"upstreams": {"up": {"url": "http://127.0.0.1:1/mcp"}},
                                        "virtual_servers": {"vs": {"upstreams": ["up"], "prefix": "never"}}})
-    view = build_view("vs", gw.virtual_servers["vs"], gw, {"up": Inventory(tools=[TOOL], ok=True)})
+    return build_view("vs", gw.virtual_servers["vs"], gw, {"up": Inventory(tools=tools, ok=True)})
+
+
+def _setup(cfg: ScreenConfig) -> tuple[Screen, View]:
+    view = _view([TOOL])
     return Screen(cfg, _Views(view), ["vs"]), view
+
+
+def _session_call(view: View, tool: str) -> CallContext:
+    return CallContext("vs", "tools/call", {"name": tool, "arguments": {}}, 1, "legacy", "2025-11-25",
+                       principal=Principal(agent="bench", method="api_key"), session_id="s1", view=view)
 
 
 async def _time(run: Callable[[CallContext], Awaitable[Reply]], ctx: CallContext, calls: int) -> list[float]:
@@ -122,14 +139,23 @@ async def cost(calls: int) -> None:
         async def issue(c: CallContext) -> Reply:
             return ISSUE
 
-        runs: dict[str, tuple[Callable[[CallContext], Awaitable[Reply]]]] = {
-            "baseline (call_next only)": (short,),
-            "nothing configured": (partial(off.__call__, call_next=short),),
-            "block, 38-char clean text": (partial(on.__call__, call_next=short),),
-            "block, 74-char clean JSON": (partial(on.__call__, call_next=issue),),
+        fview = _view([{"name": "read"}, {"name": "plain"}])
+        labels = {"up.read": ["reads_private"], "up.send": ["egress"]}
+        declarative = Flows(FlowsConfig.model_validate({"labels": labels, "flows": [TRIFECTA]}), _Views(fview))
+        by_cel = Flows(FlowsConfig.model_validate({"labels": labels, "flows": [CEL_TRIFECTA]}), _Views(fview))
+        plain = _session_call(fview, "plain")
+        read = _session_call(fview, "read")
+        runs: dict[str, tuple[Callable[[CallContext], Awaitable[Reply]], CallContext]] = {
+            "baseline (call_next only)": (short, ctx),
+            "screen: nothing configured": (partial(off.__call__, call_next=short), ctx),
+            "screen: block, 38-char clean": (partial(on.__call__, call_next=short), ctx),
+            "screen: block, 74-char JSON": (partial(on.__call__, call_next=issue), ctx),
+            "flows: unlabelled tool": (partial(declarative.__call__, call_next=short), plain),
+            "flows: labelled, declarative": (partial(declarative.__call__, call_next=short), read),
+            "flows: labelled, CEL": (partial(by_cel.__call__, call_next=short), read),
         }
-        for name, (run,) in runs.items():
-            samples = await _time(run, ctx, calls)
+        for name, (run, call) in runs.items():
+            samples = await _time(run, call, calls)
             prev = results.get(name)
             if prev is None or statistics.median(samples) < statistics.median(prev):
                 results[name] = samples
