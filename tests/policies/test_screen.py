@@ -165,3 +165,15 @@ def test_bad_config_is_reported_per_key_and_a_bad_classifier_is_a_clear_error() 
                       ("entrypoint:nope", "no entry point")):
         with pytest.raises(ValueError, match=msg):
             load_classifier(spec)
+
+
+@pytest.mark.parametrize("kind", ["description", "result"])
+def test_ordinary_non_ascii_text_is_not_invisible_unicode(kind: str) -> None:
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # an emoji ZWJ sequence
+    england = "\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F"  # a flag made of tag characters
+    for text in (f"Family: {family}", f"Go {england}!", "\ufeffFile starts with a byte order mark",
+                 "می\u200cخواهم کتاب را بخوانم", "שלום\u200f 123", "co\u00adoperate", "Ελληνικά και 中文"):  # noqa: RUF001
+        assert not scan(text, kind).flagged, (text, scan(text, kind))  # type: ignore[arg-type]
+    assert scan(f"{england} weather" + "".join(chr(0xE0000 + ord(c)) for c in "leak it"), kind).flagged
+    assert scan("Add\u200b\u200bnumbers", kind).hits == ("invisible_unicode",)
+    assert "invisible_unicode" in scan("read \u202egnp.exe", kind).hits

@@ -135,9 +135,21 @@ RULES: tuple[Rule, ...] = (
        r"|<\s*(?:script|iframe)\b", 1.0, 1.0),
 )
 
-# Invisible and direction-changing characters: Unicode tags (U+E0000 block), zero-width, bidi controls.
-INVISIBLE = re.compile("[\U000e0000-\U000e007f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad"
-                       "\u180e]")
+# Invisible and direction-changing characters. Unicode tags (U+E0000 block: ASCII a model reads and a person
+# does not see) except inside an emoji flag sequence; bidi overrides and isolates; zero-width characters
+# between visible ASCII or in runs (a lone ZWJ/ZWNJ is ordinary in emoji and in Persian or Indic text).
+# Not counted: a leading byte-order mark, LRM/RLM, soft hyphens.
+_FLAG_TAGS = re.compile("\U0001F3F4[\U000E0030-\U000E0039\U000E0061-\U000E007A]{1,8}\U000E007F")
+INVISIBLE = re.compile("[\U000E0000-\U000E007F\u202A-\u202E\u2066-\u2069]|[\u200B-\u200D\u2060-\u2064\u180E]{2,}|"
+                       "(?<=[\x21-\x7E])[\u200B-\u200D\u2060-\u2064\u180E](?=[\x21-\x7E])|(?<=.)\uFEFF", re.DOTALL)
+
+
+def invisible(text: str) -> bool:
+    if INVISIBLE.search(text) is None:
+        return False
+    return "\U0001F3F4" not in text or INVISIBLE.search(_FLAG_TAGS.sub("", text)) is not None
+
+
 _WORD = re.compile(r"[a-z]+")
 _ALL_WORDS = frozenset().union(*(r.words for r in RULES))
 _MARKS = tuple(sorted({m for r in RULES for m in r.marks}))
@@ -160,7 +172,7 @@ def scan(text: str, kind: Kind = "description") -> Verdict:
     """The built-in rule set's verdict on `text`."""
     hits: list[str] = []
     score = 0.0
-    if not text.isascii() and INVISIBLE.search(text) is not None:
+    if not text.isascii() and invisible(text):
         hits.append("invisible_unicode")
         score += 1.0
     low = text.lower()
