@@ -13,8 +13,9 @@ virtual server (`descriptions:`):
 The screen narrows the view the way access control does (`ctx.with_view`), once per source view; `core`
 knows nothing of it.
 
-Results (`results:`): the text content of `tools/call` results. `flag` logs, `block` replaces the reply
-by a `ScreenBlocked` error (JSON-RPC -32011, HTTP 200, `data: {rule: "screen", hits}`), audited as a denial.
+Results (`results:`): the text content blocks of `tools/call` results and the text of embedded
+resources. `flag` logs, `block` replaces the reply by a `ScreenBlocked` error (JSON-RPC -32011, HTTP 200,
+`data: {rule: "screen", hits}`), audited as a denial.
 Only the first `max_scan_chars` of each text are scored.
 
 Plug-in classifier (`classifier: "package.module:callable"`, or `classifier: "entrypoint:<name>"` for an
@@ -275,10 +276,18 @@ class Screen:
             return ()
         hits: tuple[str, ...] = ()
         for block in content:
-            if isinstance(block, dict) and block.get("type") == "text":
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "text":
                 text = block.get("text")
-                if isinstance(text, str) and text:
-                    hits += self.score_text(text, "result")
+            elif kind == "resource":  # an embedded resource's text
+                res = block.get("resource")
+                text = res.get("text") if isinstance(res, dict) else None
+            else:
+                continue
+            if isinstance(text, str) and text:
+                hits += self.score_text(text, "result")
         return hits
 
 
