@@ -195,6 +195,25 @@ async def test_calling_a_hidden_tool_answers_exactly_like_an_unknown_tool(env: E
     assert labels and not any(lab.get("tool") == "add" for lab in labels)  # metrics do not name a hidden tool
 
 
+@ERAS
+async def test_poisoned_server_instructions_are_withheld_by_block_and_kept_by_flag(env: Env, era: str,
+                                                                                  up: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for kind, kept in (("flag", True), ("block", False)):
+            url = f"{env.base}/mcp/{kind}_{up}"
+            if era == "legacy":
+                body, hdrs = initialize_body(), LEGACY_HEADERS
+            else:
+                body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": modern_meta()}}
+                hdrs = modern_headers("server/discover")
+            async with http.post(url, json=body, headers={**hdrs, "X-API-Key": KEY}) as r:
+                assert r.status == 200
+                result = _parse(await r.read())["result"]
+            assert ("instructions" in result) is kept, (kind, result)
+            if kept:
+                assert "id_rsa" in result["instructions"]
+
+
 @pytest.mark.parametrize("era", ["modern", "legacy"])
 async def test_an_unauthenticated_virtual_server_is_screened_too(env: Env, era: str) -> None:
     async with client(env, "anon", era, key=None) as c:

@@ -10,6 +10,8 @@ virtual server (`descriptions:`):
 - `quarantine`: hidden until a reviewer approves that exact definition: its digest (`stile_digest`,
   printed in the log line, and by `Screen.quarantined()`) listed under `approved:` in the config, or
   approved at runtime with `Screen.approve(digest)` (in memory).
+The server `instructions` in `initialize` / `server/discover` replies are screened too: a hit is dropped
+from the reply (`block`, `quarantine`: its digest under `approved:` keeps it) or logged (`flag`).
 The screen narrows the view the way access control does (`ctx.with_view`), once per source view; `core`
 knows nothing of it.
 
@@ -46,6 +48,7 @@ from stile.policies.screen_rules import Kind, Verdict, scan
 log = logging.getLogger("stile.screen")
 SCREEN_BLOCKED = -32011
 _LISTS = frozenset({"tools/list", "prompts/list"})
+_HANDSHAKES = frozenset({"initialize", "server/discover"})  # their replies carry the server's `instructions`
 Classifier = Callable[[str, str], float]
 DescriptionAction = Literal["off", "flag", "block", "quarantine"]
 ResultAction = Literal["off", "flag", "block"]
@@ -257,6 +260,8 @@ class Screen:
                 ctx.stats.view = screened  # metrics label a hidden tool `(unknown)`, as for access control
                 ctx = ctx.with_view(screened)
         reply = await call_next(ctx)
+        if desc_action != "off" and method in _HANDSHAKES:
+            return self._screen_instructions(ctx.virtual_server, reply, desc_action)
         if result_action == "off" or method != "tools/call":
             return reply
         hits = self._result_hits(reply)
@@ -268,6 +273,25 @@ class Screen:
                                     data={"rule": "screen", "hits": list(hits)})
             log.warning("screen: result of %s looks injected (%s)", name, ",".join(hits))
         return reply
+
+    def _screen_instructions(self, vs: str, reply: Reply, action: str) -> Reply:
+        """A poisoned `instructions` text (the upstream's, passed through) is dropped unless the action is flag."""
+        res = reply.get("result")
+        text = res.get("instructions") if isinstance(res, dict) else None
+        if not isinstance(res, dict) or not isinstance(text, str):
+            return reply
+        d = hashlib.sha256(text.encode()).hexdigest()[:32]
+        hits = self._verdicts.get(d)
+        if hits is None:
+            hits = self.score_text(text, "description")
+            self._verdicts[d] = hits
+        if not hits or d in self.approved:
+            return reply
+        if action == "flag":
+            log.warning("screen: instructions of %s look poisoned (%s), stile_digest=%s", vs, ",".join(hits), d)
+            return reply
+        log.warning("screen: instructions of %s withheld (%s), stile_digest=%s", vs, ",".join(hits), d)
+        return {**reply, "result": {k: v for k, v in res.items() if k != "instructions"}}
 
     def _result_hits(self, reply: Reply) -> tuple[str, ...]:
         res = reply.get("result")
