@@ -30,6 +30,10 @@ CLEAN = {"name": "weather", "description": "Get the weather for a city.", "input
 calls: list[tuple[str, str]] = []
 
 
+def fails(text: str, kind: str) -> float:
+    raise RuntimeError("model server down")
+
+
 def marks_weather(text: str, kind: str) -> float:
     """A stand-in for a model-based classifier: scores any text mentioning weather as poisoned."""
     calls.append((text, kind))
@@ -189,3 +193,15 @@ async def test_embedded_resource_text_in_a_result_is_screened_too() -> None:
 
     with pytest.raises(ScreenBlocked):
         await screen(_ctx(view, "tools/call", {"name": "weather"}), embedded)
+
+
+async def test_a_failing_classifier_leaves_the_decision_to_the_rules() -> None:
+    view = _view([POISONED, CLEAN])
+    screen = _screen(view, descriptions="block", results="block", classifier=f"{__name__}:fails",
+                     classify_results=True)
+    assert await _listed(screen, view) == ["weather"]
+
+    async def clean(ctx: CallContext) -> Reply:
+        return {"result": {"content": [{"type": "text", "text": "sunny"}]}}
+
+    assert await screen(_ctx(view, "tools/call", {"name": "weather"}), clean) == await clean(_ctx(view))

@@ -177,7 +177,11 @@ class Screen:
         verdict: Verdict = scan(text, kind)
         hits = verdict.hits if verdict.flagged else ()
         if self.classifier is not None and (kind == "description" or self.cfg.classify_results):
-            score = self.classifier(text, kind)
+            try:
+                score = self.classifier(text, kind)
+            except Exception:  # a plug-in's boundary: its failure must not fail the request
+                log.exception("screen: the classifier %s failed; the built-in rules decide", self.cfg.classifier)
+                score = None
             if isinstance(score, int | float) and score >= self.cfg.classifier_threshold:
                 hits = (*hits, "classifier")
         return hits
@@ -232,7 +236,8 @@ class Screen:
                         if d not in self._quarantined:
                             log.warning("screen: %s %s quarantined (%s) until approved: stile_digest=%s",
                                         what, ref, ",".join(hits), d)
-                        self._quarantined[d] = ref
+                        if len(self._quarantined) < 65_536:
+                            self._quarantined[d] = ref
                     else:
                         log.warning("screen: %s %s hidden (%s), stile_digest=%s", what, ref, ",".join(hits), d)
                     dropped = True
