@@ -21,7 +21,8 @@ from stile.wire.errors import StileError
 if TYPE_CHECKING:
     from stile.core.catalog import Target, ViewSource
 
-DENIALS = frozenset({"PolicyDenied", "Forbidden", "RateLimited", "TooManyRequests", "QuotaExceeded"})
+DENIALS = frozenset({"PolicyDenied", "Forbidden", "RateLimited", "TooManyRequests", "QuotaExceeded", "ScreenBlocked",
+                     "FlowDenied"})
 _INDEX = {"tools/call": "tool_index", "prompts/get": "prompt_index"}
 _BY_URI = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 

@@ -9,7 +9,15 @@ from typing import Any
 
 from stile.core.pipeline import Policy
 from stile.observe.policy import Observe
-from stile.policies import cache, quota, ratelimit, redact, validate  # noqa: F401  (they register themselves)
+from stile.policies import (  # noqa: F401  (they register themselves)
+    cache,
+    flows,
+    quota,
+    ratelimit,
+    redact,
+    screen,
+    validate,
+)
 from stile.policies.access import AccessControl
 from stile.policies.registry import PolicyDeps, PolicyType, register
 from stile.policies.rules import Rules

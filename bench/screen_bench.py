@@ -1,0 +1,176 @@
+"""The screens (`policies.screen`): detection on the labelled corpus, and what the policy costs per call.
+
+Detection: every item of `bench/screen_corpus/*.jsonl` (text, label, source) is scored by the built-in rule
+set (`stile.policies.screen_rules.scan`) and by a plain keyword list (`KEYWORDS`, the baseline: a substring
+match of phrases keyword scanners use); recall on the poisoned/injected items, false-positive rate on the
+benign/clean ones, per kind (tool descriptions, tool results) and split: `tuned` (descriptions.jsonl,
+results.jsonl: the rules were adjusted while looking at them) and `holdout` (holdout.jsonl: written after
+the rules were frozen, measured once, never tuned against). `--misses` prints what each one got wrong.
+
+Cost: one `await screen(ctx, call_next)` with `results: block` on a short clean result, against a bare
+`await call_next(ctx)` (the terminal answers at once), and the policy with nothing configured; and one
+`await flows(ctx, call_next)` (`policies.flows`, the trifecta flow, declarative and CEL) for an unlabelled
+and a labelled tool in a legacy session. p50/p90 in µs.
+
+Run: ``PYTHONPATH=src python -m bench.screen_bench [--calls 20000] [--misses]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+from stile.config.model import GatewayConfig
+from stile.core.catalog import Inventory, View, build_view
+from stile.core.context import CallContext, Principal, Reply
+from stile.policies.flows import Flows, FlowsConfig
+from stile.policies.screen import Screen, ScreenConfig
+from stile.policies.screen_rules import scan
+
+CORPUS = Path(__file__).parent / "screen_corpus"
+POSITIVE = frozenset({"poisoned", "injected"})
+# the baseline: phrases a keyword scanner looks for, matched as lowercase substrings
+KEYWORDS = ("ignore previous instructions", "ignore all previous instructions", "disregard previous instructions",
+            "system prompt", "<important>", "do not tell the user", "don't tell the user", "jailbreak",
+            "exfiltrate", "id_rsa", "~/.ssh", "/etc/passwd", "api_key", "| sh", "you are now", "developer mode")
+TOOL = {"name": "weather", "description": "Get the weather for a city.", "inputSchema": {"type": "object"}}
+SHORT: Reply = {"result": {"content": [{"type": "text", "text": "The weather in Paris is 21C and sunny."}],
+                           "isError": False}}
+ISSUE: Reply = {"result": {"content": [{"type": "text", "text": '{"id": 1234, "title": "Fix login bug", '
+                                        '"state": "open", "user": "octocat"}'}], "isError": False}}
+
+
+def keyword_hit(text: str) -> bool:
+    low = text.lower()
+    return any(k in low for k in KEYWORDS)
+
+
+def load() -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(CORPUS.glob("*.jsonl")):
+        rows.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return rows
+
+
+def detection(show_misses: bool) -> None:
+    rows = load()
+    print(f"{'set':24} {'detector':10} {'recall':>14} {'false positives':>18}")
+    sets = [(f"{kind}s ({split})", kind, split) for split in ("tuned", "holdout") for kind in ("description", "result")]
+    for label, kind, split in sets:
+        items = [r for r in rows if r["kind"] == kind and r.get("split", "tuned") == split]
+        if not items:
+            continue
+        pos = [r for r in items if r["label"] in POSITIVE]
+        neg = [r for r in items if r["label"] not in POSITIVE]
+        detectors: dict[str, Callable[[str], bool]] = {
+            "keywords": keyword_hit, "stile": lambda t, k=kind: scan(t, k).flagged}  # type: ignore[misc]
+        for name, hit in detectors.items():
+            tp = sum(hit(r["text"]) for r in pos)
+            fp = sum(hit(r["text"]) for r in neg)
+            print(f"{label:24} {name:10} {tp:>3}/{len(pos):<3} {tp / len(pos):6.1%} {fp:>4}/{len(neg):<4} "
+                  f"{fp / len(neg):6.1%}")
+            if show_misses:
+                for r in pos:
+                    if not hit(r["text"]):
+                        print(f"    missed: {r['text'][:90]!r}  [{r['source'][:60]}]")
+                for r in neg:
+                    if hit(r["text"]):
+                        print(f"    false+: {r['text'][:90]!r}  [{r['source'][:60]}] {scan(r['text'], kind)}")
+
+
+class _Views:
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def view(self, name: str) -> View | None:
+        return self._view
+
+    async def ensure_discovered(self, view: View) -> View:
+        return view
+
+
+TRIFECTA = {"name": "trifecta", "deny_when": {"call_has": ["egress"], "seen_all": ["reads_private", "untrusted"]}}
+CEL_TRIFECTA = {"name": "trifecta", "deny_when": {
+    "cel": '"egress" in tool.labels && "reads_private" in session.labels_seen && "untrusted" in session.labels_seen'}}
+
+
+def _view(tools: list[dict[str, object]]) -> View:
+    gw = GatewayConfig.model_validate({"upstreams": {"up": {"url": "http://127.0.0.1:1/mcp"}},
+                                       "virtual_servers": {"vs": {"upstreams": ["up"], "prefix": "never"}}})
+    return build_view("vs", gw.virtual_servers["vs"], gw, {"up": Inventory(tools=tools, ok=True)})
+
+
+def _setup(cfg: ScreenConfig) -> tuple[Screen, View]:
+    view = _view([TOOL])
+    return Screen(cfg, _Views(view), ["vs"]), view
+
+
+def _session_call(view: View, tool: str) -> CallContext:
+    return CallContext("vs", "tools/call", {"name": tool, "arguments": {}}, 1, "legacy", "2025-11-25",
+                       principal=Principal(agent="bench", method="api_key"), session_id="s1", view=view)
+
+
+async def _time(run: Callable[[CallContext], Awaitable[Reply]], ctx: CallContext, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        await run(ctx)
+        out.append((time.perf_counter_ns() - start) / 1000)
+    return out
+
+
+async def cost(calls: int) -> None:
+    results: dict[str, list[float]] = {}
+    for _ in range(3):  # interleaved repeats; the best p50 of each
+        off, view = _setup(ScreenConfig())
+        on, _ = _setup(ScreenConfig(descriptions="block", results="block"))
+        ctx = CallContext("vs", "tools/call", {"name": "weather", "arguments": {"city": "Paris"}}, 1, "modern",
+                          "2026-07-28", principal=Principal(agent="bench", method="api_key"), view=view)
+
+        async def short(c: CallContext) -> Reply:
+            return SHORT
+
+        async def issue(c: CallContext) -> Reply:
+            return ISSUE
+
+        fview = _view([{"name": "read"}, {"name": "plain"}])
+        labels = {"up.read": ["reads_private"], "up.send": ["egress"]}
+        declarative = Flows(FlowsConfig.model_validate({"labels": labels, "flows": [TRIFECTA]}), _Views(fview))
+        by_cel = Flows(FlowsConfig.model_validate({"labels": labels, "flows": [CEL_TRIFECTA]}), _Views(fview))
+        plain = _session_call(fview, "plain")
+        read = _session_call(fview, "read")
+        runs: dict[str, tuple[Callable[[CallContext], Awaitable[Reply]], CallContext]] = {
+            "baseline (call_next only)": (short, ctx),
+            "screen: nothing configured": (partial(off.__call__, call_next=short), ctx),
+            "screen: block, 38-char clean": (partial(on.__call__, call_next=short), ctx),
+            "screen: block, 74-char JSON": (partial(on.__call__, call_next=issue), ctx),
+            "flows: unlabelled tool": (partial(declarative.__call__, call_next=short), plain),
+            "flows: labelled, declarative": (partial(declarative.__call__, call_next=short), read),
+            "flows: labelled, CEL": (partial(by_cel.__call__, call_next=short), read),
+        }
+        for name, (run, call) in runs.items():
+            samples = await _time(run, call, calls)
+            prev = results.get(name)
+            if prev is None or statistics.median(samples) < statistics.median(prev):
+                results[name] = samples
+    base = statistics.median(results["baseline (call_next only)"])
+    print(f"\n{'case':32} {'p50 µs':>8} {'p90 µs':>8} {'p50 added µs':>13}")
+    for name, samples in results.items():
+        q = statistics.quantiles(samples, n=10)
+        p50 = statistics.median(samples)
+        print(f"{name:32} {p50:8.2f} {q[8]:8.2f} {p50 - base:13.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--misses", action="store_true", help="print the items each detector got wrong")
+    args = parser.parse_args()
+    detection(args.misses)
+    asyncio.run(cost(args.calls))
