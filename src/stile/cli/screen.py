@@ -25,6 +25,7 @@ async def review(cfg: GatewayConfig, out: Console, *, as_json: bool = False, onl
     rows: list[dict[str, object]] = []
     try:
         await gw.start()
+        await gw.wait_discovered()  # start() returns at once: discovery runs in the background
         screen = Screen(screen_cfg, gw, list(cfg.virtual_servers))
         for view in gw.views.values():
             for kind, items, index in (("tool", view.tools, view.tool_index), ("prompt", view.prompts,
