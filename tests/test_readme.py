@@ -35,7 +35,7 @@ def invocations() -> list[tuple[str, list[str], set[str]]]:
         for span in re.findall(r"`([^`]+)`", cell):
             options = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span))
             if span.startswith("stile "):
-                words = [w for w in span.split()[1:] if re.fullmatch(r"[a-z]+", w)]
+                words = [w for w in span.split()[1:] if re.fullmatch(r"[a-z]+(?:-[a-z]+)*", w)]
                 found.append((span, words, options))
             else:
                 assert found, f"options before any command in {cell!r}"

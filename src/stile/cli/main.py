@@ -85,21 +85,6 @@ def serve(
 
 
 @app.command()
-def screen(
-    config: ConfigOpt,
-    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per definition")] = False,
-    hits: Annotated[bool, typer.Option("--hits", help="only definitions the screen flags")] = False,
-) -> None:
-    """Print the screen's verdict and digest of every tool and prompt (exit 1: unapproved hits)."""
-    from stile.cli.screen import review
-
-    loaded = _load(config)
-    _logging("error")
-    if asyncio.run(review(loaded.config, out, as_json=json_out, only_hits=hits)):
-        raise typer.Exit(1)
-
-
-@app.command()
 def check(
     config: ConfigOpt,
     offline: Annotated[bool, typer.Option(help="validate only; do not contact upstreams")] = False,
@@ -131,6 +116,21 @@ def demo(
 
     _logging("info")
     run_demo(port, config)
+
+
+@app.command()
+def screen(
+    config: ConfigOpt,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per definition")] = False,
+    hits: Annotated[bool, typer.Option("--hits", help="only definitions the screen flags")] = False,
+) -> None:
+    """Print the screen's verdict and digest of every tool and prompt (exit 1: unapproved hits)."""
+    from stile.cli.screen import review
+
+    loaded = _load(config)
+    _logging("error")
+    if asyncio.run(review(loaded.config, out, as_json=json_out, only_hits=hits)):
+        raise typer.Exit(1)
 
 
 @app.command()

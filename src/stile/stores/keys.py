@@ -38,6 +38,7 @@ import hmac
 import json
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -355,6 +356,13 @@ def sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     API, other processes) never make a writer fail with "database is locked". `synchronous` stays FULL."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(40):  # switching the journal mode needs a moment alone with the file: processes
+            try:               # or engines opening a fresh database together get "database is locked"
+                cursor.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 39:
+                    raise
+                time.sleep(0.05)  # blocks: only while connecting to a database being created
     finally:
         cursor.close()

@@ -85,7 +85,7 @@ class VaultCredentials:
                 versions = await self.store.versions(SIGNING_KEY)
                 if not versions:
                     with contextlib.suppress(VaultError):  # another replica created it first: use theirs
-                        await self.store.rotate(SIGNING_KEY, new_signing_key(), create=True)
+                        await self.store.set(SIGNING_KEY, new_signing_key())  # version 1 only: one winner
                     versions = await self.store.versions(SIGNING_KEY)
                 self.minter.load([v for _, v in versions])
         except (VaultError, SQLAlchemyError, OSError) as exc:
