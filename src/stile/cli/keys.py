@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -11,10 +10,9 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from stile.config.load import ConfigError, load_config, state_url_for
+from stile.cli.stores import fail, load_or_fail, run_on_store
+from stile.config.load import load_config, state_url_for
 from stile.stores.keys import ApiKeyRecord, KeyStore, KeyStoreError, hash_for_config, open_key_store
 
 DEFAULT_STATE = "sqlite:///stile.db"
@@ -38,11 +36,7 @@ def _state(state: str, config: Path | None) -> str:
     """The store: --config's `state` (or stile.db beside the config) wins over --state."""
     if config is None:
         return state
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        raise _fail("; ".join(exc.problems), 2) from exc
-    return state_url_for(loaded)
+    return state_url_for(load_or_fail(config))
 
 
 def role_warnings(roles: list[str], config: Path | None) -> list[str]:
@@ -66,38 +60,8 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def _describe(state: str, exc: BaseException) -> str:
-    """One line naming the store (password hidden) and the driver's own message."""
-    try:
-        where = make_url(state).render_as_string(hide_password=True)
-    except (ValueError, SQLAlchemyError):
-        where = "(unparseable URL)"
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return f"cannot use state store {where}: {detail}"
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _run(state: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = open_key_store(state)
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(go())
-    except ValueError as exc:  # bad URL, bad argument
-        raise _fail(str(exc), 2) from exc
-    except KeyStoreError as exc:
-        raise _fail(str(exc)) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise _fail(_describe(state, exc)) from exc
+    return run_on_store(state, lambda: open_key_store(state), action, refused=(KeyStoreError,))
 
 
 def _when(moment: datetime | None) -> str:
@@ -140,7 +104,7 @@ def create(
     try:
         lifetime = None if expires is None else parse_duration(expires)
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     role_list = [role.strip() for role in roles.split(",") if role.strip()]
     expires_at = None if lifetime is None else datetime.now(UTC) + lifetime
     key, record = _run(_state(state, config), lambda store: store.create(name, role_list, expires_at))
@@ -185,7 +149,7 @@ def revoke(
 ) -> None:
     """Revoke a key by name or id; it stops verifying immediately."""
     if not _run(_state(state, config), lambda store: store.revoke(name_or_id)):
-        raise _fail(f"no active key named or with id {name_or_id!r}")
+        raise fail(f"no active key named or with id {name_or_id!r}")
     typer.echo(f"revoked {name_or_id}")
 
 
@@ -197,4 +161,4 @@ def hash_key(
     try:
         typer.echo(hash_for_config(key.strip()))
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc

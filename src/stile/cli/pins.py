@@ -6,18 +6,16 @@ discovery of the upstream or within `governance.pin_poll_seconds` (see docs/gove
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
-from stile.cli.keys import DEFAULT_STATE, ConfigOpt, StateOpt, _describe, _fail, _state
+from stile.cli.keys import DEFAULT_STATE, ConfigOpt, StateOpt, _state
+from stile.cli.stores import fail, load_or_fail, run_on_store
 from stile.config.governance import GovernanceConfig, format_ref, parse_ref
-from stile.config.load import ConfigError, load_config
 from stile.governance.diff import definition_diff
 from stile.stores.pins import SEEN, PinRow, PinStore, open_pin_store
 
@@ -29,26 +27,11 @@ pins_app = typer.Typer(help="Review and approve pinned tool definitions.", no_ar
 def _governance(config: Path | None) -> GovernanceConfig:
     if config is None:
         return GovernanceConfig()
-    try:
-        return load_config(config).config.governance
-    except ConfigError as exc:
-        raise _fail("; ".join(exc.problems), 2) from exc
+    return load_or_fail(config).config.governance
 
 
 def _run(state: str, action: Callable[[PinStore], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = open_pin_store(state)
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(go())
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise _fail(_describe(state, exc)) from exc
+    return run_on_store(state, lambda: open_pin_store(state), action)
 
 
 def status(row: PinRow, config_pin: str | None = None) -> str:
@@ -70,14 +53,14 @@ def _find(rows: list[PinRow], ref: str) -> PinRow:
     try:
         kind, upstream, name = parse_ref(ref)
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     hits = [r for r in _items(rows) if r.upstream == upstream and r.name == name and kind in (None, r.kind)]
     if not hits:
-        raise _fail(f"no pinned definition named {ref!r} (see `stile pins list`)")
+        raise fail(f"no pinned definition named {ref!r} (see `stile pins list`)")
     if kind is None and any(h.kind == "tool" for h in hits):
         return next(h for h in hits if h.kind == "tool")  # tools are the default kind
     if len(hits) > 1:
-        raise _fail(f"{ref!r} names a {' and a '.join(h.kind for h in hits)}: say which, e.g. "
+        raise fail(f"{ref!r} names a {' and a '.join(h.kind for h in hits)}: say which, e.g. "
                     f"{format_ref(hits[1].kind, upstream, name)!r}", 2)
     return hits[0]
 
@@ -155,16 +138,16 @@ def approve(
 ) -> None:
     """Approve the pending definition of NAME (or of everything with --all)."""
     if (name is None) == (not approve_all):
-        raise _fail("name one definition, or pass --all", 2)
+        raise fail("name one definition, or pass --all", 2)
     if upstream is not None and not approve_all:
-        raise _fail("--upstream goes with --all", 2)
+        raise fail("--upstream goes with --all", 2)
     gov = _governance(config)
     url = _state(state, config)
     rows = _run(url, lambda s: s.rows())
     targets = [r for r in _items(rows) if r.pending is not None and upstream in (None, r.upstream)] \
         if approve_all else [_find(rows, name or "")]
     if not approve_all and targets[0].pending is None:
-        raise _fail(f"{name} has nothing pending")
+        raise fail(f"{name} has nothing pending")
 
     async def go(store: PinStore) -> list[PinRow]:
         return [r for r in targets if await store.approve(r.upstream, r.kind, r.name)]
@@ -191,5 +174,5 @@ def revoke(
     url = _state(state, config)
     row = _find(_run(url, lambda s: s.rows()), name)
     if not _run(url, lambda s: s.revoke(row.upstream, row.kind, row.name)):
-        raise _fail(f"{name} is not approved in the state store")
+        raise fail(f"{name} is not approved in the state store")
     typer.echo(f"revoked {format_ref(row.kind, row.upstream, row.name)}")

@@ -7,7 +7,6 @@ ever prints a value.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
-from stile.cli.keys import DEFAULT_STATE, ConfigOpt, StateOpt, _describe, _fail
-from stile.config.load import ConfigError, load_config, state_url_for
+from stile.cli.keys import DEFAULT_STATE, ConfigOpt, StateOpt
+from stile.cli.stores import fail, load_or_fail, run_on_store
+from stile.config.load import state_url_for
 from stile.config.model import VaultConfig
 from stile.vault.assertion import SIGNING_KEY, new_signing_key
 from stile.vault.keyring import NEW_ENV, Keyring, VaultError, load_keyring, new_key_text, parse_key, read_key_file
@@ -33,31 +32,13 @@ FromFile = Annotated[Path | None, typer.Option("--from-file", help="read the val
 def _setup(state: str, config: Path | None) -> tuple[str, VaultConfig]:
     if config is None:
         return state, VaultConfig()
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        raise _fail("; ".join(exc.problems), 2) from exc
+    loaded = load_or_fail(config)
     return state_url_for(loaded), loaded.config.vault
 
 
 def _run(state: str, config: Path | None, action: Callable[[SecretStore], Awaitable[T]]) -> T:
     url, vault = _setup(state, config)
-
-    async def go() -> T:
-        store = SecretStore(url, load_keyring(vault))
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
-
-    try:
-        return asyncio.run(go())
-    except VaultError as exc:
-        raise _fail(str(exc)) from exc
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise _fail(_describe(url, exc)) from exc
+    return run_on_store(url, lambda: SecretStore(url, load_keyring(vault)), action, refused=(VaultError,))
 
 
 def _value(from_file: Path | None) -> bytes:
@@ -65,14 +46,14 @@ def _value(from_file: Path | None) -> bytes:
         try:
             raw = from_file.read_bytes()
         except OSError as exc:
-            raise _fail(f"cannot read {from_file}: {exc.strerror}", 2) from exc
+            raise fail(f"cannot read {from_file}: {exc.strerror}", 2) from exc
     else:
         if sys.stdin.isatty():
             typer.echo("reading the value from stdin (end with Ctrl-D)", err=True)
         raw = sys.stdin.buffer.read()
     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
     if not raw:
-        raise _fail("empty value: pipe it on stdin or use --from-file", 2)
+        raise fail("empty value: pipe it on stdin or use --from-file", 2)
     return raw
 
 
@@ -81,7 +62,7 @@ def set_secret(name: Annotated[str, typer.Argument(help="secret name")], from_fi
                state: StateOpt = DEFAULT_STATE, config: ConfigOpt = None) -> None:
     """Store a new secret (value on stdin or --from-file)."""
     if name.startswith("stile."):
-        raise _fail("names starting with `stile.` are Stile's own", 2)
+        raise fail("names starting with `stile.` are Stile's own", 2)
     value = _value(from_file)
     version = _run(state, config, lambda store: store.set(name, value))
     typer.echo(f"stored {name} (version {version})")
@@ -126,7 +107,7 @@ def delete(name: Annotated[str, typer.Argument(help="secret name")], state: Stat
            config: ConfigOpt = None) -> None:
     """Delete every version of a secret."""
     if not _run(state, config, lambda store: store.delete(name)):
-        raise _fail(f"no secret named {name!r}")
+        raise fail(f"no secret named {name!r}")
     typer.echo(f"deleted {name}")
 
 
@@ -142,9 +123,9 @@ def rewrap(new_key_file: Annotated[Path | None, typer.Option("--new-key-file", h
         elif os.environ.get(NEW_ENV):
             new = parse_key(os.environ[NEW_ENV], NEW_ENV)
         else:
-            raise _fail(f"give the new master key: --new-key-file FILE or ${NEW_ENV}", 2)
+            raise fail(f"give the new master key: --new-key-file FILE or ${NEW_ENV}", 2)
     except VaultError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     changed = _run(state, config, lambda store: store.rewrap(Keyring(new)))
     typer.echo(f"re-wrapped {changed} data keys under master key {Keyring(new).current_id}")
 
