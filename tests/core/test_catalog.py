@@ -6,10 +6,12 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stile.config.load import parse_config
 from stile.config.model import GatewayConfig
-from stile.core.catalog import Inventory, View, build_view, is_prefixed, upstreams_of
+from stile.core.catalog import Inventory, View, build_view, is_prefixed, template_regex, upstreams_of
 from stile.core.naming import Namer
 
 
@@ -287,3 +289,31 @@ def test_building_a_view_is_deterministic_whatever_order_inventories_arrive_in()
         assert names(again.tools) == names(reference.tools)
         assert list(again.tool_index) == list(reference.tool_index)
         assert again.resources == reference.resources and again.problems == reference.problems
+
+
+# --- the visibility rule's template fast path (a regex per RFC 6570 template) must admit every URI the template
+# expands to, or a visible resource would answer "not found" ---------------------------------------------------
+_UNRESERVED = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%", min_size=0,
+                      max_size=12)
+_RESERVED = st.text(alphabet="abcXYZ019-._~/:@!$&'()*+,;=%", min_size=0, max_size=16)
+
+
+@given(prefix=st.sampled_from(["notes://note/", "file:///", "db://", "x:"]), simple=_UNRESERVED,
+       reserved=_RESERVED, seg=st.lists(_UNRESERVED, max_size=3), query=st.lists(_UNRESERVED, max_size=2))
+def test_a_template_regex_admits_every_expansion_of_its_template(prefix: str, simple: str, reserved: str,
+                                                                  seg: list[str], query: list[str]) -> None:
+    assert template_regex(prefix + "{id}").fullmatch(prefix + simple)
+    assert template_regex(prefix + "{+path}").fullmatch(prefix + reserved)
+    assert template_regex(prefix + "{id}/data").fullmatch(prefix + simple + "/data")
+    assert template_regex(prefix + "base{/seg*}").fullmatch(prefix + "base" + "".join("/" + s for s in seg))
+    expanded = "".join(("?" if i == 0 else "&") + f"q{i}={v}" for i, v in enumerate(query))
+    assert template_regex(prefix + "list{?q0,q1}").fullmatch(prefix + "list" + expanded)
+
+
+@pytest.mark.parametrize(("template", "uri"), [
+    ("notes://note/{id}", "notes://note/1/extra"),  # a simple expansion never contains "/"
+    ("notes://note/{id}", "notes://other/1"),
+    ("pub://{item}", "sec://1"),
+])
+def test_a_template_regex_refuses_uris_its_template_cannot_produce(template: str, uri: str) -> None:
+    assert template_regex(template).fullmatch(uri) is None
