@@ -50,6 +50,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from stile.stores.tables import ensure_tables
+
 KEY_PREFIX = "stile_"
 HASH_SCHEME = "hmac-sha256"
 DEFAULT_TABLE = "stile_api_keys"
@@ -253,8 +255,7 @@ class SqlKeyStore:
             return
         async with self._lock:
             if not self._ready:
-                async with self._engine.begin() as conn:
-                    await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
+                await ensure_tables(self._engine, self._table.metadata)
                 self._ready = True
 
     async def create(self, name: str, roles: Sequence[str], expires_at: datetime | None) -> tuple[str, ApiKeyRecord]:

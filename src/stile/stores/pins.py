@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stile.stores.keys import async_url
+from stile.stores.tables import ensure_tables
 
 DEFAULT_TABLE = "stile_pins"
 BATCH = 500  # rows per INSERT (8 bind parameters each; drivers cap parameters per statement)
@@ -108,8 +109,7 @@ class SqlPinStore:
             return
         async with self._lock:
             if not self._ready:
-                async with self._engine.begin() as conn:
-                    await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
+                await ensure_tables(self._engine, self._table.metadata)
                 self._ready = True
 
     def _where(self, upstream: str, kind: str, name: str) -> Any:

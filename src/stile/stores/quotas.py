@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stile.stores.keys import async_url
+from stile.stores.tables import ensure_tables
 
 DEFAULT_TABLE = "stile_quota_usage"
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -38,8 +39,7 @@ class QuotaStore:
 
     async def _ensure(self) -> None:
         if not self._ready:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(self.meta.create_all)
+            await ensure_tables(self.engine, self.meta)
             self._ready = True
 
     async def add(self, deltas: Mapping[CounterKey, float]) -> None:

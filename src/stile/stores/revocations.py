@@ -19,10 +19,11 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stile.stores.keys import async_url, sqlite_wal
+from stile.stores.tables import ensure_tables
 
 DEFAULT_TABLE = "stile_revoked_sessions"
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -86,15 +87,8 @@ class SqlRevocations:
             return
         async with self._lock:
             if not self._ready:
-                try:
-                    await self._create()
-                except DBAPIError:  # another replica created the table (or its index) at the same moment:
-                    await self._create()  # checkfirst now sees it; a real failure raises again
+                await ensure_tables(self._engine, self._table.metadata)
                 self._ready = True
-
-    async def _create(self) -> None:
-        async with self._engine.begin() as conn:
-            await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
 
     async def revoke(self, nonce: str, expires_at: float) -> None:
         await self._ensure()

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stile.stores.keys import _UtcDateTime, async_url, sqlite_wal
+from stile.stores.tables import ensure_tables
 from stile.vault.keyring import Keyring, VaultError
 
 DEFAULT_TABLE = "stile_secrets"
@@ -77,14 +78,7 @@ class SecretStore:
             return
         async with self._lock:
             if not self._ready:
-                try:
-                    async with self._engine.begin() as conn:
-                        await conn.run_sync(self._table.metadata.create_all, checkfirst=True)
-                except SQLAlchemyError:  # another process created it between the check and the CREATE
-                    name = self._table.name
-                    async with self._engine.connect() as conn:
-                        if not await conn.run_sync(lambda c: sa.inspect(c).has_table(name)):
-                            raise
+                await ensure_tables(self._engine, self._table.metadata)
                 self._ready = True
 
     def _check_value(self, value: bytes) -> None:
