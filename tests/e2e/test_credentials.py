@@ -318,3 +318,30 @@ async def test_nothing_stile_wrote_contains_a_secret_value_or_its_encodings(env:
     hits = [(form, i) for value in (PLANTED, ROTATED) for form in _forms(value)
             for i, blob in enumerate(written) if form.encode() in blob]
     assert hits == []
+
+
+def test_stile_check_probes_upstreams_with_the_vaults_secrets_not_the_literal_reference(tmp_path: Path) -> None:
+    argv = [sys.executable, "-u", "-m", "tests.fixtures.credential_server", "--port", "0",
+            "--require-token-sha256", _sha(PLANTED)]
+    with ready_process(argv, "locked credential upstream") as up_port:
+        config = {"state": f"sqlite:///{tmp_path / 'state.db'}",
+                  "upstreams": {"locked": {"url": f"http://127.0.0.1:{up_port}/mcp",
+                                           "headers": {"X-Api-Token": "${secret:api-token}"}}},
+                  "virtual_servers": {"v": {"auth": "none"}}}
+        path = tmp_path / "stile.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        without_key = subprocess.run([sys.executable, "-m", "stile", "check", "--json", "--config", str(path)],
+                                     capture_output=True, text=True, timeout=60, cwd=REPO,
+                                     env={k: v for k, v in os.environ.items() if not k.startswith("STILE_MASTER")})
+        assert without_key.returncode == 1
+        refused = json.loads(without_key.stdout)
+        assert refused["upstreams"]["locked"]["status"] == "not contacted"
+        assert any(p.startswith("vault: ") for p in refused["problems"]), refused
+        done = _cli(["secrets", "set", "api-token", "--config", str(path)], stdin=PLANTED + "\n")
+        assert done.returncode == 0, done.stderr
+        checked = _cli(["check", "--json", "--config", str(path)])
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        surface = json.loads(checked.stdout)
+        assert surface["upstreams"]["locked"] == {"status": "ok", "error": None}
+        assert "locked__echo_token" in {t["exposed"] for t in surface["virtual_servers"]["v"]["tools"]}
+        assert not any(form in checked.stdout + checked.stderr for form in _forms(PLANTED))

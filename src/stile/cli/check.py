@@ -16,6 +16,8 @@ from stile.config.model import GatewayConfig
 from stile.core.catalog import View, upstreams_of
 from stile.core.gateway import Gateway
 from stile.governance.lookalike import Tool, pairs
+from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
+from stile.vault.keyring import VaultError
 
 PUBLIC_METRICS = "metrics.public: true: /metrics is served to anyone who can reach the gateway"
 
@@ -28,9 +30,12 @@ def console() -> Console:
     return out
 
 
-async def surface(cfg: GatewayConfig, *, offline: bool = False) -> dict[str, Any]:
+async def surface(cfg: GatewayConfig, *, offline: bool = False, state_url: str | None = None) -> dict[str, Any]:
     """The config's upstreams (status, error) and virtual servers (upstreams, tools, prompts, resources,
-    templates, problems), plus every problem found and the warnings."""
+    templates, problems), plus every problem found and the warnings.
+
+    Upstreams are probed as `serve` would call them: `${secret:NAME}` references are resolved from the vault
+    (never sent literally); without a usable master key the check reports that and contacts no upstream."""
     data: dict[str, Any] = {"offline": offline, "warnings": [PUBLIC_METRICS] if cfg.metrics.public else [],
                             "upstreams": {}, "virtual_servers": {}, "problems": []}
     if offline:
@@ -38,8 +43,19 @@ async def surface(cfg: GatewayConfig, *, offline: bool = False) -> dict[str, Any
         for name, vs in cfg.virtual_servers.items():
             data["virtual_servers"][name] = {"path": f"/mcp/{name}", "upstreams": upstreams_of(vs, cfg)}
         return data
-    gw = Gateway(cfg)
+    from stile.assembly import build_vault  # the composition root; imported late, only when probing
+
     try:
+        vault = build_vault(cfg, state_url)
+    except VaultError as exc:
+        data["problems"].append(f"vault: {exc}")
+        data["upstreams"] = {name: {"status": "not contacted", "error": None} for name in cfg.upstreams}
+        return data
+    creds: Credentials = vault if vault is not None else NO_CREDENTIALS
+    gw = Gateway(cfg, credentials=creds)
+    try:
+        if vault is not None:
+            await vault.start()
         await gw.start()
         await gw.wait_discovered()  # start() does not wait; each failure ends fast (refused, exit code...)
         for name, inv in gw.inventories.items():
@@ -65,6 +81,8 @@ async def surface(cfg: GatewayConfig, *, offline: bool = False) -> dict[str, Any
         data["warnings"].extend(f"lookalike: {pair.message()}" for pair in pairs(tools))
     finally:
         await gw.stop()
+        if vault is not None:
+            await vault.aclose()
     return data
 
 

@@ -96,7 +96,7 @@ def check(
 
     loaded = _load(config)
     _logging("error")
-    data = asyncio.run(surface(loaded.config, offline=offline))
+    data = asyncio.run(surface(loaded.config, offline=offline, state_url=state_url_for(loaded)))
     data["ok"] = not data["problems"]
     if as_json:
         print_json(data)
