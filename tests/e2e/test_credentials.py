@@ -345,3 +345,18 @@ def test_stile_check_probes_upstreams_with_the_vaults_secrets_not_the_literal_re
         assert surface["upstreams"]["locked"] == {"status": "ok", "error": None}
         assert "locked__echo_token" in {t["exposed"] for t in surface["virtual_servers"]["v"]["tools"]}
         assert not any(form in checked.stdout + checked.stderr for form in _forms(PLANTED))
+
+
+def test_stile_check_scrubs_a_failing_stdio_upstreams_stderr_that_quotes_its_secret(tmp_path: Path) -> None:
+    crash = "import os, sys; sys.stderr.write('bad token ' + os.environ['TOKEN'] + '\\n'); sys.exit(3)"
+    config = {"state": f"sqlite:///{tmp_path / 'state.db'}",
+              "upstreams": {"crash": {"command": [sys.executable, "-c", crash], "env": {"TOKEN": "${secret:tok}"}}},
+              "virtual_servers": {"v": {"auth": "none"}}}
+    path = tmp_path / "stile.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert _cli(["secrets", "set", "tok", "--config", str(path)], stdin=PLANTED + "\n").returncode == 0
+    checked = _cli(["check", "--json", "--config", str(path)])
+    assert checked.returncode == 1
+    error = json.loads(checked.stdout)["upstreams"]["crash"]["error"]
+    assert "bad token [secret]" in error, error  # the stderr tail is shown, the value is not
+    assert not any(form in checked.stdout + checked.stderr for form in _forms(PLANTED))

@@ -83,6 +83,9 @@ async def surface(cfg: GatewayConfig, *, offline: bool = False, state_url: str |
         await gw.stop()
         if vault is not None:
             await vault.aclose()
+    if vault is not None:  # upstream errors may quote what a server printed (a stdio server's stderr tail)
+        scrubbed: dict[str, Any] = vault.scrubber.scrub(data)
+        return scrubbed
     return data
 
 

@@ -40,6 +40,10 @@ class Credentials(Protocol):
         """An upstream's answer with every secret value (and its encodings) masked."""
         ...
 
+    def scrub_text(self, upstream: str, text: str) -> str:
+        """Text an upstream produced (a stdio server's stderr) with every secret value masked."""
+        ...
+
 
 SERVICE: dict[str, Any] = {"mode": "service"}  # shared: never mutated
 
@@ -56,6 +60,9 @@ class _None:
 
     def scrub(self, upstream: str, msg: Message) -> Message:
         return msg
+
+    def scrub_text(self, upstream: str, text: str) -> str:
+        return text
 
 
 NO_CREDENTIALS: Credentials = _None()

@@ -276,9 +276,9 @@ class StdioUpstream(UpstreamBase):
                 continue
             if not line:
                 return
-            text = line.decode("utf-8", "replace").rstrip()
+            text = self._creds.scrub_text(self.name, line.decode("utf-8", "replace").rstrip())  # before cutting
             if text:
-                self._stderr_tail.append(text[:300])
+                self._stderr_tail.append(text[:300])  # shown in /readyz details, `stile check`, errors in logs
             log.info("upstream %s stderr: %s", self.name, text)
 
     def _kill(self) -> bool:

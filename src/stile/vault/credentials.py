@@ -139,5 +139,8 @@ class VaultCredentials:
             return cleaned  # type: ignore[no-any-return]
         return msg
 
+    def scrub_text(self, upstream: str, text: str) -> str:
+        return self.scrubber.scrub_text(text) if upstream in self.refs else text
+
     def jwks(self) -> dict[str, Any]:
         return self.minter.jwks()
