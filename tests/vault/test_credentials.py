@@ -126,3 +126,58 @@ async def test_replicas_starting_together_share_one_signing_key(tmp_path: Path) 
     finally:
         for r in replicas:
             await r.aclose()
+
+
+CHATTY_STDIO = r"""
+import json, os, sys
+token = os.environ["TOKEN"]
+def send(msg):
+    sys.stdout.write(json.dumps(msg) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("method") == "initialize":
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocolVersion": "2025-11-25",
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "chatty", "version": "1"}}})
+    elif msg.get("method") == "tools/call":
+        pt = msg["params"].get("_meta", {}).get("progressToken")
+        send({"jsonrpc": "2.0", "method": "notifications/progress",
+              "params": {"progressToken": pt, "progress": 1, "message": "using " + token}})
+        send({"jsonrpc": "2.0", "method": "notifications/message",
+              "params": {"level": "info", "data": {"token": token}}})
+        send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "x://" + token}})
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [{"type": "text", "text": "done"}]}})
+    elif "id" in msg and "method" in msg:
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+"""
+
+
+async def test_a_stdio_upstreams_progress_log_and_unsolicited_notifications_are_scrubbed(
+        creds: VaultCredentials, tmp_path: Path) -> None:
+    from stile.upstreams.base import CallOptions
+    from stile.wire.jsonrpc import Message
+
+    data = _cfg(tmp_path)
+    data["upstreams"]["chatty"] = {"command": [sys.executable, "-c", CHATTY_STDIO],  # type: ignore[index]
+                                   "env": {"TOKEN": "${secret:api}"}}
+    cfg = parse_config(data)
+    vault = VaultCredentials(cfg, creds.store)  # the fixture's store (and its secret), this config's references
+    await vault.refresh()
+    up = make_upstream("chatty", cfg.upstreams["chatty"], credentials=vault)
+    seen: list[Message] = []
+    unsolicited: list[Message] = []
+
+    async def on_message(msg: Message) -> None:
+        seen.append(msg)
+
+    up.on_notification = lambda method, msg: unsolicited.append(msg)
+    try:
+        await up.start()
+        reply = await up.request("tools/call", {"name": "t", "arguments": {}, "_meta": {"progressToken": 7}},
+                                 CallOptions(on_message=on_message, progress_token=7))
+    finally:
+        await up.aclose()
+    assert reply["result"]["content"][0]["text"] == "done"
+    methods = sorted(m["method"] for m in (*seen, *unsolicited))
+    assert methods == ["notifications/message", "notifications/progress", "notifications/resources/updated"]
+    assert "using [secret]" in repr(seen)
+    assert VALUE not in repr(seen) + repr(unsolicited)

@@ -138,7 +138,7 @@ class SseUpstream(UpstreamBase):
         except ValueError:
             return
         if isinstance(msg, dict):
-            self._rpc.dispatch(msg)
+            self._rpc.dispatch(self._creds.scrub(self.name, msg))  # answers, progress, requests, notifications
 
     async def _post(self, msg: Message) -> None:
         if self._endpoint is None or self._http is None:
@@ -158,8 +158,8 @@ class SseUpstream(UpstreamBase):
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
         if not self._ready.is_set():
             await self.start()
-        return self._creds.scrub(self.name, await self._rpc.call(method, adapt_params("legacy", params, opts),
-                                                                 timeout=self.cfg.timeout, opts=opts))
+        return await self._rpc.call(method, adapt_params("legacy", params, opts), timeout=self.cfg.timeout,
+                                    opts=opts)  # scrubbed as it arrived (every inbound message is)
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         with contextlib.suppress(StileError):

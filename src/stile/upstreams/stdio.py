@@ -216,8 +216,8 @@ class StdioUpstream(UpstreamBase):
         if not self._ready.is_set():
             await self.start()
         assert self.era is not None
-        return self._creds.scrub(self.name, await self._rpc.call(method, adapt_params(self.era, params, opts),
-                                                                 timeout=self.cfg.timeout, opts=opts))
+        return await self._rpc.call(method, adapt_params(self.era, params, opts), timeout=self.cfg.timeout,
+                                    opts=opts)  # scrubbed as it arrived (every inbound message is)
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         with contextlib.suppress(UpstreamUnavailable):
@@ -246,7 +246,7 @@ class StdioUpstream(UpstreamBase):
                 log.warning("upstream %s wrote non-JSON to stdout: %.200r", self.name, line)
                 continue
             if isinstance(msg, dict):
-                self._rpc.dispatch(msg)
+                self._rpc.dispatch(self._creds.scrub(self.name, msg))  # answers, progress, requests, notifications
 
     async def _skip_long_line(self, out: asyncio.StreamReader, buffered: int) -> None:
         """Discard a line over `max_response` bytes (chunk by chunk) and fail the call it answers."""
