@@ -126,8 +126,12 @@ class StileApp:
             await send_json(send, 200, {"status": "ok"})
             return
         headers = header_map(scope)
+        client = scope.get("client")
+        if client:
+            headers[PEER] = client[0]  # resolved lazily with trusted_proxies (wire/forwarded.py)
         host = headers.get("host")
         if host is not None and not valid_host(host):  # before any URL is built from it
+            self._refused_transport(path, headers, "BadHost", "malformed Host header")
             await send_text(send, 400, "Invalid Host header")
             return
         if path.startswith(WELL_KNOWN):
@@ -140,18 +144,19 @@ class StileApp:
             await send_text(send, 431, "Request header fields too large")
             return
         if not self._host_ok(headers):
+            self._refused_transport(path, headers, "InvalidHost",
+                                    f"Host {quoted(headers.get('host', ''))[:200]!r} not allowed")
             await send_text(send, 421, "Invalid Host header")
             return
         if not self._origin_ok(headers):
+            self._refused_transport(path, headers, "InvalidOrigin",
+                                    f"Origin {quoted(headers.get('origin', ''))[:200]!r} not allowed")
             await send_text(send, 403, "Invalid Origin header")
             return
         repeated = repeated_credential(scope["headers"])
         if repeated is not None:
             await send_json(send, 400, jsonrpc.error(None, -32600, f"more than one {repeated} header: send one"))
             return
-        client = scope.get("client")
-        if client:
-            headers[PEER] = client[0]  # resolved lazily with trusted_proxies (wire/forwarded.py)
         if path == "/readyz":
             await self._ready(headers, send)
             return
@@ -245,6 +250,16 @@ class StileApp:
             self.audit.record_http(vs, headers, "error", exc.message, method=method and method[:128],
                                       principal=principal if principal.method != "none" else None,
                                       error_type=reason, code=exc.jsonrpc_code)
+
+    def _refused_transport(self, path: str, headers: dict[str, str], reason: str, detail: str) -> None:
+        """A Host or Origin refused (DNS rebinding, a foreign page): counted and audited, named by the virtual
+        server only when the path names a real one (client-chosen text never becomes a metric label)."""
+        _, _, rest = path.lstrip("/").partition("/")
+        vs = rest.partition("/")[0]
+        vs = vs if vs in self.gw.views else "(none)"
+        self.metrics.rejected(vs, reason)
+        if self.audit.enabled:
+            self.audit.record_http(vs, headers, "denied", detail, error_type=reason)
 
     def _refused(self, vs: str, headers: dict[str, str], outcome: str, reason: str) -> None:
         self.metrics.auth_failure(vs, "insufficient_scope" if outcome == "denied" else outcome)
