@@ -274,3 +274,78 @@ async def test_a_server_without_detectors_returns_results_unchanged(env: Env, ht
     client = await _client(http, env, era, "plain")
     text = orjson.dumps((await client.tool("sl__customer", {}))["result"]).decode()
     assert all(value in text for value in RAW) and "[REDACTED" not in text
+
+
+# --- mid-call messages: progress, log data, elicitation prompts ---------------------------------
+async def _stream(client: Client, params: dict[str, Any]) -> aiohttp.ClientResponse:
+    client.ids += 1
+    if client.era == "modern":
+        params = {**params, "_meta": {**modern_meta(), **params.get("_meta", {})}}
+    body = {"jsonrpc": "2.0", "id": client.ids, "method": "tools/call", "params": params}
+    resp = await client.http.post(f"{client.env.base}/mcp/{client.vs}", data=orjson.dumps(body),
+                                  headers=client.headers("tools/call", params["name"]))
+    assert resp.status == 200
+    return resp
+
+
+async def _messages(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an answer: one JSON body, or the data lines of an SSE stream as they come."""
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        yield orjson.loads(await resp.read())
+        return
+    async for line in resp.content:
+        if line.startswith(b"data:"):
+            yield orjson.loads(line[5:])
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("up", UPSTREAMS)
+async def test_progress_and_log_messages_are_masked_on_their_way(env: Env, http: aiohttp.ClientSession, era: str,
+                                                                 up: str) -> None:
+    client = await _client(http, env, era, "enf")
+    resp = await _stream(client, {"name": f"{up}__chatty", "arguments": {}, "_meta": {"progressToken": "p1"}})
+    seen = [m async for m in _messages(resp)]
+    text = orjson.dumps(seen).decode()
+    assert "ada@example.com" not in text, seen
+    progress = [m["params"] for m in seen if m.get("method") == "notifications/progress"]
+    assert progress and progress[0]["message"] == "writing to [REDACTED:email]", seen
+    assert progress[0]["progressToken"] == "p1"  # the token is not scanned
+    logs = [m["params"] for m in seen if m.get("method") == "notifications/message"]
+    assert all("[REDACTED:email]" in orjson.dumps(p).decode() for p in logs), logs
+    assert seen[-1]["result"]["content"][0]["text"] == "done"
+
+
+async def test_an_elicitation_prompt_is_masked_in_a_modern_clients_input_required(
+        env: Env, http: aiohttp.ClientSession) -> None:
+    up = "sl"  # a legacy upstream's elicitation, bridged by Stile (the SDK's modern server cannot ask mid-call)
+    client = await _client(http, env, "modern", "enf")
+    caps = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+    resp = await _stream(client, {"name": f"{up}__chatty", "arguments": {"ask": True}, "_meta": caps})
+    seen = [m async for m in _messages(resp)]
+    body = seen[-1]
+    assert "result" in body, seen
+    res = body["result"]
+    assert res["resultType"] == "input_required", body
+    (ask,) = res["inputRequests"].values()
+    assert ask["method"] == "elicitation/create"
+    assert ask["params"]["message"] == "Really write to [REDACTED:email]?"
+    assert "ada@example.com" not in orjson.dumps(seen).decode()
+
+
+async def test_an_elicitation_prompt_is_masked_on_a_legacy_stream_and_the_call_completes(
+        env: Env, http: aiohttp.ClientSession) -> None:
+    client = Client(http, env, "legacy", KEYS["agent"], "enf")
+    await client.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
+                                     "clientInfo": {"name": "t", "version": "0"}})
+    resp = await _stream(client, {"name": "sl__chatty", "arguments": {"ask": True}})
+    seen: list[dict[str, Any]] = []
+    async for msg in _messages(resp):
+        seen.append(msg)
+        if msg.get("method") == "elicitation/create":
+            assert msg["params"]["message"] == "Really write to [REDACTED:email]?"
+            answer = {"jsonrpc": "2.0", "id": msg["id"], "result": {"action": "accept", "content": {"ok": True}}}
+            async with http.post(f"{env.base}/mcp/enf", data=orjson.dumps(answer),
+                                 headers=client.headers("", None)) as r:
+                assert r.status == 202
+    assert "ada@example.com" not in orjson.dumps(seen).decode()
+    assert seen[-1]["result"]["content"][0]["text"] == "answered accept", seen

@@ -13,7 +13,11 @@ Config (`policies.redact`; nothing configured: no detectors, the policy passes e
 
 What is scanned: results of `tools/call` (text content, embedded resource text, every string of
 `structuredContent`, and for `high_entropy` the whole value of a secret-named field), `resources/read`
-(text contents) and `prompts/get` (message content). Blobs, images, audio, URIs and `_meta` are not.
+(text contents), `prompts/get` (message content) and `completion/complete` (the values); and what an
+upstream sends the client while one of those calls runs: progress messages, log data, the prompts of
+sampling and elicitation requests (legacy clients get them on the stream; 2026-07-28 clients in an
+`input_required` result's `inputRequests`). Those mid-call messages are always masked, also under `block`
+(withholding them would only break the call). Blobs, images, audio, URIs and `_meta` are not scanned.
 A role is exempt only where it applies (its `virtual_servers`). Because `validate` (order 40) is inner,
 `structuredContent` is checked against `outputSchema` before it is masked.
 """
@@ -26,17 +30,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stile.core.context import CallContext, CallNext, Reply
+from stile.core.context import CallContext, CallNext, ClientChannel, Reply
 from stile.policies.detectors import BUILTIN_NAMES, Scanner, custom, scanner, secret_key, secret_value
 from stile.policies.registry import PolicyDeps, PolicyType, register
 from stile.policies.rules import PolicyDenied
+from stile.wire.jsonrpc import Message
 
 if TYPE_CHECKING:
     from stile.config.model import GatewayConfig
 
 log = logging.getLogger("stile.redact")
 Action = Literal["mask", "block"]
-_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
+_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MAX_DEPTH = 64
 
@@ -161,6 +166,36 @@ class _Walk:
             return {**item, "text": self.text(item["text"])}
         return item
 
+    def sampling_message(self, msg: Any) -> Any:
+        if not isinstance(msg, dict):
+            return msg
+        content = msg.get("content")
+        if isinstance(content, list):
+            return {**msg, "content": [self.block(c) for c in content]}
+        return {**msg, "content": self.block(content)}
+
+    def message_params(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What an upstream sends the client mid-call: progress text, log data, sampling and elicitation prompts."""
+        out = dict(params)
+        if method == "notifications/progress" and isinstance(params.get("message"), str):
+            out["message"] = self.text(params["message"])
+        elif method == "notifications/message" and "data" in params:
+            out["data"] = self.data(params["data"])
+        elif method == "sampling/createMessage":
+            if isinstance(params.get("messages"), list):
+                out["messages"] = [self.sampling_message(m) for m in params["messages"]]
+            if isinstance(params.get("systemPrompt"), str):
+                out["systemPrompt"] = self.text(params["systemPrompt"])
+        elif method == "elicitation/create" and isinstance(params.get("message"), str):
+            out["message"] = self.text(params["message"])
+        return out
+
+    def input_requests(self, asks: dict[str, Any]) -> dict[str, Any]:
+        """An `input_required` result's requests (sampling, elicitation asked of a 2026-07-28 client)."""
+        return {key: {**ask, "params": self.message_params(ask["method"], ask["params"])}
+                if isinstance(ask, dict) and isinstance(ask.get("method"), str) and isinstance(ask.get("params"), dict)
+                else ask for key, ask in asks.items()}
+
     def result(self, res: dict[str, Any]) -> dict[str, Any]:
         out = dict(res)
         if isinstance(res.get("content"), list):
@@ -172,7 +207,36 @@ class _Walk:
         if isinstance(res.get("messages"), list):
             out["messages"] = [{**m, "content": self.block(m.get("content"))} if isinstance(m, dict) else m
                                for m in res["messages"]]
+        completion = res.get("completion")
+        if isinstance(completion, dict) and isinstance(completion.get("values"), list):
+            out["completion"] = {**completion, "values": [self.text(v) if isinstance(v, str) else v
+                                                          for v in completion["values"]]}
         return out
+
+
+class RedactingChannel:
+    """The client channel of a call whose results are redacted: mid-call messages are masked on their way."""
+
+    def __init__(self, inner: ClientChannel, scan: Scanner) -> None:
+        self.inner = inner
+        self.scan = scan
+
+    @property
+    def can_request(self) -> bool:
+        return self.inner.can_request
+
+    async def notify(self, msg: Message) -> None:
+        params = msg.get("params")
+        method = msg.get("method")
+        if isinstance(params, dict) and isinstance(method, str):
+            walk = _Walk(self.scan)
+            masked = walk.message_params(method, params)
+            if walk.hits:
+                msg = {**msg, "params": masked}
+        await self.inner.notify(msg)
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.inner.request(method, _Walk(self.scan).message_params(method, params))
 
 
 class Redact:
@@ -206,12 +270,18 @@ class Redact:
 
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
         setting = self.by_server.get(ctx.virtual_server)
-        if setting is None or ctx.method not in _METHODS:
+        if setting is None or ctx.method not in _METHODS or (
+                self.exempt and self.exempted(ctx.virtual_server, ctx.principal.roles)):
             return await call_next(ctx)
-        reply = await call_next(ctx)
+        reply = await call_next(ctx.with_channel(RedactingChannel(ctx.channel, setting[0])))
         res = reply.get("result")
-        if not isinstance(res, dict) or (self.exempt and self.exempted(ctx.virtual_server, ctx.principal.roles)):
+        if not isinstance(res, dict):
             return reply
+        if isinstance(res.get("inputRequests"), dict):  # masked, never withheld (see the module docstring)
+            asks = _Walk(setting[0])
+            res = {**res, "inputRequests": asks.input_requests(res["inputRequests"])}
+            if asks.hits:
+                reply = {**reply, "result": res}
         walk = _Walk(setting[0])
         masked = walk.result(res)
         if not walk.hits:
