@@ -45,3 +45,14 @@ async def test_host_and_origin_refusals_reach_the_audit_trail_and_metrics(tmp_pa
     assert all(e["client_address"] == "127.0.0.1" for e in denied)
     assert 'stile_rejected_total{reason="InvalidOrigin",virtual_server="(none)"} 1.0' in metrics
     assert "made-up-name" not in metrics
+
+
+async def test_a_404_names_the_virtual_servers_only_when_every_one_is_anonymous() -> None:
+    with notes_upstream() as notes, stile_server({
+            "upstreams": {"notes": {"url": notes}},
+            "virtual_servers": {"secret-finance": {}, "open": {"auth": "none"}}}) as base:
+        async with aiohttp.ClientSession() as http, http.post(
+                base + "/mcp/secret-financ", json=BODY, headers=modern_headers("tools/list")) as r:
+            assert r.status == 404
+            message = (await r.json())["error"]["message"]
+    assert message == "no MCP endpoint at /mcp/secret-financ"

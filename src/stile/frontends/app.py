@@ -63,6 +63,11 @@ class StileApp:
         self.max_depth = limits.max_json_depth
         local = bind_host in LOOPBACK
         self.host_sets_audience = host_sets_audience(gw.cfg, bind_host)  # else bearer tokens are refused
+        # A 404 names the endpoints (to fix a typo) only when all of them are anonymous anyway: behind
+        # authentication, the names of virtual servers are not told to whoever asks.
+        public = all(vs.auth == "none" for vs in gw.cfg.virtual_servers.values())
+        self.endpoint_hint = ("; virtual servers: " + ", ".join(f"/mcp/{n}" for n in list(gw.views)[:50])
+                              if public else "")
         self.allowed_hosts = {h.lower() for h in gw.cfg.allowed_hosts} or (set(LOOPBACK) if local else set())
         self.allowed_origins = {o.lower().rstrip("/") for o in gw.cfg.allowed_origins}
 
@@ -170,8 +175,8 @@ class StileApp:
         kind, _, rest = path.lstrip("/").partition("/")
         vs, _, tail = rest.partition("/")
         if kind not in ("mcp", "sse") or not vs or vs not in self.gw.views or (kind == "mcp" and tail):
-            await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path[:200]}; virtual servers: "
-                                                     + ", ".join(f"/mcp/{n}" for n in list(self.gw.views)[:50])))
+            await send_json(send, 404, jsonrpc.error(None, -32601, f"no MCP endpoint at {path[:200]}"
+                                                     + self.endpoint_hint))
             return
         principal = ANONYMOUS
         if self.gw.cfg.virtual_servers[vs].auth != "none":
