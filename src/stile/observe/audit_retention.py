@@ -29,6 +29,7 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import math
 import os
 import random
 import re
@@ -128,8 +129,8 @@ async def cutoff(conn: AsyncConnection, limits: Limits, now: float) -> float | N
         keep = min(keep if keep is not None else total, limits.max_size // per_event)
     if keep is not None and total > keep:
         nth = (await conn.execute(sa.select(_T.ts).order_by(_T.ts).offset(total - keep).limit(1))).scalar()
-        if nth is not None:
-            cut = max(cut if cut is not None else float(nth), float(nth))
+        due = float(nth) if nth is not None else math.inf  # keep 0: every event (but each chain's newest)
+        cut = max(cut if cut is not None else due, due)
     return cut
 
 
