@@ -309,3 +309,28 @@ async def test_genesis_constant_is_what_an_unpruned_chain_starts_from(store: Sto
     await store.write("g", [events(2)])
     first = (await store.sql(f"SELECT event FROM {TABLE} WHERE seq = 1"))[0]
     assert orjson.loads(first.event)["prev"] == GENESIS
+
+
+async def test_verify_reads_a_long_chain_a_page_at_a_time(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stile.observe import audit_store
+
+    monkeypatch.setattr(audit_store, "VERIFY_PAGE", 7)
+    await store.write("long", [events(30)])
+    assert await verify_store(store.url) == []
+    await store.sql(f"DELETE FROM {TABLE} WHERE chain = 'long' AND seq IN (7, 8)")  # across a page boundary
+    problems = await verify_store(store.url)
+    assert any("chain long seq 9" in p and "deleted" in p for p in problems)
+    assert not any("seq 10" in p for p in problems)  # the chain is followed on over the boundary
+
+
+async def test_an_export_file_verifies_on_its_own_and_an_edit_in_it_is_found(store: Store, tmp_path: Path) -> None:
+    from stile.observe.audit_sinks import verify_jsonl
+
+    await store.write("e", [events(30)])
+    await prune(store.url, Limits(max_events=5, batch=10, export=tmp_path), keys())
+    files = sorted((tmp_path / "e").glob("*.gz"))
+    assert len(files) == 3 and all(verify_jsonl(f) == [] for f in files)
+    lines = gzip.decompress(files[1].read_bytes()).splitlines()
+    lines[4] = lines[4].replace(b'"outcome":"ok"', b'"outcome":"denied"')
+    files[1].write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    assert any("line 5" in p and "modified" in p for p in verify_jsonl(files[1]))

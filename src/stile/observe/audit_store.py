@@ -12,6 +12,7 @@ rolls back, and the sink re-reads the head and re-seals (bounded). Any other dat
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -236,6 +237,22 @@ def checkpoint_problems(name: str, checkpoint: dict[str, Any], keys: CheckpointK
     return [] if verdict else [f"{where}: signature does not match (the checkpoint was modified or forged)"]
 
 
+VERIFY_PAGE = 10_000
+
+
+async def _pages(conn: AsyncConnection, chain: str) -> AsyncIterator[list[Any]]:
+    after: int | None = None
+    while True:
+        query = sa.select(audit_events).where(_T.chain == chain)
+        if after is not None:
+            query = query.where(_T.seq > after)
+        rows = (await conn.execute(query.order_by(_T.seq).limit(VERIFY_PAGE))).all()
+        if not rows:
+            return
+        yield list(rows)
+        after = int(rows[-1].seq)
+
+
 async def verify_store(url: str, chain: str | None = None, keys: CheckpointKeys | None = None) -> list[str]:
     """Problems in the store's audit chains (every chain if `chain` is None), one line each; empty when intact.
 
@@ -257,14 +274,19 @@ async def verify_store(url: str, chain: str | None = None, keys: CheckpointKeys 
                 if mark is not None:
                     problems += checkpoint_problems(name, mark, keys)
                     start = (str(mark["hash"]), int(mark["seq"]))
-                rows = (await conn.execute(sa.select(audit_events).where(_T.chain == name).order_by(_T.seq))).all()
-                if mark is not None and not rows:
+                seen = 0
+                async for rows in _pages(conn, name):  # a page at a time: a chain can hold millions of events
+                    seen += len(rows)
+                    pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
+                    problems += verify_events(pairs, start)
+                    for r, (where, event) in zip(rows, pairs, strict=True):
+                        problems += _check_row(where, r, event)
+                    last = pairs[-1][1]
+                    start = (str(last.get("hash")), int(last.get("seq") or 0)) if last is not None else (
+                        str(rows[-1].hash), int(rows[-1].seq))
+                if mark is not None and not seen:
                     problems.append(f"chain {name}: no events after its checkpoint (seq {start[1]}); pruning keeps "
                                     "the newest event, so the rest were deleted")
-                pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
-                problems += verify_events(pairs, start)
-                for r, (where, event) in zip(rows, pairs, strict=True):
-                    problems += _check_row(where, r, event)
     finally:
         await engine.dispose()
     return problems
