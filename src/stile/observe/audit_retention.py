@@ -157,7 +157,7 @@ def write_export(directory: Path, first: int, last: int, lines: list[bytes]) -> 
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         with tmp.open("wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
                 for line in lines:
                     gz.write(line)
                     gz.write(b"\n")

@@ -89,20 +89,23 @@ async def add(conn: AsyncConnection, chain: str, tallies: dict[Key, Tally]) -> N
         rows = await conn.execute(sa.select(_T.key, _T.calls, _T.errors, _T.cost, _T.latency)
                                   .where(_T.key.in_(ids[i:i + 500])))
         existing.update({r.key: r for r in rows})
-    inserts = []
+    inserts, updates = [], []
     for rid, (key, t) in keyed.items():
         old = existing.get(rid)
         if old is not None:
             t.merge(int(old.calls), int(old.errors), float(old.cost), _histogram(old.latency))
-            await conn.execute(sa.update(audit_rollup).where(_T.key == rid).values(
-                calls=t.calls, errors=t.errors, cost=round(t.cost, 6), latency=orjson.dumps(t.latency,
-                option=orjson.OPT_NON_STR_KEYS).decode()))
+            updates.append({"k": rid, "calls": t.calls, "errors": t.errors, "cost": round(t.cost, 6),
+                            "latency": orjson.dumps(t.latency, option=orjson.OPT_NON_STR_KEYS).decode()})
         else:
             hour, agent, user, tool, upstream = key
             inserts.append({"key": rid, "chain": chain, "hour": hour, "agent": agent, "principal_user": user,
                             "tool": tool, "upstream": upstream, "calls": t.calls, "errors": t.errors,
                             "cost": round(t.cost, 6),
                             "latency": orjson.dumps(t.latency, option=orjson.OPT_NON_STR_KEYS).decode()})
+    if updates:  # one executemany
+        await conn.execute(sa.update(audit_rollup).where(_T.key == sa.bindparam("k")).values(
+            calls=sa.bindparam("calls"), errors=sa.bindparam("errors"), cost=sa.bindparam("cost"),
+            latency=sa.bindparam("latency")), updates)
     if inserts:
         await conn.execute(audit_rollup.insert(), inserts)
 
