@@ -97,7 +97,9 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     if cfg.audit.retention is not None and cfg.audit.store and state_url:
         from stile.observe.audit_retention import Pruner  # only deployments that prune load it
 
-        deps.lifecycle.append(Pruner(state_url, cfg.audit.retention, cfg.vault, spool_dir))
+        pruner = Pruner(state_url, cfg.audit.retention, cfg.vault, spool_dir)
+        observers.metrics.retention = pruner
+        deps.lifecycle.append(pruner)
 
     def report(event: PinEvent) -> None:
         observers.metrics.pin_event(event.upstream, event.kind, event.status, event.action)

@@ -72,6 +72,16 @@ async def _traffic(base: str, calls: int) -> int:
         return sum(await asyncio.gather(*(one(http, n) for n in range(calls))))
 
 
+async def _metrics(base: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def _sample(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
 async def _sql(url: str, text: str) -> list[Any]:
     engine = create_async_engine(async_url(url))
     try:
@@ -149,6 +159,9 @@ def test_the_gateway_prunes_in_the_background_and_every_chain_still_verifies(not
         while not asyncio.run(pruned()):  # the pruner runs about every second: wait for it, with a deadline
             assert time.monotonic() < deadline, "the background pruner never pruned"
         assert asyncio.run(_traffic(base, 5)) == 5  # still serving and writing after the prune
+        metrics = asyncio.run(_metrics(base))
+        assert _sample(metrics, "stile_audit_pruned_total") >= 50
+        assert _sample(metrics, "stile_audit_prune_failures_total") == 0
     cfg_path = tmp_path / "stile.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["audit", "verify", "--config", str(cfg_path)])

@@ -271,6 +271,7 @@ class Pruner:
         self.spool_dir = spool_dir
         self.runs = 0
         self.pruned = 0
+        self.failures = 0  # failed runs, and chains left unpruned because they do not verify
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -286,6 +287,7 @@ class Pruner:
                      ", ".join(f"{n}: {c.pruned}" for n, c in report.chains.items() if c.pruned))
         for problem in report.problems:
             log.error("audit retention: %s", problem)
+        self.failures += sum(1 for c in report.chains.values() if c.problems)
         return report
 
     async def _loop(self) -> None:
@@ -294,6 +296,7 @@ class Pruner:
             try:
                 await self.run_once()
             except (*DB_ERRORS, VaultError) as exc:
+                self.failures += 1
                 log.warning("audit retention: prune failed, retrying in %.0f s: %s", self.cfg.interval, exc)
             await asyncio.sleep(self.cfg.interval * random.uniform(0.9, 1.1))
 
