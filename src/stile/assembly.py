@@ -7,7 +7,6 @@ Nothing below this module wires services together: `core` knows views, upstreams
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from stile.governance.pinning import PinEvent, Pinning
 from stile.observe.audit import AuditLog
 from stile.observe.audit_sinks import JsonlSink, Sink, StdoutSink
 from stile.observe.audit_store import StoreSink
+from stile.observe.audit_writers import chain_for, other_wal_dirs, spool_path, wal_dir, writer_id
 from stile.observe.metrics import Metrics
 from stile.observe.observers import Observers
 from stile.observe.spool import SpooledSink
@@ -82,15 +82,24 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
     vault = build_vault(cfg, state_url)
     creds: Credentials = vault if vault is not None else NO_CREDENTIALS
     gw = Gateway(cfg, spans=tracing, state_url=state_url, inventory_filter=pinning, credentials=creds)
-    audit = AuditLog(audit_sinks(cfg, state_url), arguments=cfg.audit.arguments,
+    writer = writer_id()
+    spool_dir = audit_spool_dir(cfg, state_url)
+    audit = AuditLog(audit_sinks(cfg, state_url, writer), arguments=cfg.audit.arguments,
                      per_server={n: vs.audit_arguments for n, vs in cfg.virtual_servers.items()
                                  if vs.audit_arguments is not None},
                      costs=cfg.costs, queue_size=cfg.audit.queue_size,
                      client_address=ClientAddress(cfg.trusted_proxies),
-                     wal_dir=audit_spool_dir(cfg, state_url) / "wal", durability=cfg.audit.durability)
+                     wal_dir=wal_dir(spool_dir, writer), wal_adopt=tuple(other_wal_dirs(spool_dir, writer)),
+                     durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
     deps = PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append, state_url)
     gw.install_chains(build_chains(deps, gw.router.handle))
+    if cfg.audit.retention is not None and cfg.audit.store and state_url:
+        from stile.observe.audit_retention import Pruner  # only deployments that prune load it
+
+        pruner = Pruner(state_url, cfg.audit.retention, cfg.vault, spool_dir)
+        observers.metrics.retention = pruner
+        deps.lifecycle.append(pruner)
 
     def report(event: PinEvent) -> None:
         observers.metrics.pin_event(event.upstream, event.kind, event.status, event.action)
@@ -119,19 +128,21 @@ def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials |
     return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)))
 
 
-def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:
-    """The configured audit sinks, each behind its own spool (the store one only when a state URL is known)."""
+def audit_sinks(cfg: GatewayConfig, state_url: str | None, writer: str | None = None) -> list[Sink]:
+    """The configured audit sinks, each behind its own spool (the store one only when a state URL is known).
+    The store sink seals this writer's chain (`audit_writers`); each writer has its own spool files."""
     audit = cfg.audit
+    writer = writer or writer_id()
     inner: list[Sink] = []
     if audit.store and state_url:
-        inner.append(StoreSink(state_url, audit.chain))
+        inner.append(StoreSink(state_url, chain_for(audit.chain, writer)))
     if audit.jsonl:
         inner.append(JsonlSink(Path(audit.jsonl), fsync=audit.durability == "fsync"))
     if audit.stdout:
         inner.append(StdoutSink())
     spool_dir = audit_spool_dir(cfg, state_url)
-    return [SpooledSink(sink, spool_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sink.name)}.spool",
-                        retry_seconds=audit.retry_seconds) for sink in inner]
+    return [SpooledSink(sink, spool_path(spool_dir, sink.name, writer), retry_seconds=audit.retry_seconds)
+            for sink in inner]
 
 
 def audit_spool_dir(cfg: GatewayConfig, state_url: str | None) -> Path:

@@ -12,6 +12,7 @@ from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
 from stile.identity.audience import audience_warning
 from stile.observe.audit_wal import WalError
+from stile.observe.audit_writers import WriterIdError
 from stile.vault.keyring import VaultError
 
 log = logging.getLogger("stile")
@@ -38,7 +39,7 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
     try:
         app = build_app(cfg, host, state_url)
-    except VaultError as exc:
+    except (VaultError, WriterIdError) as exc:
         raise SystemExit(f"error: {exc}") from None
     vault = app.runtime.vault
     if vault is not None and not cfg.public_url:  # the assertions' issuer: the gateway's own URL

@@ -50,3 +50,38 @@ def test_the_most_specific_cost_wins_and_unlisted_tools_cost_one() -> None:
 def test_bad_observability_settings_are_refused(section: dict[str, Any]) -> None:
     key = next(iter(section))
     assert any(p.startswith(f"cfg.yaml: {key}") for p in problems_of({**base(), **section}))
+
+
+def test_retention_limits_are_parsed() -> None:
+    cfg = parse_config({**base(), "audit": {"retention": {"max_age": "30d", "max_size": "5GB", "max_events": 10}}},
+                       "cfg.yaml")
+    retention = cfg.audit.retention
+    assert retention is not None and retention.age_seconds == 30 * 86400 and retention.size_bytes == 5 * 10**9
+    assert (retention.max_events, retention.interval, retention.batch, retention.export) == (10, 3600.0, 5000, None)
+    assert cfg.audit.chain is None  # one chain per writer unless a shared one is configured
+
+
+@pytest.mark.parametrize(("retention", "what"), [
+    ({}, "at least one of max_age, max_size, max_events"),
+    ({"max_age": "forever"}, "bad age 'forever'"),
+    ({"max_age": "-3d"}, "bad age"),
+    ({"max_size": "lots"}, "bad size 'lots'"),
+    ({"max_events": 0}, "greater than or equal to 1"),
+    ({"max_age": "1d", "interval": 0}, "greater than or equal to 1"),
+    ({"max_age": "1d", "batch": 10**9}, "less than or equal to 100000"),
+    ({"max_age": "1d", "keep": "all"}, "keep"),
+])
+def test_bad_retention_is_refused_naming_the_key(retention: dict[str, Any], what: str) -> None:
+    problems = problems_of({**base(), "audit": {"retention": retention}})
+    assert any(p.startswith("cfg.yaml: audit.retention") and what in p for p in problems), problems
+
+
+def test_a_relative_export_directory_is_beside_the_config(tmp_path: Any) -> None:
+    import yaml
+
+    from stile.config.load import load_config
+
+    path = tmp_path / "stile.yaml"
+    path.write_text(yaml.safe_dump({**base(), "audit": {"retention": {"max_age": "7d", "export": "pruned"}}}))
+    retention = load_config(path).config.audit.retention
+    assert retention is not None and retention.export == str(tmp_path / "pruned")

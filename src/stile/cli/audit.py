@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from stile.config.load import ConfigError, LoadedConfig, load_config, state_url_for
+from stile.config.model import VaultConfig
+from stile.observe.audit_checkpoint import CheckpointKeys, load_keys
 from stile.observe.audit_query import (
     Event,
     Filter,
@@ -39,6 +41,7 @@ from stile.observe.audit_sinks import read_jsonl, tail_state
 from stile.observe.audit_sinks import verify_jsonl as verify
 from stile.observe.audit_store import DB_ERRORS, chain_end, verify_store
 from stile.observe.audit_tail import head_problems, pending_ids, pending_problem, read_heads
+from stile.observe.audit_writers import every_wal_dir
 
 T = TypeVar("T")
 audit_app = typer.Typer(help="Inspect the audit trail.", no_args_is_help=True, add_completion=False)
@@ -229,7 +232,7 @@ def verify_cmd(
         if not path.is_file():
             raise fail(f"no audit trail to verify ({path})")
     results = [(str(path), verify(path)) for path in files]
-    results += [(display_url(url), _verify_store(url, chain)) for url in stores]
+    results += [(display_url(url), _verify_store(url, chain, loaded)) for url in stores]
     if loaded is not None:
         results += _tail_checks(loaded, files, stores)
     empty = {str(path) for path in files if not any(True for _ in read_jsonl(path))}
@@ -247,29 +250,54 @@ def verify_cmd(
 
 
 def _tail_checks(loaded: LoadedConfig, files: list[Path], stores: list[str]) -> list[tuple[str, list[str]]]:
-    """A gateway's own trail: is its tail there (heads.json), and is anything it acknowledged still in its WAL?"""
+    """A gateway's own trail: is its tail there (each writer's heads.json), and is anything it acknowledged
+    still in a write-ahead log?"""
     from stile.assembly import audit_spool_dir
 
     url = state_url_for(loaded)
-    audit = loaded.config.audit
-    wal_dir = audit_spool_dir(loaded.config, url) / "wal"
-    heads, pending = read_heads(wal_dir), pending_ids(wal_dir)
+    spool_dir = audit_spool_dir(loaded.config, url)
+    wal_dirs = every_wal_dir(spool_dir)
+    heads = [read_heads(d) for d in wal_dirs]
+    pending = [i for d in wal_dirs for i in pending_ids(d)]
+    where_wal = spool_dir / "wal"
     out: list[tuple[str, list[str]]] = []
     for store in stores:
-        try:
-            seq, found = asyncio.run(chain_end(store, audit.chain, pending))
-        except (*DB_ERRORS, ValueError) as exc:
-            raise fail(describe_error(store, exc, "verify")) from exc
-        head = next((h for name, h in heads.items() if name.startswith("store:") and h.get("chain") == audit.chain),
-                    None)
-        where = f"{display_url(store)} chain {audit.chain}"
-        out.append((where, head_problems(where, head, seq)
-                    + pending_problem(where, sum(1 for i in pending if i not in found), wal_dir)))
+        store_heads = [h for writer in heads for name, h in writer.items()
+                       if name.startswith("store:") and isinstance(h.get("chain"), str)]
+        stored: set[str] = set()
+        problems: list[str] = []
+        chains: list[str | None] = [*sorted({str(h["chain"]) for h in store_heads})] or [None]
+        for chain in chains:
+            try:
+                seq, found = asyncio.run(chain_end(store, chain or "", pending))
+            except (*DB_ERRORS, ValueError) as exc:
+                raise fail(describe_error(store, exc, "verify")) from exc
+            stored |= found
+            if chain is None:
+                continue
+            highest = max((h for h in store_heads if h["chain"] == chain), key=lambda h: int(h.get("seq") or 0))
+            problems += head_problems(f"{display_url(store)} chain {chain}", highest, seq)
+        out.append((display_url(store), problems
+                    + pending_problem(display_url(store), sum(1 for i in pending if i not in stored), where_wal)))
     for path in files:
         ids = {str(e.get("id")) for _, e in read_jsonl(path) if e is not None}
-        out.append((str(path), head_problems(str(path), heads.get(f"jsonl:{path}"), tail_state(path)[1])
-                    + pending_problem(str(path), sum(1 for i in pending if i not in ids), wal_dir)))
+        head = next((writer[f"jsonl:{path}"] for writer in heads if f"jsonl:{path}" in writer), None)
+        out.append((str(path), head_problems(str(path), head, tail_state(path)[1])
+                    + pending_problem(str(path), sum(1 for i in pending if i not in ids), where_wal)))
     return [(where, problems) for where, problems in out if problems]
+
+
+def checkpoint_keys(url: str, loaded: LoadedConfig | None) -> CheckpointKeys:
+    """The checkpoint keys verify can read: the vault (the config's, else STILE_MASTER_KEY) and, with a config,
+    the key file in its spool directory."""
+    from stile.assembly import audit_spool_dir
+
+    vault = loaded.config.vault if loaded is not None else VaultConfig()
+    spool = audit_spool_dir(loaded.config, state_url_for(loaded)) if loaded is not None else None
+    try:
+        return asyncio.run(load_keys(url, vault, spool, create=False))
+    except (*DB_ERRORS, ValueError) as exc:
+        raise fail(describe_error(url, exc, "verify")) from exc
 
 
 def _store_has_events(url: str, chain: str | None) -> bool:
@@ -292,12 +320,13 @@ def _store_exists(url: str) -> bool:
     return True
 
 
-def _verify_store(url: str, chain: str | None) -> list[str]:
+def _verify_store(url: str, chain: str | None, loaded: LoadedConfig | None) -> list[str]:
     try:
         check_store(url)
     except QueryError as exc:
         raise fail(str(exc)) from exc
+    keys = checkpoint_keys(url, loaded)
     try:
-        return asyncio.run(verify_store(url, chain))
+        return asyncio.run(verify_store(url, chain, keys))
     except (*DB_ERRORS, ValueError) as exc:
         raise fail(describe_error(url, exc, "verify")) from exc

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stile import __version__
+from stile.cli import audit_prune as _audit_prune  # noqa: F401  (registers `stile audit prune`)
 from stile.cli.audit import audit_app
 from stile.cli.keys import keys_app
 from stile.cli.pins import pins_app

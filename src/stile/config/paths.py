@@ -47,6 +47,9 @@ def resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         audit["spool_dir"] = _beside(base, cfg.audit.spool_dir)
     elif cfg.state and not str(update["state"]).startswith("sqlite"):
         audit["spool_dir"] = str(base / "audit-spool")  # not beside a SQLite file: beside the config
+    retention = cfg.audit.retention
+    if retention is not None and retention.export:
+        audit["retention"] = retention.model_copy(update={"export": _beside(base, retention.export)})
     if audit:
         update["audit"] = cfg.audit.model_copy(update=audit)
     upstreams = {name: up.model_copy(update={"cwd": _beside(base, up.cwd)}) if up.cwd else up

@@ -149,7 +149,8 @@ class AuditLog:
     def __init__(self, sinks: Sequence[Sink], *, arguments: ArgumentsMode = "redacted",
                  per_server: Mapping[str, ArgumentsMode] | None = None, costs: Mapping[str, float] | None = None,
                  queue_size: int = 10_000, client_address: ClientAddress | None = None,
-                 wal_dir: Path | None = None, durability: Durability = "process") -> None:
+                 wal_dir: Path | None = None, durability: Durability = "process",
+                 wal_adopt: tuple[Path, ...] = ()) -> None:
         self.sinks = list(sinks)
         self.client_address = client_address or ClientAddress()
         self.arguments = arguments
@@ -166,7 +167,7 @@ class AuditLog:
         self._last_drop_log = 0.0
         self._closing = False
         self._sec, self._sec_text = -1, ""
-        self.wal = Wal(wal_dir, self._boot) if wal_dir is not None and self.sinks else None
+        self.wal = Wal(wal_dir, self._boot, wal_adopt) if wal_dir is not None and self.sinks else None
         self.commit = GroupCommit(self.wal, self.checkpoint) if self.wal is not None and durability == "fsync" else None
         self.wal_errors = 0
         self.replayed = 0

@@ -57,10 +57,12 @@ class Chain:
         self.prev, self.seq = mark
 
 
-def verify_events(events: Iterable[tuple[str, dict[str, Any] | None]]) -> list[str]:
-    """Problems in one chain given as (where, event) pairs in stored order; None marks an unreadable event."""
+def verify_events(events: Iterable[tuple[str, dict[str, Any] | None]],
+                  start: tuple[str, int] = (GENESIS, 0)) -> list[str]:
+    """Problems in one chain given as (where, event) pairs in stored order; None marks an unreadable event.
+    `start` is the (hash, seq) the first event follows: a pruned chain's checkpoint, else the genesis."""
     problems: list[str] = []
-    prev, seq = GENESIS, 0
+    prev, seq = start
     for where, event in events:
         if event is None:
             problems.append(f"{where}: not a JSON event")

@@ -7,7 +7,7 @@ table, searched through its indexed columns) or a `Path` to a JSONL trail (scann
 - `tail(source, flt, follow)`: the same, then (with `follow`) every new matching event as it lands.
 - `usage(source, by, since, until)`: per agent/user/tool/upstream: calls (events), errors (every outcome
   other than "ok": is_error, error, denied, unauthenticated), p50/p95 latency_ms (nearest rank) and the
-  sum of cost units.
+  sum of cost units; in the store also of pruned events (their hourly rollup, `audit_rollup`).
 
 Time bounds are inclusive below (`ts >= since`) and exclusive above (`ts < until`). `tool` is an exposed
 name or `upstream.tool` (exposed names have no dot), each part may be a glob using `*` and `?` (any other
@@ -38,6 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from stile.config.observe import AuditConfig
+from stile.observe import audit_rollup as rollup
+from stile.observe.audit_rollup import Tally, bucket_value
 from stile.observe.audit_schema import TABLE, audit_events
 from stile.stores.keys import async_url
 
@@ -388,16 +390,35 @@ def percentile(values: list[float], pct: float) -> float | None:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def _summarise(rows: list[UsageItem]) -> list[UsageRow]:
+def weighted_percentile(values: list[tuple[float, int]], pct: float) -> float | None:
+    """`percentile` over (value, how many times) pairs."""
+    total = sum(n for _, n in values)
+    if not total:
+        return None
+    rank, seen = max(1, math.ceil(pct / 100 * total)), 0
+    for value, n in sorted(values):
+        seen += n
+        if seen >= rank:
+            return value
+    return None  # unreachable: seen reaches total
+
+
+def _summarise(rows: list[UsageItem], pruned: dict[str | None, Tally] | None = None) -> list[UsageRow]:
+    """Per key: the events' calls, errors, percentiles and cost, plus the rollup of pruned events (`pruned`)."""
     groups: dict[str | None, list[tuple[str, float | None, float | None]]] = {}
     for key, outcome, latency, cost in rows:
         groups.setdefault(key, []).append((outcome, latency, cost))
+    pruned = pruned or {}
     out = []
-    for key, items in groups.items():
-        latencies = [lat for _, lat, _ in items if lat is not None]
-        out.append(UsageRow(key=key, calls=len(items), errors=sum(o != "ok" for o, _, _ in items),
-                            p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
-                            cost=round(sum(c or 0.0 for _, _, c in items), 6)))
+    for key in {*groups, *pruned}:
+        items = groups.get(key, [])
+        rolled = pruned.get(key, Tally())
+        latencies = [(lat, 1) for _, lat, _ in items if lat is not None]
+        latencies += [(bucket_value(b), n) for b, n in rolled.latency.items()]
+        out.append(UsageRow(key=key, calls=len(items) + rolled.calls,
+                            errors=sum(o != "ok" for o, _, _ in items) + rolled.errors,
+                            p50_ms=weighted_percentile(latencies, 50), p95_ms=weighted_percentile(latencies, 95),
+                            cost=round(sum(c or 0.0 for _, _, c in items) + rolled.cost, 6)))
     return sorted(out, key=lambda r: (-r.calls, r.key is None, r.key or ""))
 
 
@@ -414,9 +435,10 @@ async def usage(source: Source, by: GroupBy, since: datetime | float | None = No
 
         return _summarise(await asyncio.to_thread(rows_from_file))
 
-    async def work(conn: AsyncConnection) -> list[UsageItem]:
+    async def work(conn: AsyncConnection) -> list[UsageRow]:
         t = audit_events.c
         query = sa.select(_COLUMNS[by], t.outcome, t.latency_ms, t.cost).where(*_where(flt, conn.dialect.name))
-        return [(r[0], r[1], r[2], r[3]) for r in (await conn.execute(query)).all()]
+        rows: list[UsageItem] = [(r[0], r[1], r[2], r[3]) for r in (await conn.execute(query)).all()]
+        return _summarise(rows, await rollup.read(conn, by, epoch(since), epoch(until)))
 
-    return _summarise(await _with_store(source, work) or [])
+    return await _with_store(source, work) or []

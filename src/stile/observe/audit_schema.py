@@ -37,3 +37,40 @@ audit_events = sa.Table(
     sa.Index("ix_stile_audit_user_ts", "principal_user", "ts"),
     sa.Index("ix_stile_audit_tool_ts", "tool", "ts"),
 )
+
+# Retention (`observe/audit_retention.py`): one signed checkpoint per pruned chain, the pruned chain's head.
+# Verify starts each chain from its checkpoint; `signature` is an HMAC (`observe/audit_checkpoint.py`).
+CHECKPOINTS = "stile_audit_checkpoints"
+audit_checkpoints = sa.Table(
+    CHECKPOINTS,
+    metadata,
+    sa.Column("chain", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the last pruned event's seq
+    sa.Column("hash", sa.String(64), nullable=False),  # and its hash: the next event's prev
+    sa.Column("ts", sa.Float, nullable=False),  # the last pruned event's time
+    sa.Column("pruned", sa.BigInteger, nullable=False),  # events of this chain pruned so far
+    sa.Column("at", sa.Float, nullable=False),  # when the checkpoint was made
+    sa.Column("export", sa.Text),  # the export file of the last batch, if exported
+    sa.Column("kid", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+)
+
+# Usage of pruned events, per chain, hour and (agent, user, tool, upstream): `stile usage` adds it to the
+# events still stored. `latency` is a histogram (JSON {bucket: count}, `audit_rollup.bucket`).
+ROLLUP = "stile_audit_rollup"
+audit_rollup = sa.Table(
+    ROLLUP,
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # sha256 of (chain, hour, agent, user, tool, upstream)
+    sa.Column("chain", sa.String(64), nullable=False),
+    sa.Column("hour", sa.Float, nullable=False),  # start of the hour, epoch seconds
+    sa.Column("agent", sa.String(256)),
+    sa.Column("principal_user", sa.String(256)),
+    sa.Column("tool", sa.String(256)),
+    sa.Column("upstream", sa.String(128)),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("latency", sa.Text, nullable=False),
+    sa.Index("ix_stile_audit_rollup_hour", "hour"),
+)

@@ -9,6 +9,8 @@ request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import os
 import sys
 from collections import deque
@@ -149,7 +151,7 @@ def tail_state(path: Path, recent: RecentIds | None = None) -> tuple[str, int]:
 
 def read_jsonl(path: Path) -> list[tuple[str, Event | None]]:
     out: list[tuple[str, Event | None]] = []
-    with path.open("rb") as f:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -162,5 +164,13 @@ def read_jsonl(path: Path) -> list[tuple[str, Event | None]]:
 
 
 def verify_jsonl(path: Path) -> list[str]:
-    """Problems in a JSONL trail's chain, one line each ("line N: ..."); empty when intact."""
-    return verify_events(read_jsonl(path))
+    """Problems in a JSONL trail's chain, one line each ("line N: ..."); empty when intact.
+
+    A `.gz` file is an export of pruned store events (`audit_retention`): its chain starts where its first
+    event says (that event's `prev` is the previous file's last hash, or the genesis)."""
+    events = read_jsonl(path)
+    if path.suffix == ".gz" and events and events[0][1] is not None:
+        first = events[0][1]
+        with contextlib.suppress(TypeError, ValueError):
+            return verify_events(events, (str(first.get("prev")), int(first.get("seq") or 1) - 1))
+    return verify_events(events)

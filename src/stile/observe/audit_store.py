@@ -12,6 +12,7 @@ rolls back, and the sink re-reads the head and re-seals (bounded). Any other dat
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from stile.observe.audit_chain import GENESIS, Chain, verify_events
-from stile.observe.audit_schema import TABLE, audit_events, metadata
+from stile.observe.audit_checkpoint import CheckpointKeys
+from stile.observe.audit_schema import CHECKPOINTS, TABLE, audit_checkpoints, audit_events, metadata
 from stile.observe.audit_sinks import Event, SinkError
 from stile.stores.keys import async_url, sqlite_wal
 
@@ -32,6 +34,7 @@ ATTEMPTS = 20  # re-seals after a (chain, seq) conflict before giving up
 _IN_CHUNK = 500  # ids per IN (...) query
 DB_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _T = audit_events.c
+_C = audit_checkpoints.c
 # Indexed copies verified against the event JSON (besides chain, which the event does not carry).
 CHECKED = ("id", "seq", "ts", "agent", "principal_user", "virtual_server", "method", "tool", "upstream",
            "outcome", "latency_ms", "upstream_ms", "cost", "hash")
@@ -136,6 +139,8 @@ class StoreSink:
         else:
             head = (await conn.execute(sa.select(_T.seq, _T.hash).where(_T.chain == self.chain)
                                        .order_by(_T.seq.desc()).limit(1))).first()
+            if head is None:  # a pruned chain continues from its checkpoint (pruning keeps the newest event)
+                head = (await conn.execute(sa.select(_C.seq, _C.hash).where(_C.chain == self.chain))).first()
             chain = Chain(head.hash, head.seq) if head is not None else Chain(GENESIS, 0)
             seen = await _stored_ids(conn, [str(e.get("id")) for e in events])
             fresh = []
@@ -215,25 +220,73 @@ def _parse(text: str) -> Event | None:
     return event if isinstance(event, dict) else None
 
 
-async def verify_store(url: str, chain: str | None = None) -> list[str]:
+async def checkpoints(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+    """Every chain's checkpoint (empty before the first prune, or without the table)."""
+    if not await conn.run_sync(lambda c: sa.inspect(c).has_table(CHECKPOINTS)):
+        return {}
+    return {r.chain: dict(r._mapping) for r in (await conn.execute(sa.select(audit_checkpoints))).all()}
+
+
+def checkpoint_problems(name: str, checkpoint: dict[str, Any], keys: CheckpointKeys | None) -> list[str]:
+    where = f"chain {name} checkpoint (seq {checkpoint['seq']})"
+    verdict = keys.check(checkpoint) if keys is not None else None
+    if verdict is None:
+        notes = "; ".join(keys.notes) if keys is not None and keys.notes else "no checkpoint keys loaded"
+        return [f"{where}: signed with key {checkpoint['kid']}, which this verify cannot read ({notes}): run it "
+                "with --config where the gateway runs, or with the vault master key set"]
+    return [] if verdict else [f"{where}: signature does not match (the checkpoint was modified or forged)"]
+
+
+VERIFY_PAGE = 10_000
+
+
+async def _pages(conn: AsyncConnection, chain: str) -> AsyncIterator[list[Any]]:
+    after: int | None = None
+    while True:
+        query = sa.select(audit_events).where(_T.chain == chain)
+        if after is not None:
+            query = query.where(_T.seq > after)
+        rows = (await conn.execute(query.order_by(_T.seq).limit(VERIFY_PAGE))).all()
+        if not rows:
+            return
+        yield list(rows)
+        after = int(rows[-1].seq)
+
+
+async def verify_store(url: str, chain: str | None = None, keys: CheckpointKeys | None = None) -> list[str]:
     """Problems in the store's audit chains (every chain if `chain` is None), one line each; empty when intact.
 
-    Checks each chain's links and hashes in seq order and that the indexed columns agree with the event JSON.
-    Database errors propagate (SQLAlchemyError / OSError).
+    Checks each chain's links and hashes in seq order, from its signed checkpoint when it was pruned, and that
+    the indexed columns agree with the event JSON. Database errors propagate (SQLAlchemyError / OSError).
     """
-    names = [chain] if chain is not None else await chain_names(url)
     engine = _engine(url)
     problems: list[str] = []
     try:
         async with engine.connect() as conn:
             if not await _has_table(conn):
                 return []
+            marks = await checkpoints(conn)
+            names = [chain] if chain is not None else sorted(
+                {*(await conn.execute(sa.select(_T.chain).distinct())).scalars(), *marks})
             for name in names:
-                rows = (await conn.execute(sa.select(audit_events).where(_T.chain == name).order_by(_T.seq))).all()
-                pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
-                problems += verify_events(pairs)
-                for r, (where, event) in zip(rows, pairs, strict=True):
-                    problems += _check_row(where, r, event)
+                start: tuple[str, int] = (GENESIS, 0)
+                mark = marks.get(name)
+                if mark is not None:
+                    problems += checkpoint_problems(name, mark, keys)
+                    start = (str(mark["hash"]), int(mark["seq"]))
+                seen = 0
+                async for rows in _pages(conn, name):  # a page at a time: a chain can hold millions of events
+                    seen += len(rows)
+                    pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
+                    problems += verify_events(pairs, start)
+                    for r, (where, event) in zip(rows, pairs, strict=True):
+                        problems += _check_row(where, r, event)
+                    last = pairs[-1][1]
+                    start = (str(last.get("hash")), int(last.get("seq") or 0)) if last is not None else (
+                        str(rows[-1].hash), int(rows[-1].seq))
+                if mark is not None and not seen:
+                    problems.append(f"chain {name}: no events after its checkpoint (seq {start[1]}); pruning keeps "
+                                    "the newest event, so the rest were deleted")
     finally:
         await engine.dispose()
     return problems

@@ -108,8 +108,9 @@ class Segment:
 class Wal:
     """This process's segments. `append` runs on the request path; the rest on the writer or at start."""
 
-    def __init__(self, directory: Path, boot: str) -> None:
+    def __init__(self, directory: Path, boot: str, adopt: tuple[Path, ...] = ()) -> None:
         self.directory = directory
+        self.adopt = adopt  # other directories whose dead segments this process replays too (audit_writers)
         self.boot = boot
         self.start_ns = time.time_ns()
         self.position = 0  # records appended
@@ -135,7 +136,7 @@ class Wal:
         """Take over dead processes' segments (kept locked) and open the live one; their records, oldest first."""
         self.preflight()
         records: list[bytes] = []
-        for path in sorted(self.directory.glob("*.wal")):
+        for path in sorted((p for d in (self.directory, *self.adopt) for p in d.glob("*.wal")), key=lambda p: p.name):
             try:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:

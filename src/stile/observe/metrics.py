@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -154,6 +154,17 @@ class _RequestCollector:
                 spooled.add_metric([sink.name], float(getattr(sink, "pending", 0)))
             yield errors
             yield spooled
+        retention = m.retention
+        if retention is not None:  # audit.retention (observe/audit_retention.Pruner)
+            yield CounterMetricFamily("stile_audit_pruned", "audit events pruned by audit.retention (this process)",
+                                      value=float(retention.pruned))
+            yield CounterMetricFamily("stile_audit_prune_failures", "prune runs that failed and chains left unpruned "
+                                      "because they do not verify", value=float(retention.failures))
+
+
+class PruneCounts(Protocol):
+    pruned: int
+    failures: int
 
 
 class Metrics:
@@ -161,6 +172,7 @@ class Metrics:
                  max_series: int = MAX_SERIES) -> None:
         self.gw = gw
         self.audit = audit
+        self.retention: PruneCounts | None = None  # set by the assembly when audit.retention is on
         self.max_series = max_series
         self.registry = registry or CollectorRegistry()
         self.counts: dict[tuple[str, ...], int] = {}
