@@ -76,10 +76,7 @@ def _python_for(uid: int) -> str:
 
 
 def _others_can_enter(path: Path) -> bool:
-    for p in (path, *path.parents):
-        if not p.stat().st_mode & stat.S_IXOTH:
-            return False
-    return True
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
 @dataclass
