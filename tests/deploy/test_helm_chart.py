@@ -307,3 +307,12 @@ def test_stile_understands_the_redis_key_the_chart_writes(tmp_path: Path, monkey
         monkeypatch.setenv(key, value)
     (tmp_path / "stile.yaml").write_text(text, encoding="utf-8")
     load_config(tmp_path / "stile.yaml")
+
+
+def test_what_the_config_sets_itself_wins_over_the_charts_additions() -> None:
+    own = {"state": "postgresql://stile@pg:5432/stile", "audit": {"spool_dir": "/var/lib/stile/spool"},
+           "metrics": {"token_hash": "hmac-sha256$a$b"}}
+    docs = manifests({"config": own, "serviceMonitor": {"enabled": True}})
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["stile.yaml"])
+    assert config["state"] == own["state"] and config["audit"] == own["audit"]
+    assert config["metrics"] == own["metrics"]  # no `token` beside the hash: Stile refuses both at once

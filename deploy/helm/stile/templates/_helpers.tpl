@@ -88,10 +88,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if include "stile.metricsToken" . }}
 {{- $metrics := dict }}
 {{- if hasKey $cfg "metrics" }}{{ $metrics = get $cfg "metrics" }}{{ end }}
+{{- if not (or (hasKey $metrics "token") (hasKey $metrics "token_hash")) }}
 {{- $_ := set $metrics "token" "${STILE_METRICS_TOKEN}" }}
+{{- end }}
 {{- $_ := set $cfg "metrics" $metrics }}
 {{- end }}
-{{- if include "stile.redis" . }}
+{{- if and (include "stile.redis" .) (not (hasKey $cfg "redis")) }}
 {{- $_ := set $cfg "redis" "${STILE_REDIS_URL}" }}
 {{- end }}
 {{- if .Values.apiKeys }}
