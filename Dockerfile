@@ -50,6 +50,6 @@ WORKDIR /var/lib/stile
 VOLUME ["/var/lib/stile"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('STILE_PORT', '8080') + '/healthz', timeout=2)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; sys.tracebacklimit = 0; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('STILE_PORT', '8080') + '/healthz', timeout=2)"]
 ENTRYPOINT ["stile-entrypoint"]
 CMD ["serve"]

@@ -233,6 +233,11 @@ def test_scaling_values_reach_the_hpa_pdb_volume_and_workers() -> None:
     ({"secrets": {"sessionKey": base64.b64encode(b"short").decode()}}, "base64 of 32 bytes"),
     ({"secrets": {"metricsToken": "short"}}, "at least 16 characters"),
     ({"apiKeys": [{"name": "bot", "secretName": "keys"}]}, r"apiKeys\[0\] needs name, secretName and secretKey"),
+    # values.schema.json: a typo'd or mistyped value is named, not silently ignored
+    ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+    ({"replicaCount": "three"}, "/replicaCount': got string, want integer"),
+    ({"workers": "many"}, "/workers"),
+    ({"state": {"uri": "postgresql://pg/stile"}}, "additional properties 'uri' not allowed"),
 ])
 def test_values_that_cannot_work_fail_the_render_with_a_reason(values: dict[str, Any], message: str) -> None:
     with pytest.raises(RenderError, match=message):

@@ -261,6 +261,7 @@ def test_the_health_check_fails_when_nothing_answers(image: Image) -> None:
     health = subprocess.run(image.healthcheck, env={**image.env, "STILE_PORT": str(free_port())},
                             capture_output=True, text=True, timeout=30)
     assert health.returncode != 0
+    assert "Connection refused" in health.stderr and "Traceback" not in health.stderr, health.stderr
 
 
 def test_without_a_mounted_config_the_entry_point_says_where_to_put_one(image: Image, tmp_path: Path) -> None:
