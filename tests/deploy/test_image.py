@@ -128,8 +128,8 @@ def _build(root: Path) -> Image:
     python = _python_for(uid)
     (hostbin / "python").symlink_to(python)
     base_path = f"{root}/usr/local/bin:{hostbin}:/usr/local/bin:/usr/bin:/bin"
-    host = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_", "STILE_", "XDG_"))}
+    # the machine's own settings (proxy, PIP_CERT, an index) stay; this checkout's Python environment goes
+    host = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "STILE_", "XDG_"))}
     log: list[str] = []
     env: dict[str, str] = {}
     workdir = root
@@ -297,3 +297,14 @@ def test_a_config_that_writes_beside_itself_is_refused_clearly(image: Image, tmp
     assert rc is not None and rc != 0, printed
     assert "is not writable (Permission denied): fix its permissions or set audit.spool_dir" in printed, printed
     assert "Traceback" not in printed, printed
+
+
+def test_the_entry_point_runs_any_other_stile_command(image: Image) -> None:
+    """`docker run IMAGE check --offline --config /etc/stile/stile.yaml`: the image is also the CLI."""
+    exe = shutil.which(image.entrypoint[0], path=image.env["PATH"])
+    assert exe
+    proc = subprocess.run([exe, "check", "--offline", "--config", image.env["STILE_CONFIG"]], cwd=image.workdir,
+                          env={**image.env, "COLUMNS": "200", "NO_COLOR": "1"}, capture_output=True, text=True,
+                          timeout=60, **image.run_as_user())  # type: ignore[call-overload]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "files" in proc.stdout
