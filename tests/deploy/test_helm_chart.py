@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -17,7 +18,7 @@ import yaml
 
 from stile.config.load import ConfigError, load_config
 from stile.config.model import GatewayConfig
-from tests.deploy.chart import FULLNAME, NAMESPACE, RenderError, lint, manifests, notes, one, render
+from tests.deploy.chart import CHART, FULLNAME, NAMESPACE, RenderError, lint, manifests, notes, one, render
 from tests.deploy.dockerfile import parse
 from tests.support import REPO
 
@@ -321,3 +322,13 @@ def test_what_the_config_sets_itself_wins_over_the_charts_additions() -> None:
     config = yaml.safe_load(one(docs, "ConfigMap")["data"]["stile.yaml"])
     assert config["state"] == own["state"] and config["audit"] == own["audit"]
     assert config["metrics"] == own["metrics"]  # no `token` beside the hash: Stile refuses both at once
+
+
+def test_a_release_named_stile_injects_no_service_variables_into_stiles_environment() -> None:
+    """Kubernetes would set STILE_PORT=tcp://10.0.0.1:80 (and STILE_SERVICE_HOST, ...) for a Service `stile`."""
+    with helm_python.Chart.load(str(CHART)) as loaded:
+        rendered = loaded.render({}, name="stile", namespace=NAMESPACE, is_install=True)
+    deployment = yaml.safe_load(rendered["stile/templates/deployment.yaml"])
+    service = yaml.safe_load(rendered["stile/templates/service.yaml"])
+    assert service["metadata"]["name"] == "stile"
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
