@@ -18,9 +18,8 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY examples/demo.yaml examples/demo.yaml
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip wheel --no-deps --wheel-dir "$WHEELS" .
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv "$VIRTUAL_ENV" \
+    python -m pip wheel --no-deps --wheel-dir "$WHEELS" . \
+ && python -m venv "$VIRTUAL_ENV" \
  && "$VIRTUAL_ENV/bin/python" -m pip install "$WHEELS"/stile-*.whl \
  && "$VIRTUAL_ENV/bin/python" -m pip uninstall -y pip
 
