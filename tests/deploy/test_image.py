@@ -217,8 +217,8 @@ def _uid_of(pid: int) -> int:
     raise AssertionError("no Uid line")
 
 
-async def _list_files(url: str) -> tuple[set[str], object]:
-    async with Client(url) as client:
+async def _list_files(url: str, mode: str) -> tuple[set[str], object]:
+    async with Client(url, mode=mode) as client:  # type: ignore[arg-type]
         tools = {t.name for t in (await client.list_tools()).tools}
         return tools, (await client.call_tool("files__list_files", {})).structured_content
 
@@ -233,9 +233,10 @@ def test_the_installed_image_serves_as_its_user_with_a_read_only_root(image: Ima
         health = subprocess.run(image.healthcheck, env={**image.env, "STILE_PORT": str(port)}, capture_output=True,
                                 text=True, timeout=30, **image.run_as_user())  # type: ignore[call-overload]
         assert health.returncode == 0, health.stderr
-        tools, listed = asyncio.run(_list_files(f"http://127.0.0.1:{port}/mcp/files"))
-        assert tools == {"files__list_files", "files__read_file"}
-        assert "bin/stile" in str(listed)  # FILES_ROOT is the venv, read-only and readable
+        for mode in ("legacy", "2026-07-28"):  # both protocol eras
+            tools, listed = asyncio.run(_list_files(f"http://127.0.0.1:{port}/mcp/files", mode))
+            assert tools == {"files__list_files", "files__read_file"}, mode
+            assert "bin/stile" in str(listed), mode  # FILES_ROOT is the venv, read-only and readable
     finally:
         stop(proc)
     printed = log.read_text(errors="replace")
