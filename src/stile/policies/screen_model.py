@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import unicodedata
 from importlib import resources
@@ -82,11 +83,17 @@ _CONCEPTS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 # words too common to anchor a phrase on: a phrase is looked for only when its longest other word occurs
-_STOP = frozenset(["a", "an", "the", "in", "to", "as", "of", "is", "it", "be", "and", "or", "for", "with", "from", "not", "all", "any", "this", "that", "you", "your", "user", "p", "s"])
+_STOP = frozenset((
+    "a", "an", "the", "in", "to", "as", "of", "is", "it", "be", "and", "or", "for", "with", "from",
+    "not", "all", "any", "this", "that", "you", "your", "user", "p", "s"
+))
 
 # ordinary in tool results (JSON keys, log lines): anchor on another word of the phrase when it has one
-_COMMON = frozenset("login logins state number details address message messages field access server session "
-                    "history data run report note keys copy include pass put".split())
+_COMMON = frozenset((
+    "login", "logins", "state", "number", "details", "address", "message", "messages", "field",
+    "access", "server", "session", "history", "data", "run", "report", "note", "keys", "copy",
+    "include", "pass", "put"
+))
 
 
 def _compile() -> tuple[dict[str, frozenset[str]], dict[str, list[tuple[str, str]]], list[tuple[str, str]]]:
@@ -118,8 +125,9 @@ VOCAB = _VOCAB  # every word a concept (or a concept phrase's anchor) needs: the
 _LOOKALIKE = ("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0456\u0458\u0455\u0501\u0261\u04bb\u04cf\u0410\u0412"
               "\u0415\u0406\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u04ae\u03b1\u03bf\u03b5\u03b9\u03bd"
               "\u03c1\u03c4\u03c5\u0399\u039f")
-_HOMOGLYPHS = str.maketrans(_LOOKALIKE, "aeopcxyijsdghlABEIKMHOPCTXYaoeivptuIO", "\u200b\u200c\u200d\u2060\ufeff\u00ad")
-_HOMOGLYPHS.update({0xA0: " ", 0x2007: " ", 0x202F: " "})
+_HOMOGLYPHS: dict[int, int | str | None] = {
+    **str.maketrans(_LOOKALIKE, "aeopcxyijsdghlABEIKMHOPCTXYaoeivptuIO", "\u200b\u200c\u200d\u2060\ufeff\u00ad"),
+    0xA0: " ", 0x2007: " ", 0x202F: " "}  # no-break spaces
 _SPELLED = re.compile(r"\b(?:[a-z][-.\u00b7_ ]){3,}[a-z]\b")
 BASE64 = re.compile(r"[A-Za-z0-9+/]{20,}={0,2}")
 _WRAPPED = re.compile(r"(?<=[a-z,])\n(?=[a-z(])")
@@ -215,7 +223,9 @@ class Model:
 
     def score(self, kind: str, feats: list[str]) -> tuple[float, list[str]]:
         """The margin over the kind's threshold (a hit at >= 0) and the features that pushed it up."""
-        w = self.weights.get(kind, {})
+        w = self.weights.get(kind)
+        if w is None:  # no weights for this kind: the model has no opinion
+            return -math.inf, []
         total = self.bias.get(kind, 0.0)
         up = []
         for f in feats:

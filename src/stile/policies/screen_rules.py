@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stile.policies.screen_model import BASE64, LOOSE, VOCAB, Kind, features, load_model, prepared
+from stile.policies.screen_model import LOOSE, VOCAB, Kind, features, load_model, prepared
 
 THRESHOLD = 1.0
 
