@@ -84,7 +84,23 @@ def _line(label: str, name: str, items: list[dict[str, str]], hit: Callable[[str
                 print(f"    false+: {r['text'][:90]!r}  [{r['source'][:60]}] {scan(r['text'], kind)}")  # type: ignore[arg-type]
 
 
-def detection(show_misses: bool, parts: tuple[str, ...] = ("train", "holdout")) -> None:
+def yara_detector(rules_dir: Path) -> Callable[[str], bool]:
+    """A YARA-rule scanner as a baseline: every *.yara / *.yar file of `rules_dir`, a hit when any rule matches
+    (needs `pip install yara-python`; e.g. the rules of cisco-ai-defense/mcp-scanner, mcpscanner/data/yara_rules)."""
+    import yara  # type: ignore[import-not-found]  # optional: only this baseline needs it
+
+    paths = {p.name: str(p) for p in sorted(rules_dir.iterdir()) if p.suffix in (".yara", ".yar")}
+    if not paths:
+        raise SystemExit(f"no .yara or .yar files in {rules_dir}")
+    compiled = yara.compile(filepaths=paths)
+
+    def hit(text: str) -> bool:
+        return bool(compiled.match(data=text.encode("utf-8")))
+    return hit
+
+
+def detection(show_misses: bool, parts: tuple[str, ...] = ("train", "holdout"),
+              extra: dict[str, Callable[[str], bool]] | None = None, per_file: bool = True) -> None:
     """Recall and false-positive rate per kind and split, overall and per corpus file.
 
     `--misses` prints misses of the train split only: the held-out split is for measuring, not for reading.
@@ -98,11 +114,12 @@ def detection(show_misses: bool, parts: tuple[str, ...] = ("train", "holdout")) 
                 continue
             groups = [(f"{kind}s {part}: all", items)]
             files = sorted({r["file"] for r in items})
-            if len(files) > 1:
+            if len(files) > 1 and per_file:
                 groups += [(f"{kind}s {part}: {f}", [r for r in items if r["file"] == f]) for f in files]
             for label, group in groups:
                 detectors: dict[str, Callable[[str], bool]] = {
-                    "keywords": keyword_hit, "stile": lambda t, k=kind: scan(t, k).flagged}  # type: ignore[misc]
+                    "keywords": keyword_hit, **(extra or {}),
+                    "stile": lambda t, k=kind: scan(t, k).flagged}  # type: ignore[misc]
                 for name, hit in detectors.items():
                     _line(label, name, group, hit, show_misses and part == "train" and name == "stile", kind)
 
@@ -193,7 +210,11 @@ async def cost(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--misses", action="store_true", help="print the items each detector got wrong")
+    parser.add_argument("--misses", action="store_true", help="print what the screen got wrong (train split only)")
+    parser.add_argument("--yara", type=Path, help="also score with the YARA rules in this directory (baseline)")
+    parser.add_argument("--no-cost", action="store_true", help="detection only")
     args = parser.parse_args()
-    detection(args.misses)
+    detection(args.misses, extra={"yara": yara_detector(args.yara)} if args.yara else None)
+    if args.no_cost:
+        raise SystemExit(0)
     asyncio.run(cost(args.calls))

@@ -412,7 +412,10 @@ async def test_the_screen_cli_lists_hits_with_digests_and_approval_releases_them
     cfg["policies"]["flows"]["flows"][0]["virtual_servers"] = ["quar_l"]
     code, rows = _screen_cli(cfg, tmp_path)
     assert code == 1, rows
-    assert {(r["kind"], r["exposed"]) for r in rows} == {("tool", "add"), ("tool", "lookup"), ("prompt", "sneaky")}
+    assert {(r["kind"], r["exposed"]) for r in rows} == {("tool", "add"), ("tool", "lookup"), ("prompt", "sneaky"),
+                                                         ("resource", "notes://poisoned"),
+                                                         ("resource template", "trap://{name}")}
+    assert next(r for r in rows if r["kind"] == "resource")["ref"] == "pl.notes://poisoned"
     add = next(r for r in rows if r["exposed"] == "add")
     assert "role_tag" in add["hits"] and not add["approved"]
     cfg["policies"]["screen"]["approved"] = [add["digest"]]

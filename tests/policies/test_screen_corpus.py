@@ -65,3 +65,16 @@ def test_the_screen_beats_the_keyword_list_at_a_low_false_positive_rate(kind: st
     recall, fpr, baseline = _rates(kind, part)
     assert recall >= min_recall and recall >= baseline + 0.2, (recall, baseline)
     assert fpr <= max_fpr, fpr
+
+
+def test_the_shipped_weights_are_what_the_fit_script_makes_from_the_train_split() -> None:
+    """Reproducible from the corpus; `fit_kind` is handed every row and reads only the train split."""
+    pytest.importorskip("numpy")
+    from bench.screen_fit import fit_kind
+
+    shipped = json.loads(resources.files("stile.policies").joinpath("screen_weights.json").read_text(encoding="utf-8"))
+    for kind in ("description", "result"):
+        want = shipped[kind]
+        got = fit_kind(ROWS, kind, want["l2"], want["target_fpr"], 2, 3000)
+        assert got["threshold"] == pytest.approx(want["threshold"], abs=1e-3)
+        assert set(got["weights"]) == set(want["weights"])  # type: ignore[arg-type]
