@@ -57,7 +57,7 @@ RULES: tuple[Rule, ...] = (
        1.0, 1.0),
     _r("address_model", "dear|attention|note|ai|llm|now",
        r"\b(?:(?:dear|attention|note\s+(?:to|for))\s+(?:ai|llm|assistant|model|agent|claude|gpt)\b|"
-       r"(?:ai|llm)\s+(?:assistant|agent|model)s?\s*(?:must|should|:)|as\s+an\s+ai\b|you\s+are\s+now\b)", 1.0, 1.0),
+       r"(?:ai|llm)\s+(?:assistant|agent|model)s?\s*(?:must|should|:)|as\s+an\s+ai\b|you\s+are\s+now\b)", 1.0, 0.8),
     _r("role_prefix", "assistant|agent|ai|llm|bot",
        r"(?:^|\n|#|//|\*)\s*(?:ai|assistant|agent|llm|bot)\s*:", 0.6, 0.6),
     _r("secrecy", "n't|dont|not|never|without|keep|remain|silently|secretly|covertly|quietly",
@@ -66,11 +66,11 @@ RULES: tuple[Rule, ...] = (
        r"ask(?:ing)?|confirm(?:ing)?|report(?:ing)?|explain(?:ing)?)\s+(?:\w+\s+){0,3}?(?:the\s+)?"
        r"(?:user|human|operator|customer|them|anyone|anybody|owner)\b|\b(?:keep|remain)\s+(?:this|it|these)\s+(?:\w+\s+)?"
        r"(?:secret|hidden|confidential|between\s+us)|\b(?:silently|secretly|covertly|quietly)\s+"
-       r"(?:\w+\s+){0,2}?(?:send|read|include|call|copy|upload|forward|add|pass|run|execute)", 1.0, 1.0),
+       r"(?:\w+\s+){0,2}?(?:send|read|include|call|copy|upload|forward|add|pass|run|execute)", 1.0, 0.8),
     _r("cross_tool", "before|after|instead|prior|when|whenever",
        r"\b(?:before|after|instead\s+of|prior\s+to|when(?:ever)?)\s+(?:using|calling|invoking|"
        r"running|you\s+use|you\s+call|the\s+user\s+(?:asks|calls))\b.{0,80}?\b(?:call|invoke|use|run|read|"
-       r"execute|send|must|always|first)\b", 0.5, 0.6),
+       r"execute|send|must|always|first)\b", 0.5, 0.5),
     _r("shadowing", "effect|must|when|whenever|instead",
        r"\b(?:this|the)\s+tool\s+(?:has|with)\s+(?:a|an)\s+(?:very\s+)?important\s+side\s+effect|"
        r"\b[a-z]+(?:_[a-z]+)+\s+tool\s+(?:must|should)\b|\bwhen(?:ever)?\s+\(?[\w-]+\)?\s*[a-z]*_[a-z_]+\s+"
@@ -84,7 +84,7 @@ RULES: tuple[Rule, ...] = (
        0.5, 0.4),
     _r("must_always", "must|should|have|need|always|immediately",
        r"\byou\s+(?:must|should|have\s+to|need\s+to)\s+(?:always|first|also|now|immediately)\b|"
-       r"\b(?:always|immediately)\s+(?:call|invoke|run|send|include|read|forward|execute)\b", 0.5, 0.5),
+       r"\b(?:always|immediately)\s+(?:call|invoke|run|send|include|read|forward|execute)\b", 0.5, 0.4),
     # --- exfiltration targets ---------------------------------------------------------------------
     _r("send_to", _VERBS,
        r"\b(?:send|forward|post|upload|transmit|exfiltrate|leak|copy|bcc|cc|email|e-mail|mail|report)\b"
@@ -100,14 +100,14 @@ RULES: tuple[Rule, ...] = (
        r"\b(?:pass|include|put|append|add|embed|provide|concatenate)\s+(?:its|the|their|all|this|"
        r"that)?\s*(?:full\s+|entire\s+|whole\s+)?(?:content|contents|text|output|data|history|conversation|"
        r"messages?|result|value)s?\b.{0,60}?\b(?:as|in|into|to)\s+(?:the\s+)?['\"`]?\w+['\"`]?\s*"
-       r"(?:parameter|param|argument|field|variable)?", 0.6, 0.6),
+       r"(?:parameter|param|argument|field|variable)?", 0.6, 0.5),
     # --- sensitive files and secrets ----------------------------------------------------------------
     _r("sensitive_path", "~/|id_|/etc/|.env|mcp|config|credentials|wallet|private|keychain",
        r"~/\.(?:ssh(?!/config\b|/known_hosts\b)|aws|gnupg|kube|docker|cursor|config/gcloud|netrc|npmrc|pypirc|"
        r"bash_history|zsh_history|git-credentials)|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|/etc/(?:passwd|shadow|sudoers)\b|"
        r"(?:^|[\s'\"`/])\.env\b(?![.-](?:example|sample|template|dist))|\bmcp\.json\b|"
        r"\bclaude_desktop_config\.json\b|\bcredentials\.json\b|"
-       r"\.aws/credentials|\bwallet\.dat\b|\bprivate[\s_-]?keys?\b|\bkeychain\b", 0.6, 0.3),
+       r"\.aws/credentials|\bwallet\.dat\b|\bprivate[\s_-]?keys?\b|\bkeychain\b", 0.6, 0.15),
     _r("sensitive_access", "read|reads|reading|cat|copy|send|pass|include|upload|paste|leak|share|attach|summarise|"
        "summarize|collect|look",
        r"\b(?:read|reads|reading|cat|copy|send|pass|include|upload|paste|leak|share|attach|summari[sz]e|collect|"
@@ -209,9 +209,16 @@ RULES: tuple[Rule, ...] = (
        r"passwords?|bank\s+(?:login|account)|contacts|messages|inbox|e-?mails|phone\s+numbers?|session\s+cookie|cvv)\b",
        1.0, 0.6),
     # --- markdown / HTML smuggling ---------------------------------------------------------------------
+    # an image the client fetches with data in its query: a placeholder value or a data-ish parameter name is
+    # strong; any other query (README badges: ?style=flat&logo=...) only counts with other signals
     _r("image_exfil", "![|<img",
+       r"(?:!\[[^\]]*\]\(\s*https?://[^)\s?]*|<img\b[^>]*\bsrc\s*=\s*['\"]?https?://[^'\">\s?]*)\?(?:[^)\s'\">]*&)?"
+       r"(?:(?:d|q|c|s|t|u|m|p|k|data|conv|content|text|msg|secret|token|info|user|email|session|key|payload|"
+       r"log|chat|history|context|summary)=|[^)\s'\">=&]*=[^)\s'\">&]*(?:[{<$\[]|secret|token|password|"
+       r"conversation|history|message|paste|insert|replace|cookie|session|api_?key))", 1.0, 1.0),
+    _r("image_query", "![|<img",
        r"!\[[^\]]*\]\(\s*https?://[^)\s]*\?[^)\s]*=|<img\b[^>]*\bsrc\s*=\s*['\"]?https?://[^'\">\s]*\?"
-       r"[^'\">\s]*=", 1.0, 1.0),
+       r"[^'\">\s]*=", 0.3, 0.3),
     _r("html_comment", "<!--", r"<!--.{0,2000}?-->", 0.6, 0.6),
     _r("hidden_html", "style|<script|<iframe",
        r"<[^>]+style\s*=\s*['\"][^'\"]*(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0)"
