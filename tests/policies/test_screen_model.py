@@ -146,3 +146,25 @@ async def test_flag_keeps_resources_and_templates() -> None:
     screen = Screen(ScreenConfig(descriptions="flag"), _Views(view), ["vs"])
     seen = await _seen(screen, view, "resources/list", {})
     assert seen is view and len(seen.resources) == 2 and len(seen.templates) == 2
+
+
+def test_decoding_is_bounded() -> None:
+    encoded = base64.b64encode(ATTACK.encode()).decode()
+    low, _, _ = prepared(" ".join([encoded] * 40))
+    assert low.count(ATTACK) == 16  # at most MAX_DECODED_SPANS spans are decoded
+    big = base64.b64encode(((ATTACK + " ") * 200).encode()).decode()  # one span longer than MAX_DECODED_SPAN
+    assert ATTACK not in prepared(big)[0]
+
+
+def test_the_fast_path_never_passes_a_text_the_full_scoring_flags() -> None:
+    """`scan`'s inlined fast path is a cheaper gate than `text_features`; on every corpus text, both kinds, a
+    text it lets through as clean is one the full scoring does not flag either."""
+    from bench.screen_bench import load
+    from stile.policies import screen_rules
+
+    for row in load():
+        for kind in ("description", "result"):
+            verdict = scan(row["text"], kind)  # type: ignore[arg-type]
+            _, score, feats = text_features(row["text"], kind)  # type: ignore[arg-type]
+            margin = MODEL.score(kind, feats)[0] if MODEL is not None and feats else -1.0
+            assert verdict.flagged == (score >= screen_rules.THRESHOLD or margin >= 0), row["text"][:200]

@@ -130,6 +130,8 @@ _HOMOGLYPHS: dict[int, int | str | None] = {
     0xA0: " ", 0x2007: " ", 0x202F: " "}  # no-break spaces
 _SPELLED = re.compile(r"\b(?:[a-z][-.\u00b7_ ]){3,}[a-z]\b")
 BASE64 = re.compile(r"[A-Za-z0-9+/]{20,}={0,2}")
+MAX_DECODED_SPAN = 4096  # characters of one base64 span worth decoding
+MAX_DECODED_SPANS = 16  # decoded spans per text
 _WRAPPED = re.compile(r"(?<=[a-z,])\n(?=[a-z(])")
 _PERCENT = re.compile(r"(?:%[0-9a-fA-F]{2}){3,}")
 
@@ -151,6 +153,10 @@ def prepared(text: str) -> tuple[str, set[str], bool]:
     if len(out) >= 20:
         for m in BASE64.finditer(out):
             span = m.group(0)
+            if len(span) > MAX_DECODED_SPAN:  # an image or a key, not a sentence for the model
+                continue
+            if len(extra) >= MAX_DECODED_SPANS:
+                break
             try:
                 decoded = base64.b64decode(span + "=" * (-len(span) % 4), validate=True).decode("ascii")
             except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stile.policies.screen_model import LOOSE, VOCAB, Kind, features, load_model, prepared
+from stile.policies.screen_model import BASE64, LOOSE, VOCAB, Kind, features, load_model, prepared
 
 THRESHOLD = 1.0
 
@@ -245,16 +245,24 @@ _WORD = re.compile(r"[a-z]+")
 _ALL_WORDS = frozenset().union(*(r.words for r in RULES))
 _MARKS = tuple(sorted({m for r in RULES for m in r.marks}))
 _ANY_MARK = re.compile("|".join(re.escape(m) for m in _MARKS))
-# the fast path: an ASCII text with none of these words, marks or phrases, no '%' and no long base64-looking
-# run has no rule hit and no model feature, so it is clean without running either
-_GATE_WORDS = _ALL_WORDS | VOCAB
-_GATE_CHARS = "<[@~!#_%|"
-_GATE_RE = re.compile(f"[{re.escape(_GATE_CHARS)}]")
-_GATE_STRINGS = tuple(sorted(p for p in {*_MARKS, *(p for p, _ in LOOSE)} if not any(c in p for c in _GATE_CHARS)))
+# the fast path: an ASCII text with none of these words and none of these characters, no run of five single
+# letters and no long base64-looking token has no rule hit and no model feature (a concept pair needs two
+# concepts; a phrase without a gate word or character gives at most one). Every mark of a rule has a gate
+# character or a gate word ("~/", ".env" -> env, "/etc/" -> etc, "e-mail" -> mail, "n't" -> don).
+_GATE_WORDS = _ALL_WORDS | VOCAB | {"env", "etc", "mail", "don"}
+_GATE_RE = re.compile(r"[<\[@~!#_%|]")
+
+
+_GATE_STRINGS = tuple(sorted(p for p in {*_MARKS, *(p for p, _ in LOOSE)} if _GATE_RE.search(p) is None))
 
 
 def _gated(low: str) -> bool:
-    """True when no mark or phrase any rule or concept needs occurs in `low`."""
+    """True when `low` has no character any mark or loose phrase needs (the gate words cover the rest)."""
+    return _GATE_RE.search(low) is None
+
+
+def _no_mark_or_phrase(low: str) -> bool:
+    """The exact form of `_gated` (every mark and loose phrase looked for), for `text_features`."""
     return _GATE_RE.search(low) is None and not any(p in low for p in _GATE_STRINGS)
 
 
@@ -280,8 +288,8 @@ def text_features(text: str, kind: Kind = "description") -> tuple[list[str], flo
         hits.append("invisible_unicode")
         score += 1.0
     low, words, obfuscated = prepared(text)
-    if not obfuscated and not hits and words.isdisjoint(_GATE_WORDS) and _gated(low):
-        return hits, score, []  # the fast path: no rule can match and no concept is present
+    if not obfuscated and not hits and words.isdisjoint(_GATE_WORDS) and _no_mark_or_phrase(low):
+        return hits, score, []  # no rule can match and no concept is present
     marks = [m for m in _MARKS if m in low] if _ANY_MARK.search(low) is not None else []
     result = kind == "result"
     if not words.isdisjoint(_ALL_WORDS) or marks:
@@ -297,6 +305,12 @@ def text_features(text: str, kind: Kind = "description") -> tuple[list[str], flo
 def scan(text: str, kind: Kind = "description") -> Verdict:
     """The built-in screen's verdict on `text`: a hit when the rules' hand weights reach THRESHOLD, or when the
     fitted model's score reaches its threshold (`screen_model`; calibrated on what the rules do not flag)."""
+    if text.isascii():  # the fast path, inlined: most results and descriptions end here
+        low = text.lower()
+        words = set(_WORD.findall(low))
+        if words.isdisjoint(_GATE_WORDS) and _gated(low) and sum(len(w) == 1 for w in words) < 5 and \
+                (len(text) < 20 or max(map(len, text.split())) < 20 or BASE64.search(text) is None):
+            return CLEAN
     hits, score, feats = text_features(text, kind)
     if MODEL is not None and feats:
         margin, up = MODEL.score(kind, feats)
