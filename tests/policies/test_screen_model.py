@@ -6,6 +6,8 @@ import base64
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
@@ -168,3 +170,11 @@ def test_the_fast_path_never_passes_a_text_the_full_scoring_flags() -> None:
             _, score, feats = text_features(row["text"], kind)  # type: ignore[arg-type]
             margin = MODEL.score(kind, feats)[0] if MODEL is not None and feats else -1.0
             assert verdict.flagged == (score >= screen_rules.THRESHOLD or margin >= 0), row["text"][:200]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400) | st.text(alphabet="ab%=+/_-.<[@~!#|\u200b\u0456\uff29 \n", max_size=400))
+def test_any_text_gets_a_verdict(text: str) -> None:
+    for kind in ("description", "result"):
+        verdict = scan(text, kind)  # type: ignore[arg-type]
+        assert isinstance(verdict.flagged, bool) and all(isinstance(h, str) for h in verdict.hits)
