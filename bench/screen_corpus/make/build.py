@@ -1,3 +1,4 @@
+# ruff: noqa  (one-off corpus-building scripts and data, kept as they were run)
 """Build corpus v2 files into bench/screen_corpus (it was run once, before any rule was tuned).
 
 How the committed files were made (MIRRORS: a directory of bare clones named owner+name/repo; WORK: scratch):
@@ -10,12 +11,19 @@ How the committed files were made (MIRRORS: a directory of bare clones named own
   MIRRORS=... python extract_results.py 1500 > ../real_results.jsonl   (added later)
   python dedupe.py
 """
-import hashlib, json, os, random, subprocess, sys
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
+
 WORK = os.environ.get("WORK", "/tmp/screens")
 MIRRORS = os.environ.get("MIRRORS", "/work/.mirror")
 sys.path.insert(0, str(Path(__file__).parent))
-from authored import P, B, I, C
+from authored import B, C, I, P
+
 OUT = str(Path(__file__).resolve().parent.parent)
 def split(text):  # held out: one item in three, by a hash of its text
     return "holdout" if int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 3 == 0 else "train"

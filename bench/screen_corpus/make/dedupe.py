@@ -1,3 +1,4 @@
+# ruff: noqa  (one-off corpus-building scripts and data, kept as they were run)
 """Drop repeated (kind, text) items from the corpus files: the first occurrence wins, files in this order and,
 within a file, train items before held-out ones (so a text BIPIA has in both of its splits stays in train).
 

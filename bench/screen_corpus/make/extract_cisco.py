@@ -1,5 +1,10 @@
+# ruff: noqa  (one-off corpus-building scripts and data, kept as they were run)
 """The labelled fixtures of cisco-ai-defense/mcp-scanner tests/test_yara_rules_coverage.py (SAFE_/FP_: benign)."""
-import ast, json, os, subprocess
+import ast
+import json
+import os
+import subprocess
+
 R = os.environ.get("MIRRORS", "/work/.mirror") + "/cisco-ai-defense+mcp-scanner/repo"
 def show(f): return subprocess.run(["git","-C",R,"show",f"HEAD:{f}"],capture_output=True,text=True).stdout
 src = show("tests/test_yara_rules_coverage.py")

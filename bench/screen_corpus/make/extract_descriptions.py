@@ -1,5 +1,11 @@
+# ruff: noqa  (one-off corpus-building scripts and data, kept as they were run)
 """Extract tool/param descriptions from MCP server repos (git mirrors)."""
-import ast, json, re, subprocess, sys
+import ast
+import json
+import re
+import subprocess
+import sys
+
 
 def files(repo, exts):
     out = subprocess.run(["git", "-C", repo, "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True).stdout.split("\n")

@@ -1,6 +1,13 @@
+# ruff: noqa  (one-off corpus-building scripts and data, kept as they were run)
 """Real clean tool results: paragraphs of Markdown docs from public MCP server repos (what a file-reading or
 fetch tool returns)."""
-import hashlib, json, os, re, subprocess, sys
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
 REPOS = [("modelcontextprotocol+servers", "modelcontextprotocol/servers"), ("github+github-mcp-server", "github/github-mcp-server"),
          ("awslabs+mcp", "awslabs/mcp"), ("GongRzhe+Gmail-MCP-Server", "GongRzhe/Gmail-MCP-Server"),
          ("korotovsky+slack-mcp-server", "korotovsky/slack-mcp-server")]
