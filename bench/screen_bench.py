@@ -51,37 +51,77 @@ def keyword_hit(text: str) -> bool:
     return any(k in low for k in KEYWORDS)
 
 
+TRAIN_SPLITS = frozenset({"tuned", "v1-holdout", "train"})  # what the rules and weights may be fitted on
+
+
 def load() -> list[dict[str, str]]:
     rows = []
     for path in sorted(CORPUS.glob("*.jsonl")):
-        rows.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row["file"] = path.stem
+                row["part"] = "train" if row.get("split", "tuned") in TRAIN_SPLITS else "holdout"
+                rows.append(row)
     return rows
 
 
-def detection(show_misses: bool) -> None:
+def _line(label: str, name: str, items: list[dict[str, str]], hit: Callable[[str], bool],
+          show_misses: bool, kind: str) -> None:
+    pos = [r for r in items if r["label"] in POSITIVE]
+    neg = [r for r in items if r["label"] not in POSITIVE]
+    tp = sum(hit(r["text"]) for r in pos)
+    fp = sum(hit(r["text"]) for r in neg)
+    recall = f"{tp:>4}/{len(pos):<4} {tp / len(pos):6.1%}" if pos else f"{'-':>16}"
+    fpr = f"{fp:>4}/{len(neg):<5} {fp / len(neg):6.2%}" if neg else f"{'-':>17}"
+    print(f"{label:40} {name:9} {recall} {fpr}")
+    if show_misses:
+        for r in pos:
+            if not hit(r["text"]):
+                print(f"    missed: {r['text'][:90]!r}  [{r['source'][:60]}]")
+        for r in neg:
+            if hit(r["text"]):
+                print(f"    false+: {r['text'][:90]!r}  [{r['source'][:60]}] {scan(r['text'], kind)}")  # type: ignore[arg-type]
+
+
+def yara_detector(rules_dir: Path) -> Callable[[str], bool]:
+    """A YARA-rule scanner as a baseline: every *.yara / *.yar file of `rules_dir`, a hit when any rule matches
+    (needs `pip install yara-python`; e.g. the rules of cisco-ai-defense/mcp-scanner, mcpscanner/data/yara_rules)."""
+    import yara  # type: ignore[import-not-found]  # optional: only this baseline needs it
+
+    paths = {p.name: str(p) for p in sorted(rules_dir.iterdir()) if p.suffix in (".yara", ".yar")}
+    if not paths:
+        raise SystemExit(f"no .yara or .yar files in {rules_dir}")
+    compiled = yara.compile(filepaths=paths)
+
+    def hit(text: str) -> bool:
+        return bool(compiled.match(data=text.encode("utf-8")))
+    return hit
+
+
+def detection(show_misses: bool, parts: tuple[str, ...] = ("train", "holdout"),
+              extra: dict[str, Callable[[str], bool]] | None = None, per_file: bool = True) -> None:
+    """Recall and false-positive rate per kind and split, overall and per corpus file.
+
+    `--misses` prints misses of the train split only: the held-out split is for measuring, not for reading.
+    """
     rows = load()
-    print(f"{'set':24} {'detector':10} {'recall':>14} {'false positives':>18}")
-    sets = [(f"{kind}s ({split})", kind, split) for split in ("tuned", "holdout") for kind in ("description", "result")]
-    for label, kind, split in sets:
-        items = [r for r in rows if r["kind"] == kind and r.get("split", "tuned") == split]
-        if not items:
-            continue
-        pos = [r for r in items if r["label"] in POSITIVE]
-        neg = [r for r in items if r["label"] not in POSITIVE]
-        detectors: dict[str, Callable[[str], bool]] = {
-            "keywords": keyword_hit, "stile": lambda t, k=kind: scan(t, k).flagged}  # type: ignore[misc]
-        for name, hit in detectors.items():
-            tp = sum(hit(r["text"]) for r in pos)
-            fp = sum(hit(r["text"]) for r in neg)
-            print(f"{label:24} {name:10} {tp:>3}/{len(pos):<3} {tp / len(pos):6.1%} {fp:>4}/{len(neg):<4} "
-                  f"{fp / len(neg):6.1%}")
-            if show_misses:
-                for r in pos:
-                    if not hit(r["text"]):
-                        print(f"    missed: {r['text'][:90]!r}  [{r['source'][:60]}]")
-                for r in neg:
-                    if hit(r["text"]):
-                        print(f"    false+: {r['text'][:90]!r}  [{r['source'][:60]}] {scan(r['text'], kind)}")
+    print(f"{'set':40} {'detector':9} {'recall':>16} {'false positives':>17}")
+    for part in parts:
+        for kind in ("description", "result"):
+            items = [r for r in rows if r["kind"] == kind and r["part"] == part]
+            if not items:
+                continue
+            groups = [(f"{kind}s {part}: all", items)]
+            files = sorted({r["file"] for r in items})
+            if len(files) > 1 and per_file:
+                groups += [(f"{kind}s {part}: {f}", [r for r in items if r["file"] == f]) for f in files]
+            for label, group in groups:
+                detectors: dict[str, Callable[[str], bool]] = {
+                    "keywords": keyword_hit, **(extra or {}),
+                    "stile": lambda t, k=kind: scan(t, k).flagged}  # type: ignore[misc]
+                for name, hit in detectors.items():
+                    _line(label, name, group, hit, show_misses and part == "train" and name == "stile", kind)
 
 
 class _Views:
@@ -170,7 +210,11 @@ async def cost(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--misses", action="store_true", help="print the items each detector got wrong")
+    parser.add_argument("--misses", action="store_true", help="print what the screen got wrong (train split only)")
+    parser.add_argument("--yara", type=Path, help="also score with the YARA rules in this directory (baseline)")
+    parser.add_argument("--no-cost", action="store_true", help="detection only")
     args = parser.parse_args()
-    detection(args.misses)
+    detection(args.misses, extra={"yara": yara_detector(args.yara)} if args.yara else None)
+    if args.no_cost:
+        raise SystemExit(0)
     asyncio.run(cost(args.calls))

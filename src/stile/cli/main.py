@@ -125,7 +125,7 @@ def screen(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per definition")] = False,
     hits: Annotated[bool, typer.Option("--hits", help="only definitions the screen flags")] = False,
 ) -> None:
-    """Print the screen's verdict and digest of every tool and prompt (exit 1: unapproved hits)."""
+    """Print the screen's verdict and digest of every tool, prompt and resource (exit 1: unapproved hits)."""
     from stile.cli.screen import review
 
     loaded = _load(config)

@@ -1,4 +1,5 @@
-"""`stile screen`: discover the upstreams and print the screen's verdict on every tool and prompt definition.
+"""`stile screen`: discover the upstreams and print the screen's verdict on every tool, prompt, resource and
+resource template definition.
 
 For review: a quarantined definition is released by adding its digest to `policies.screen.approved`
 (the digest covers the whole definition as the virtual server exposes it, so a changed definition is
@@ -8,13 +9,30 @@ screened, and quarantined, again).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
 
 from stile.config.model import GatewayConfig
+from stile.core.catalog import Item, View
 from stile.core.gateway import Gateway
 from stile.policies.screen import Screen, ScreenConfig
+
+
+def _definitions(view: View) -> Iterator[tuple[str, str, Item, str]]:
+    """(kind, exposed name or URI, definition, upstream.original) of every tool, prompt, resource and template."""
+    for kind, items, index in (("tool", view.tools, view.tool_index), ("prompt", view.prompts, view.prompt_index)):
+        for item in items:
+            target = index.get(item.get("name", ""))
+            if target is not None:
+                yield kind, item["name"], item, f"{target.upstream}.{target.original}"
+    for kind, key, items, uris in (("resource", "uri", view.resources, view.resource_index),
+                                   ("resource template", "uriTemplate", view.templates, view.template_index)):
+        for item in items:
+            hit = uris.get(item.get(key, ""))
+            if hit is not None:
+                yield kind, item[key], item, f"{hit[0]}.{hit[1]}"
 
 
 async def review(cfg: GatewayConfig, out: Console, *, as_json: bool = False, only_hits: bool = False) -> int:
@@ -28,21 +46,15 @@ async def review(cfg: GatewayConfig, out: Console, *, as_json: bool = False, onl
         await gw.wait_discovered()  # start() returns at once: discovery runs in the background
         screen = Screen(screen_cfg, gw, list(cfg.virtual_servers))
         for view in gw.views.values():
-            for kind, items, index in (("tool", view.tools, view.tool_index), ("prompt", view.prompts,
-                                                                               view.prompt_index)):
-                for item in items:
-                    target = index.get(item.get("name", ""))
-                    if target is None:
-                        continue
-                    digest, hits = screen.definition_hits(item)
-                    approved = digest in screen.approved
-                    if hits and not approved:
-                        pending += 1
-                    if only_hits and not hits:
-                        continue
-                    rows.append({"virtual_server": view.name, "kind": kind, "exposed": item["name"],
-                                 "ref": f"{target.upstream}.{target.original}", "hits": list(hits),
-                                 "approved": approved, "digest": digest})
+            for kind, exposed, item, ref in _definitions(view):
+                digest, hits = screen.definition_hits(item)
+                approved = digest in screen.approved
+                if hits and not approved:
+                    pending += 1
+                if only_hits and not hits:
+                    continue
+                rows.append({"virtual_server": view.name, "kind": kind, "exposed": exposed, "ref": ref,
+                             "hits": list(hits), "approved": approved, "digest": digest})
     finally:
         await gw.stop()
     if as_json:

@@ -4,6 +4,13 @@
   ``{"events": [...]}``: the newest `limit` (default 100, at most 10000) matching events, oldest first.
 - ``GET /admin/usage?by=agent|user|tool|upstream&since=24h&until=`` -> ``{"rows": [...]}``.
 
+- ``GET /admin/screen/quarantined`` -> ``{"quarantined": [{digest, kind, ref, hits}, ...]}``: the definitions
+  the screen (`policies.screen`, `descriptions: quarantine`) hides until reviewed, in this process.
+- ``POST /admin/screen/approve?digest=D`` -> ``{"approved": D, "ref": ..., "persist": ...}``: releases one
+  quarantined definition in this process (its clients are told the lists changed); 404 when no definition
+  with that digest is quarantined. To keep it across restarts and replicas, list the digest under
+  `policies.screen.approved` (the reply says so). 404 for both when no virtual server screens descriptions.
+
 Access: 404 unless `admin.enabled`; the caller authenticates like an MCP client (API key or bearer
 token; a token's audience is the base URL + "/admin") and must hold one of `admin.roles`: 401 with a
 Bearer challenge otherwise, 403 without the role. Bad parameters answer 400 naming the parameter. The
@@ -14,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from stile.config.model import GatewayConfig
@@ -41,6 +49,16 @@ MAX_LIMIT = 10_000
 MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z; since/until beyond +-this are refused
 _AUDIT_PARAMS = {"agent", "user", "tool", "upstream", "outcome", "server", "since", "until", "limit"}
 _USAGE_PARAMS = {"by", "since", "until"}
+_SCREEN_PATHS = {"/admin/screen/quarantined": "GET", "/admin/screen/approve": "POST"}
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+class Quarantine(Protocol):
+    """What the admin API needs of the screen policy (`stile.policies.screen.Screen`)."""
+
+    def quarantine_entries(self) -> Sequence[Any]: ...
+
+    def approve(self, item_digest: str) -> bool: ...
 
 
 class BadParam(Exception):
@@ -52,8 +70,11 @@ class BadParam(Exception):
 
 class AdminApi:
     def __init__(self, cfg: GatewayConfig, audit: AuditLog, state_url: str | None, authn: Authenticator,
-                 base_url: Callable[[dict[str, str]], str | None]) -> None:
+                 base_url: Callable[[dict[str, str]], str | None], screen: Quarantine | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
+        self.screen = screen
+        self.on_release = on_release  # after an approval: tell the clients their lists changed
         self.audit = audit
         self.state_url = state_url
         self.authn = authn
@@ -82,6 +103,9 @@ class AdminApi:
             await send_json(send, 403, {"error": "forbidden", "message": f"needs one of the roles {admin.roles}"})
             return
         path: str = scope["path"]
+        if path in _SCREEN_PATHS:
+            await self._screen(scope, headers, send, principal)
+            return
         if path not in ("/admin/audit", "/admin/usage"):
             await send_json(send, 404, {"error": "not_found", "message": f"no admin endpoint at {path}"})
             return
@@ -113,7 +137,47 @@ class AdminApi:
         if self.audit.enabled:
             query = scope.get("query_string", b"").decode("latin-1")[:1024]
             self.audit.record_http("(admin)", headers, outcome, reason or query,
-                                         method=f"GET {scope['path']}", principal=principal)
+                                   method=f"{str(scope.get('method', 'GET'))[:16]} {scope['path']}",
+                                   principal=principal)
+
+    async def _screen(self, scope: Scope, headers: dict[str, str], send: Send, principal: Principal) -> None:
+        path: str = scope["path"]
+        want = _SCREEN_PATHS[path]
+        if scope["method"] != want:
+            await send_json(send, 405, {"error": "method_not_allowed"}, [(b"allow", want.encode())])
+            return
+        if self.screen is None:
+            await send_json(send, 404, {"error": "not_found", "message": "no virtual server screens descriptions"})
+            return
+        try:
+            params = _params(scope, {"digest"} if want == "POST" else set())
+        except BadParam as exc:
+            await send_json(send, 400, {"error": "bad_request", "parameter": exc.name, "message": exc.message})
+            return
+        entries = {e.digest: e for e in self.screen.quarantine_entries()}
+        if want == "GET":
+            self._audit_access(scope, headers, "ok", None, principal)
+            await send_json(send, 200, {"quarantined": [e.as_dict() for e in entries.values()]})
+            return
+        item_digest = params.get("digest", "")
+        if not _DIGEST.fullmatch(item_digest):
+            await send_json(send, 400, {"error": "bad_request", "parameter": "digest",
+                                        "message": "digest must be the 32 lowercase hex digits stile screen prints"})
+            return
+        entry = entries.get(item_digest)
+        if entry is None:
+            self._audit_access(scope, headers, "denied", f"screen approve {item_digest}: not quarantined", principal)
+            await send_json(send, 404, {"error": "not_found", "message": "no quarantined definition has that digest"})
+            return
+        self.screen.approve(item_digest)
+        self._audit_access(scope, headers, "ok", f"screen approve {item_digest} ({entry.kind} {entry.ref})", principal)
+        log.warning("screen: %s %s approved by %s via the admin API, stile_digest=%s", entry.kind, entry.ref,
+                    principal.agent or principal.user or "(admin)", item_digest)
+        if self.on_release is not None:
+            self.on_release()
+        await send_json(send, 200, {"approved": item_digest, "kind": entry.kind, "ref": entry.ref,
+                                    "persist": "released in this process only: add the digest to "
+                                               "policies.screen.approved to keep it across restarts and replicas"})
 
     async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
         raw_limit = params.get("limit", "100")

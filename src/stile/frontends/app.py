@@ -34,6 +34,7 @@ from stile.frontends.streamable import StreamableEndpoint, error_body
 from stile.identity.audience import LOOPBACK, host_sets_audience
 from stile.identity.authn import Authenticator, AuthRequired, missing_scopes
 from stile.observe.metrics import CONTENT_TYPE
+from stile.policies.screen import Screen
 from stile.wire import jsonrpc
 from stile.wire.errors import INTERNAL_ERROR, ClientError, StileError
 from stile.wire.forwarded import PEER
@@ -54,7 +55,9 @@ class StileApp:
         self.sse = LegacySseEndpoint(gw, self.mcp)
         state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
-        self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base)
+        screen = next((p for p in runtime.policies if isinstance(p, Screen)), None)
+        self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base,
+                              screen=screen, on_release=self._lists_changed)
         self.metrics_access = MetricsAccess(runtime, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
@@ -70,6 +73,13 @@ class StileApp:
                               if public else "")
         self.allowed_hosts = {h.lower() for h in gw.cfg.allowed_hosts} or (set(LOOPBACK) if local else set())
         self.allowed_origins = {o.lower().rstrip("/") for o in gw.cfg.allowed_origins}
+
+    def _lists_changed(self) -> None:
+        """A quarantined definition was released: every client may see more than its lists said."""
+        for name in self.gw.cfg.virtual_servers:
+            for method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+                           "notifications/resources/list_changed"):
+                self.gw.hub.publish(name, jsonrpc.notification(method))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -1,15 +1,16 @@
 """Poisoning and injection screens (`policies.screen`): tool descriptions at discovery, tool results per call.
 
-Descriptions: every tool's and prompt's `description`, its `title`, and every `description` inside a
-tool's `inputSchema` (and a prompt's argument descriptions) of the caller's view are scored by the
-built-in rule set (`screen_rules`) and by an optional plug-in classifier. What a hit does is set per
+Descriptions: every tool's, prompt's, resource's and resource template's `description` and `title`, every
+`description` inside a tool's `inputSchema` and a prompt's argument descriptions, of the caller's view, are
+scored by the built-in screen (`screen_rules`) and by an optional plug-in classifier. What a hit does is set per
 virtual server (`descriptions:`):
 - `flag`: the tool stays; the hit is logged (`stile.screen`) each time a screened view is computed;
 - `block`: the tool is hidden while its definition is a hit (absent from lists, a call answers exactly
-  like an unknown tool: the router only knows the screened view);
+  like an unknown tool: the router only knows the screened view; a hidden resource or template reads like
+  an unknown URI);
 - `quarantine`: hidden until a reviewer approves that exact definition: its digest (`stile_digest`,
-  printed in the log line, and by `Screen.quarantined()`) listed under `approved:` in the config, or
-  approved at runtime with `Screen.approve(digest)` (in memory).
+  printed in the log line and by `stile screen`) listed under `approved:` in the config, or approved at
+  runtime through the admin API (`POST /admin/screen/approve`, in that process's memory).
 The server `instructions` in `initialize` / `server/discover` replies are screened too: a hit is dropped
 from the reply (`block`, `quarantine`: its digest under `approved:` keeps it) or logged (`flag`).
 The screen narrows the view the way access control does (`ctx.with_view`), once per source view; `core`
@@ -32,7 +33,7 @@ import hashlib
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -43,15 +44,32 @@ from stile.core.catalog import Item, Target, View, ViewSource
 from stile.core.context import CallContext, CallNext, Reply
 from stile.policies.registry import PolicyDeps, PolicyType, register
 from stile.policies.rules import PolicyDenied
-from stile.policies.screen_rules import Kind, Verdict, scan
+from stile.policies.screen_model import Kind
+from stile.policies.screen_rules import Verdict, scan
 
 log = logging.getLogger("stile.screen")
 SCREEN_BLOCKED = -32012  # -32011 is a rate limit (policies/ratelimit.py)
-_LISTS = frozenset({"tools/list", "prompts/list"})
+_LISTS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
+# methods whose routing must see the screened view (a hidden definition answers like a nonexistent one)
+_ROUTED = frozenset({"tools/call", "prompts/get", "completion/complete", "resources/read", "resources/subscribe",
+                     "resources/unsubscribe"})
 _HANDSHAKES = frozenset({"initialize", "server/discover"})  # their replies carry the server's `instructions`
 Classifier = Callable[[str, str], float]
 DescriptionAction = Literal["off", "flag", "block", "quarantine"]
 ResultAction = Literal["off", "flag", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A definition hidden until a reviewer approves its digest."""
+
+    digest: str
+    kind: str  # tool | prompt | resource | resource template
+    ref: str  # upstream.name (upstream.uri for resources and templates)
+    hits: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"digest": self.digest, "kind": self.kind, "ref": self.ref, "hits": list(self.hits)}
 
 
 class ScreenBlocked(PolicyDenied):
@@ -157,7 +175,7 @@ class Screen:
             log.warning("policies.screen.virtual_servers.%s: no such virtual server", name)
         self._verdicts: dict[str, tuple[str, ...]] = {}  # digest -> hits (empty: clean), per definition
         self._views: dict[tuple[str, int], tuple[View, View]] = {}  # (vs, id(source)) -> (source, screened)
-        self._quarantined: dict[str, str] = {}  # digest -> "upstream.name", awaiting review
+        self._quarantined: dict[str, Quarantined] = {}  # digest -> what awaits review
 
     # --- review ------------------------------------------------------------------------------
     def approve(self, item_digest: str) -> bool:
@@ -169,7 +187,17 @@ class Screen:
         return known
 
     def quarantined(self) -> dict[str, str]:
-        return dict(self._quarantined)
+        """digest -> "upstream.name" (or "upstream.uri") of every definition awaiting review."""
+        return {d: q.ref for d, q in self._quarantined.items()}
+
+    def quarantine_entries(self) -> list[Quarantined]:
+        return sorted(self._quarantined.values(), key=lambda q: (q.ref, q.digest))
+
+    async def start(self) -> None:  # in the runtime's lifecycle so that the admin API can find the screen
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
     # --- scoring -----------------------------------------------------------------------------
     def score_text(self, text: str, kind: Kind) -> tuple[str, ...]:
@@ -209,8 +237,13 @@ class Screen:
             return cached[1]
         tools, tool_index = self._keep(view.tools, view.tool_index, action, "tool")
         prompts, prompt_index = self._keep(view.prompts, view.prompt_index, action, "prompt")
-        out = view if tools is view.tools and prompts is view.prompts else replace(
-            view, tools=tools, tool_index=tool_index, prompts=prompts, prompt_index=prompt_index)
+        resources, resource_index = self._keep_uris(view.resources, view.resource_index, "uri", vs, action)
+        templates, template_index = self._keep_uris(view.templates, view.template_index, "uriTemplate", vs, action)
+        same = (tools is view.tools and prompts is view.prompts and resources is view.resources
+                and templates is view.templates)
+        out = view if same else replace(
+            view, tools=tools, tool_index=tool_index, prompts=prompts, prompt_index=prompt_index,
+            resources=resources, resource_index=resource_index, templates=templates, template_index=template_index)
         if len(self._views) > 4096:
             self._views.clear()
         self._views[key] = (view, out)
@@ -226,25 +259,51 @@ class Screen:
             target = index.get(name)
             if target is None:
                 continue
-            d, hits = self.definition_hits(item)
-            ref = f"{target.upstream}.{target.original}"
-            if hits and d not in self.approved:
-                if action == "flag":
-                    log.warning("screen: %s %s looks poisoned (%s), stile_digest=%s", what, ref, ",".join(hits), d)
-                else:
-                    if action == "quarantine":
-                        if d not in self._quarantined:
-                            log.warning("screen: %s %s quarantined (%s) until approved: stile_digest=%s",
-                                        what, ref, ",".join(hits), d)
-                        if len(self._quarantined) < 65_536:
-                            self._quarantined[d] = ref
-                    else:
-                        log.warning("screen: %s %s hidden (%s), stile_digest=%s", what, ref, ",".join(hits), d)
-                    dropped = True
-                    continue
+            if self._hidden(item, f"{target.upstream}.{target.original}", what, action):
+                dropped = True
+                continue
             kept.append(item)
             kept_index[name] = target
         return (kept, kept_index) if dropped else (items, index)
+
+    def _keep_uris(self, items: list[Item], index: dict[str, tuple[str, str]], key: str, vs: str,
+                   action: str) -> tuple[list[Item], dict[str, tuple[str, str]]]:
+        """Resources (key `uri`) or resource templates (`uriTemplate`): a hidden one leaves the list and the
+        index, so reading its URI answers like an unknown resource (unless a listed template covers it)."""
+        kept: list[Item] = []
+        kept_index: dict[str, tuple[str, str]] = {}
+        what = "resource" if key == "uri" else "resource template"
+        dropped = False
+        for item in items:
+            exposed = item.get(key)
+            target = index.get(exposed) if isinstance(exposed, str) else None
+            if target is None:
+                kept.append(item)
+                continue
+            if self._hidden(item, f"{target[0]}.{target[1]}", what, action):
+                dropped = True
+                continue
+            kept.append(item)
+            kept_index[exposed] = target  # type: ignore[index]
+        return (kept, kept_index) if dropped else (items, index)
+
+    def _hidden(self, item: Item, ref: str, what: str, action: str) -> bool:
+        """Whether a definition leaves the view (block, quarantine); a flag only logs."""
+        d, hits = self.definition_hits(item)
+        if not hits or d in self.approved:
+            return False
+        if action == "flag":
+            log.warning("screen: %s %s looks poisoned (%s), stile_digest=%s", what, ref, ",".join(hits), d)
+            return False
+        if action == "quarantine":
+            if d not in self._quarantined:
+                log.warning("screen: %s %s quarantined (%s) until approved: stile_digest=%s",
+                            what, ref, ",".join(hits), d)
+            if len(self._quarantined) < 65_536:
+                self._quarantined[d] = Quarantined(d, what, ref, hits)
+        else:
+            log.warning("screen: %s %s hidden (%s), stile_digest=%s", what, ref, ",".join(hits), d)
+        return True
 
     # --- the policy ------------------------------------------------------------------------------
     async def __call__(self, ctx: CallContext, call_next: CallNext) -> Reply:
@@ -255,8 +314,7 @@ class Screen:
             return await call_next(ctx)
         desc_action, result_action = actions
         method = ctx.method
-        if desc_action != "off" and (method in _LISTS or method in ("tools/call", "prompts/get",
-                                                                    "completion/complete")):
+        if desc_action != "off" and (method in _LISTS or method in _ROUTED):
             view = ctx.view or self.views.view(ctx.virtual_server)
             if view is not None:
                 if ctx.view is None and method in _LISTS:
@@ -322,7 +380,10 @@ class Screen:
 
 def _screen(deps: PolicyDeps, config: Any) -> Screen:
     cfg = config if isinstance(config, ScreenConfig) else ScreenConfig()
-    return Screen(cfg, deps.views, list(deps.cfg.virtual_servers))
+    screen = Screen(cfg, deps.views, list(deps.cfg.virtual_servers))
+    if screen.enabled:
+        deps.lifecycle.append(screen)  # how the admin API (frontends/admin.py) reaches the quarantine
+    return screen
 
 
 SCREEN = register(PolicyType("screen", _screen, ScreenConfig, order=55,
