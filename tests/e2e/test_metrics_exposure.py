@@ -244,6 +244,19 @@ async def test_metrics_and_readyz_refuse_a_rebound_host_or_foreign_origin(direct
     assert json.loads(body) == {"status": "ok"}  # liveness stays exempt and says nothing else
 
 
+async def test_the_metrics_token_is_served_whatever_the_host_as_prometheus_scrapes_pod_ips(proxied: Gw) -> None:
+    pod_ip = {"Host": "10.42.0.17:8080"}  # not loopback, not an allowed host: 421 for everything else
+    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    status, _, body = await _get(proxied.base, "/metrics", {**pod_ip, **bearer})
+    assert status == 200 and b"stile_requests_total" in body
+    for refused in ({**pod_ip}, {**pod_ip, "Authorization": "Bearer not-the-token"},
+                    {**pod_ip, **bearer, "Origin": "http://attacker.example"}):
+        status, _, body = await _get(proxied.base, "/metrics", refused)
+        assert status in (421, 403) and b"stile_" not in body, refused
+    status, _, _ = await _get(proxied.base, "/readyz", {**pod_ip, **bearer})
+    assert status == 421  # the exception is the token-bearing /metrics only
+
+
 async def test_readyz_tells_a_remote_client_only_status_and_era(proxied: Gw) -> None:
     status, _, body = await _get(proxied.base, "/readyz", REMOTE)
     assert status == 503

@@ -1,7 +1,9 @@
 """Who may read GET /metrics and the error details of GET /readyz (`metrics:` in the config).
 
-Both paths first pass the Host/Origin (DNS-rebinding) checks like every other path. Then /metrics is
-served to:
+Both paths first pass the Host/Origin (DNS-rebinding) checks like every other path, with one exception: a
+/metrics request carrying the metrics token is served whatever its Host (Prometheus in Kubernetes scrapes
+pod IPs and cannot set `Host` to one of `allowed_hosts`; a page tricked by DNS rebinding does not know the
+token). Then /metrics is served to:
 - a client on loopback: the TCP peer, or the forwarded client when the peer is in `trusted_proxies`
   (so Prometheus scraping on the same host needs no config, and a local reverse proxy listed in
   `trusted_proxies` does not turn every remote client into a local one). Unless `allowed_hosts` is
@@ -45,7 +47,7 @@ class MetricsAccess:
         self.base_url = base_url
         self._token = self.cfg.token.encode() if self.cfg.token is not None else None
 
-    def _token_ok(self, headers: dict[str, str]) -> bool:
+    def token_ok(self, headers: dict[str, str]) -> bool:
         scheme, _, value = headers.get("authorization", "").partition(" ")
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
@@ -60,7 +62,7 @@ class MetricsAccess:
         return bool(self.gateway_cfg.allowed_hosts) or _loopback_host(headers.get("host", ""))
 
     def _local_or_token(self, headers: dict[str, str]) -> bool:
-        return self._local(headers) or self._token_ok(headers)
+        return self._local(headers) or self.token_ok(headers)
 
     async def _admin(self, headers: dict[str, str]) -> tuple[bool, str | None]:
         """(is an admin, why not) for a request carrying credentials; raises AuthRequired on bad ones."""
