@@ -1,0 +1,85 @@
+"""One worker of `stile serve --workers N`: today's gateway, serving the supervisor's listening socket.
+
+The supervisor starts each worker as `stile serve ... --worker-fd FD --lifeline-fd FD` with its environment
+(`stile.workers.supervisor.worker_env`): the shared session key, the worker's own STILE_REPLICA_ID, the
+sockets of the hosted stdio upstreams and the bus URL. A worker
+
+- serves the inherited socket (`--worker-fd`) with uvicorn's graceful shutdown on SIGTERM;
+- writes its audit spool and write-ahead log under `<audit spool dir>/<replica id>`, so workers never share
+  a spool file, and a restarted worker (same replica id) replays what its predecessor left;
+- tags each HTTP response with `Stile-Worker: <index>` (which worker answered; the load is the kernel's to
+  spread over the accepting workers);
+- stops (gracefully) when the supervisor dies: the lifeline pipe's write end is the supervisor's alone, so
+  it reads end-of-file then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from typing import Any
+
+from uvicorn._compat import asyncio_run
+
+from stile.assembly import audit_spool_dir
+from stile.config.model import GatewayConfig
+from stile.server import prepare
+
+INDEX_ENV = "STILE_WORKER_INDEX"
+REPLICA_ENV = "STILE_REPLICA_ID"
+WORKER_HEADER = b"stile-worker"
+
+ASGIApp = Any
+
+
+class WorkerTag:
+    """ASGI wrapper adding `Stile-Worker: <index>` to every HTTP response."""
+
+    def __init__(self, app: ASGIApp, index: str) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER, index.encode("ascii"))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = self.header
+
+        async def tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
+def own_spool(cfg: GatewayConfig, state_url: str | None, replica_id: str) -> GatewayConfig:
+    """`cfg` with the audit spool (and WAL) in this worker's own subdirectory of the configured one."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", replica_id) or "worker"
+    spool = audit_spool_dir(cfg, state_url) / safe
+    return cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"spool_dir": str(spool)})})
+
+
+def run_worker(cfg: GatewayConfig, *, host: str, port: int, fd: int, lifeline_fd: int | None,
+               log_level: str = "info", state_url: str | None = None) -> None:
+    index = os.environ.get(INDEX_ENV, "0")
+    replica_id = os.environ.get(REPLICA_ENV) or f"{socket.gethostname()}-w{index}"
+    server = prepare(own_spool(cfg, state_url, replica_id), host=host, port=port, log_level=log_level,
+                     state_url=state_url)
+    server.config.app = WorkerTag(server.config.app, index)
+    sock = socket.socket(fileno=fd)
+
+    async def serve() -> None:
+        if lifeline_fd is not None:
+            loop = asyncio.get_running_loop()
+
+            def supervisor_gone() -> None:
+                loop.remove_reader(lifeline_fd)
+                server.should_exit = True
+
+            loop.add_reader(lifeline_fd, supervisor_gone)
+        await server.serve(sockets=[sock])
+
+    asyncio_run(serve(), loop_factory=server.config.get_loop_factory())
