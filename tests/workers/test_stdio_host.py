@@ -26,6 +26,7 @@ from stile.wire import jsonrpc
 from stile.wire.errors import MethodNotFound, UpstreamUnavailable
 from stile.workers.stdio_host import MAX_IN_FLIGHT, StdioHost
 from tests.support import REPO
+from tests.workers.polling import eventually
 
 CMD = [sys.executable, "-m", "tests.fixtures.pid_stdio"]
 
@@ -67,6 +68,10 @@ def text(reply: dict[str, Any]) -> str:
     assert "result" in reply, reply
     out: str = reply["result"]["content"][0]["text"]
     return out
+
+
+def in_flight(hosted: Hosted) -> int:
+    return sum(len(c.calls) for c in hosted.host._connections.values())
 
 
 def started_pids(path: Path) -> list[str]:
@@ -136,15 +141,11 @@ async def test_a_client_error_answer_reaches_the_process_as_an_error(hosted: Hos
 async def test_a_cancelled_call_frees_the_connection_for_the_next(hosted: Hosted) -> None:
     a, _ = hosted.workers
     task = asyncio.create_task(a.request("tools/call", call("pause", {"seconds": 30})))
-    async with asyncio.timeout(10):
-        while not hosted.host._connections or not any(c.calls for c in hosted.host._connections.values()):
-            await asyncio.sleep(0.01)  # polling the host's own state, with a deadline
+    await eventually(lambda: in_flight(hosted) > 0, "the call reached the host", 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    async with asyncio.timeout(10):
-        while any(c.calls for c in hosted.host._connections.values()):
-            await asyncio.sleep(0.01)
+    await eventually(lambda: in_flight(hosted) == 0, "the host let go of the cancelled call", 10)
     assert text(await a.request("tools/call", call("whoami"))) == started_pids(hosted.pids)[0]
 
 
@@ -152,10 +153,8 @@ async def test_a_killed_process_is_restarted_once_for_all_workers(hosted: Hosted
     a, b = hosted.workers
     first = started_pids(hosted.pids)
     os.killpg(int(first[0]), signal.SIGKILL)
-    async with asyncio.timeout(30):
-        while len(started_pids(hosted.pids)) < 2 or not hosted.host.upstream.healthy:
-            await asyncio.sleep(0.05)
-        replies = [await w.request("tools/call", call("whoami")) for w in (a, b)]
+    await eventually(lambda: len(started_pids(hosted.pids)) == 2 and hosted.host.upstream.healthy, "restarted", 30)
+    replies = [await w.request("tools/call", call("whoami")) for w in (a, b)]
     pids = started_pids(hosted.pids)
     assert len(pids) == 2
     assert {text(r) for r in replies} == {pids[1]}
@@ -164,9 +163,7 @@ async def test_a_killed_process_is_restarted_once_for_all_workers(hosted: Hosted
 async def test_a_worker_that_goes_away_fails_its_calls_and_reconnects(hosted: Hosted) -> None:
     a, _ = hosted.workers
     task = asyncio.create_task(a.request("tools/call", call("pause", {"seconds": 30})))
-    async with asyncio.timeout(10):
-        while not any(c.calls for c in hosted.host._connections.values()):
-            await asyncio.sleep(0.01)
+    await eventually(lambda: in_flight(hosted) > 0, "the call reached the host", 10)
     for conn in list(hosted.host._connections.values()):
         conn.writer.close()  # the host side drops every connection
     with pytest.raises(UpstreamUnavailable):
