@@ -79,6 +79,14 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def zombie(pid: int) -> bool:
+    """Exited, waiting to be reaped by its (new) parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def config(tmp: Path, slow: str | None = None) -> dict[str, Any]:
     upstreams: dict[str, Any] = {
         "pids": {"command": PID_STDIO, "cwd": str(REPO), "env": {"PIDS_FILE": str(tmp / "pids")}},
@@ -333,3 +341,16 @@ async def test_a_second_sigterm_kills_the_workers_at_once(slow_upstream: str) ->
         assert code == 1
         assert time.monotonic() - began < 5, "it did not wait for the drain"
         assert len(workers) == 2 and not any(map(alive, workers.values()))
+
+
+async def test_workers_and_the_hosted_stdio_process_stop_when_the_supervisor_is_killed() -> None:
+    """SIGKILL leaves the supervisor no chance to clean up: the lifeline pipe and stdin EOF do it."""
+    with workers_gateway() as gw:
+        workers = gw.workers()
+        await eventually(lambda: len(gw.stdio_pids()) == 1, "the hosted process started")
+        stdio = int(gw.stdio_pids()[0])
+        assert len(workers) == 2
+        gw.proc.kill()
+        gw.proc.wait(timeout=10)
+        pids = [*workers.values(), stdio]
+        await eventually(lambda: all(not alive(p) or zombie(p) for p in pids), "workers and stdio process gone", 30)

@@ -41,7 +41,7 @@ def main(
     """Stile: a governed, dual-era MCP gateway."""
 
 
-def _load(path: Path) -> LoadedConfig:
+def _load(path: Path, *, warn: bool = True) -> LoadedConfig:
     from stile.config.warnings import config_warnings
 
     try:
@@ -50,7 +50,7 @@ def _load(path: Path) -> LoadedConfig:
         for problem in exc.problems:
             err.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    for warning in config_warnings(loaded.config, str(path)):
+    for warning in config_warnings(loaded.config, str(path)) if warn else ():
         err.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
     return loaded
 
@@ -75,8 +75,8 @@ def serve(
     from stile.cli.endpoints import PortBusy, base_url, check_port, endpoint_lines
     from stile.server import run
 
-    loaded = _load(config)
-    if worker_fd is not None:  # a worker of `--workers N`: the supervisor printed the endpoints
+    loaded = _load(config, warn=worker_fd is None)
+    if worker_fd is not None:  # a worker of `--workers N`: the supervisor printed the endpoints and warnings
         from stile.workers.worker import run_worker
 
         _logging(log_level)

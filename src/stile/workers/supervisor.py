@@ -106,11 +106,12 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, cfg: GatewayConfig, argv: list[str], *, host: str, port: int, workers: int,
+    def __init__(self, cfg: GatewayConfig, config: Path, *, host: str, port: int, workers: int, log_level: str,
                  state_url: str | None) -> None:
-        """`argv`: the worker command line up to its worker options (`... stile serve --config X --port P`)."""
+        """`config`: the file the workers load (the same one, so they build the same gateway)."""
         self.cfg = cfg
-        self.argv = argv
+        self.config = config
+        self.log_level = log_level
         self.host = host
         self.port = port
         self.state_url = state_url
@@ -127,6 +128,8 @@ class Supervisor:
     async def run(self) -> int:
         os.environ.pop(SOCKETS_ENV, None)  # this process runs the stdio upstreams itself
         sock = bind(self.host, self.port)
+        self.port = sock.getsockname()[1]  # `--port 0`: the one the kernel picked
+        argv = worker_argv(self.config, host=self.host, port=self.port, log_level=self.log_level)
         lifeline_r, lifeline_w = os.pipe()
         runtime_dir = Path(tempfile.mkdtemp(prefix="stile-workers-"))  # mode 0700: only this user reaches it
         vault: VaultCredentials | None = None
@@ -145,7 +148,7 @@ class Supervisor:
             if sockets:
                 shared[SOCKETS_ENV] = orjson.dumps(sockets).decode()
             for slot in self.slots:
-                slot.task = spawn(self._keep(slot, sock, lifeline_r, shared), name=f"worker-{slot.index}")
+                slot.task = spawn(self._keep(slot, argv, sock, lifeline_r, shared), name=f"worker-{slot.index}")
             log.info("supervisor %d: %d workers on %s:%d", os.getpid(), len(self.slots), self.host, self.port)
             await self._stopping.wait()
             sock.close()  # stop accepting: connections not yet accepted are refused from here on
@@ -227,11 +230,12 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
         return hard
 
-    async def _keep(self, slot: Slot, sock: socket.socket, lifeline: int, shared: dict[str, str]) -> None:
+    async def _keep(self, slot: Slot, argv: list[str], sock: socket.socket, lifeline: int, shared: dict[str, str]
+                    ) -> None:
         """Run the worker of `slot`, restarting it with backoff until the supervisor stops."""
         backoff = FIRST_BACKOFF
         fd = sock.fileno()
-        argv = [*self.argv, "--worker-fd", str(fd), "--lifeline-fd", str(lifeline)]
+        argv = [*argv, "--worker-fd", str(fd), "--lifeline-fd", str(lifeline)]
         while not self._stopping.is_set():
             began = time.monotonic()
             slot.starts += 1
@@ -270,8 +274,8 @@ def supervise(cfg: GatewayConfig, config: Path, *, host: str, port: int, workers
               state_url: str | None) -> int:
     """Run the supervisor until it is stopped; its exit code."""
     try:
-        supervisor = Supervisor(cfg, worker_argv(config, host=host, port=port, log_level=log_level), host=host,
-                                port=port, workers=workers, state_url=state_url)
+        supervisor = Supervisor(cfg, config, host=host, port=port, workers=workers, log_level=log_level,
+                                state_url=state_url)
         return asyncio.run(supervisor.run())
     except VaultError as exc:
         raise SystemExit(f"error: {exc}") from None
