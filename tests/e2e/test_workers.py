@@ -221,12 +221,18 @@ async def test_a_legacy_session_opened_on_one_worker_continues_on_the_other(gate
         assert tag != first, "every request landed on the worker that opened the session"
 
 
-async def test_the_workers_refuse_a_caller_without_credentials_and_a_forged_session(gateway: Gateway) -> None:
+@pytest.mark.parametrize("era", ERAS)
+async def test_the_workers_refuse_a_caller_without_credentials_and_a_forged_session(gateway: Gateway, era: str) -> None:
     url = f"{gateway.base}/mcp/locked"
+    if era == "legacy":
+        body, headers = whoami(1), legacy_headers()
+    else:
+        body = {**whoami(1), "params": {**whoami(1)["params"], "_meta": modern_meta()}}
+        headers = modern_headers("tools/call", "pids__whoami")
     statuses: dict[str, set[int]] = {}
     async with one_connection_per_request() as http:
-        for rid in range(ATTEMPTS):
-            status, tag, _, _ = await post(http, url, whoami(rid), legacy_headers())
+        for _ in range(ATTEMPTS):
+            status, tag, _, _ = await post(http, url, body, headers)
             statuses.setdefault(tag or "?", set()).add(status)
             if len(statuses) == 2:
                 break
