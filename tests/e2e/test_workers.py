@@ -360,3 +360,18 @@ async def test_workers_and_the_hosted_stdio_process_stop_when_the_supervisor_is_
         gw.proc.wait(timeout=10)
         pids = [*workers.values(), stdio]
         await eventually(lambda: all(not alive(p) or zombie(p) for p in pids), "workers and stdio process gone", 30)
+
+
+def test_workers_that_cannot_start_stop_the_supervisor_with_their_error(tmp_path: Path) -> None:
+    """An unusable audit spool directory fails every worker the same way: no restart loop, exit 1."""
+    cfg = {**config(tmp_path), "audit": {"spool_dir": "/dev/null/spool"}}
+    path = tmp_path / "stile.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "STILE_REPLICA_ID"}
+    done = subprocess.run([sys.executable, "-m", "stile", "serve", "--config", str(path), "--port", str(free_port()),
+                           "--workers", "2"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "not writable" in output and "could not start" in output
+    assert "Traceback" not in output
+    assert output.count("worker 0 started") == 1, "not restarted"

@@ -7,6 +7,8 @@ and the local bus (`start_bus`). Every worker gets the same session key (generat
 configured, so any worker opens any session id) and its own STILE_REPLICA_ID (`<host>-w<i>`).
 
 A worker that dies is restarted with backoff (0.5 s doubling to 30 s; reset after a run of 30 s).
+A worker whose first start fails at once
+with an error code (a config or permission problem every worker would have) stops the supervisor (exit 1).
 SIGTERM or SIGINT: close the listening socket, SIGTERM every worker (uvicorn drains in-flight requests,
 bounded by its graceful-shutdown timeout), wait for them (at most `DRAIN_SECONDS`, then SIGKILL), stop the
 stdio upstreams and the bus, exit 0. A second SIGTERM/SIGINT SIGKILLs the workers at once and exits 1.
@@ -49,6 +51,7 @@ DRAIN_SECONDS = 15.0  # a worker's graceful shutdown (uvicorn: 5 s) plus its lif
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 30.0  # a worker that ran this long restarts after FIRST_BACKOFF again
+STARTUP_SECONDS = 30.0  # a first start that exits with an error code this soon stops the supervisor
 BUS_ENV = "STILE_BUS_URL"
 MAX_WORKERS = 256
 
@@ -120,6 +123,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals = 0
+        self.failed = False  # a worker could not start at all
         self.hosts: list[StdioHost] = []
 
     def worker_env(self, slot: Slot, shared: dict[str, str]) -> dict[str, str]:
@@ -165,7 +169,7 @@ class Supervisor:
             os.close(lifeline_r)
             shutil.rmtree(runtime_dir, ignore_errors=True)
         log.info("supervisor %d: stopped%s", os.getpid(), " (forced)" if forced else "")
-        return 1 if forced else 0
+        return 1 if forced or self.failed else 0
 
     def _session_env(self) -> dict[str, str]:
         """STILE_SESSION_KEY for the workers when neither the environment nor the config sets one."""
@@ -255,6 +259,12 @@ class Supervisor:
             if self._stopping.is_set():
                 log.info("worker %d (pid %d) stopped: %s", slot.index, pid, exit_cause(code))
                 return
+            if slot.starts == 1 and code is not None and code > 0 and time.monotonic() - began < STARTUP_SECONDS:
+                log.error("worker %d (pid %d) could not start (%s, its error is above): stopping", slot.index, pid,
+                          exit_cause(code))  # a config or permission problem every worker has: no restart loop
+                self.failed = True
+                self._stopping.set()
+                return
             if time.monotonic() - began >= STABLE_SECONDS:
                 backoff = FIRST_BACKOFF
             log.warning("worker %d (pid %d) died: %s; restarting in %.1fs (start %d)", slot.index, pid,
@@ -279,3 +289,6 @@ def supervise(cfg: GatewayConfig, config: Path, *, host: str, port: int, workers
         return asyncio.run(supervisor.run())
     except VaultError as exc:
         raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:  # the port (taken since the check), the runtime directory, a Unix socket path
+        raise SystemExit(f"error: cannot start the workers: {exc.strerror or exc}"
+                         f"{f' ({exc.filename})' if exc.filename else ''}") from None
