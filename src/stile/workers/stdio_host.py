@@ -52,17 +52,15 @@ class Connection:
     def __init__(self, number: int, writer: asyncio.StreamWriter) -> None:
         self.number = number
         self.writer = writer
-        self.lock = asyncio.Lock()
         self.asked: dict[int, asyncio.Future[Any]] = {}
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._rids = itertools.count(1)
 
     async def send(self, frame: dict[str, Any]) -> None:
-        data = orjson.dumps(frame) + b"\n"
-        async with self.lock:
-            with contextlib.suppress(OSError):  # the worker went away: its reader cleans up
-                self.writer.write(data)
-                await self.writer.drain()
+        """One whole frame per `write` (never interleaved); `drain` waits only while the worker reads slowly."""
+        with contextlib.suppress(OSError):  # the worker went away: its reader cleans up
+            self.writer.write(orjson.dumps(frame) + b"\n")
+            await self.writer.drain()
 
     async def ask(self, call: int, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         rid = next(self._rids)
@@ -261,5 +259,5 @@ class StdioHost:
                                                                                                    opts)}
         except StileError as exc:
             reply = {"op": "reply", "id": cid, "error": error_frame(exc)}
-        self._publish()
+            self._publish()  # the failure may be a dead process: tell every worker now, not at the next poll
         await conn.send(reply)
