@@ -48,8 +48,13 @@ class Gateway:
         return self.dir / "pids"
 
     def stdio_pids(self, name: str = "pids") -> list[str]:
+        """Every process of that stdio upstream ever started (one line each), oldest first."""
         path = self.dir / name
         return path.read_text().split() if path.exists() else []
+
+    def live_stdio(self, name: str = "pids") -> list[str]:
+        """Those still running (a handshake that timed out on a busy machine is a legitimate restart)."""
+        return [p for p in self.stdio_pids(name) if alive(int(p)) and not zombie(int(p))]
 
     def workers(self) -> dict[str, int]:
         """{worker index: pid} of the supervisor's live children, from /proc."""
@@ -89,9 +94,10 @@ def zombie(pid: int) -> bool:
 
 def config(tmp: Path, slow: str | None = None) -> dict[str, Any]:
     upstreams: dict[str, Any] = {
-        "pids": {"command": PID_STDIO, "cwd": str(REPO), "env": {"PIDS_FILE": str(tmp / "pids")}},
-        "own": {"command": PID_STDIO, "cwd": str(REPO), "env": {"PIDS_FILE": str(tmp / "own_pids")},
-                "stdio_per_worker": True},
+        "pids": {"command": PID_STDIO, "cwd": str(REPO), "env": {"PIDS_FILE": str(tmp / "pids")},
+                 "connect_timeout": 30},  # a busy machine starts the SDK's server slowly
+        "own": {"command": PID_STDIO, "cwd": str(REPO), "env": {"PIDS_FILE": str(tmp / "own")},
+                "stdio_per_worker": True, "connect_timeout": 30},
     }
     if slow is not None:
         upstreams["slow"] = {"url": slow}
@@ -115,6 +121,7 @@ def workers_gateway(slow: str | None = None, workers: int = 2) -> Iterator[Gatew
                  "--workers", str(workers)], stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=tmp)
             try:
                 wait_http(f"http://127.0.0.1:{port}/healthz", proc, deadline_s=60, log=log)
+                every_worker_serves(f"http://127.0.0.1:{port}/readyz", workers, proc, log)
                 yield Gateway(f"http://127.0.0.1:{port}", proc, tmp, log)
             finally:
                 if proc.poll() is None:
@@ -124,6 +131,24 @@ def workers_gateway(slow: str | None = None, workers: int = 2) -> Iterator[Gatew
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
+
+
+def every_worker_serves(url: str, workers: int, proc: subprocess.Popen[bytes], log: Path,
+                        deadline_s: float = 90) -> None:
+    """GET `url` on fresh connections until each worker has answered 200 (on a busy machine one starts late)."""
+    import urllib.error
+    import urllib.request
+
+    seen: set[str] = set()
+    end = time.monotonic() + deadline_s
+    while len(seen) < workers:
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"workers answering: {seen} of {workers}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                seen.add(resp.headers.get("stile-worker", "?"))
+        except urllib.error.HTTPError:
+            time.sleep(0.05)  # 503: that worker's upstreams are not all discovered yet (polling another process)
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +212,12 @@ async def test_sdk_clients_of_both_eras_are_served_by_both_workers_and_one_stdio
             if seen >= {"0", "1"}:
                 break
     assert seen >= {"0", "1"}, seen
-    assert answers == set(gateway.stdio_pids()), "both workers reach the one hosted process"
-    assert len(gateway.stdio_pids()) == 1
+    assert len(gateway.live_stdio()) == 1, "one process per host, not one per worker"
+    assert answers == set(gateway.live_stdio()), "both workers reach the one hosted process"
 
 
 async def test_stdio_per_worker_runs_one_process_in_each_worker(gateway: Gateway) -> None:
-    await eventually(lambda: len(gateway.stdio_pids("own_pids")) == 2, "each worker starts its own process")
+    await eventually(lambda: len(gateway.live_stdio("own")) == 2, "each worker starts its own process")
     seen: set[str] = set()
     answers: set[str] = set()
     async with sdk_client(f"{gateway.base}/mcp/all", "2026-07-28", seen) as c:
@@ -200,7 +225,7 @@ async def test_stdio_per_worker_runs_one_process_in_each_worker(gateway: Gateway
             answers.add(text_of(await c.call_tool("own__whoami", {})))
             if len(answers) == 2:
                 break
-    assert answers == set(gateway.stdio_pids("own_pids"))
+    assert answers == set(gateway.live_stdio("own"))
 
 
 async def test_a_legacy_session_opened_on_one_worker_continues_on_the_other(gateway: Gateway) -> None:
@@ -215,7 +240,7 @@ async def test_a_legacy_session_opened_on_one_worker_continues_on_the_other(gate
         for rid in range(2, ATTEMPTS):
             status, tag, body, _ = await post(http, url, whoami(rid), legacy_headers(sid))
             assert status == 200, body
-            assert gateway.stdio_pids()[0].encode() in body
+            assert gateway.live_stdio()[0].encode() in body
             if tag != first:
                 break
         assert tag != first, "every request landed on the worker that opened the session"
@@ -248,6 +273,9 @@ async def test_each_worker_has_its_own_replica_id_and_audit_spool(gateway: Gatew
     ids = {env[b"STILE_REPLICA_ID"].decode() for env in envs}
     assert len({env[b"STILE_SESSION_KEY"] for env in envs}) == 1  # generated by the supervisor, shared
     assert len(ids) == 2 and all(i.endswith(("-w0", "-w1")) for i in ids)
+    async with one_connection_per_request() as http:
+        metrics = await serving(http, gateway, "1", "/metrics")
+    assert 'stile_worker_restarts{worker="1"} 0.0' in metrics
     spool = gateway.dir / "audit-spool"
     await eventually(lambda: all((spool / i / "wal").is_dir() for i in ids), "each worker's WAL directory")
 
@@ -255,6 +283,7 @@ async def test_each_worker_has_its_own_replica_id_and_audit_spool(gateway: Gatew
 async def test_a_worker_killed_with_sigkill_is_restarted_and_clients_keep_working(gateway: Gateway) -> None:
     """Last in this module: it changes the process tree (the stdio process stays the same)."""
     before = gateway.workers()
+    (hosted,) = gateway.live_stdio()
     async with one_connection_per_request() as http:
         status, _, _, headers = await post(http, f"{gateway.base}/mcp/all", initialize_body(), LEGACY_HEADERS)
         sid = headers["mcp-session-id"]
@@ -262,31 +291,34 @@ async def test_a_worker_killed_with_sigkill_is_restarted_and_clients_keep_workin
         for mode in ERAS:  # meanwhile worker 1 serves everyone
             async with sdk_client(f"{gateway.base}/mcp/all", mode, set()) as c:
                 for _ in range(3):
-                    assert text_of(await c.call_tool("pids__whoami", {})) == gateway.stdio_pids()[0]
+                    assert text_of(await c.call_tool("pids__whoami", {})) == gateway.live_stdio()[0]
         await eventually(lambda: gateway.workers().get("0") not in (None, before["0"]), "worker 0 restarted")
-        await serving(http, gateway, "0")
+        metrics = await serving(http, gateway, "0", "/metrics")
+        assert 'stile_worker_restarts{worker="0"} 1.0' in metrics
+        assert 'stile_worker_info{replica_id=' in metrics
         for mode in ERAS:
             seen: set[str] = set()
             async with sdk_client(f"{gateway.base}/mcp/all", mode, seen) as c:
                 for _ in range(ATTEMPTS):
-                    assert text_of(await c.call_tool("pids__whoami", {})) == gateway.stdio_pids()[0]
+                    assert text_of(await c.call_tool("pids__whoami", {})) == gateway.live_stdio()[0]
                     if seen >= {"0", "1"}:
                         break
             assert seen >= {"0", "1"}, seen
         status, _, body, _ = await post(http, f"{gateway.base}/mcp/all", whoami(5), legacy_headers(sid))
-        assert status == 200 and gateway.stdio_pids()[0].encode() in body, "the old session lives on"
+        assert status == 200 and gateway.live_stdio()[0].encode() in body, "the old session lives on"
     assert gateway.workers()["1"] == before["1"]
-    assert len(gateway.stdio_pids()) == 1
+    assert gateway.live_stdio() == [hosted], "the hosted process outlives a worker"
     assert "worker 0 (pid" in gateway.log.read_text() and "died" in gateway.log.read_text()
 
 
-async def serving(http: aiohttp.ClientSession, gateway: Gateway, worker: str, deadline_s: float = 60) -> None:
-    """Wait until `worker` answers a fresh connection (a restarted worker takes a few seconds to start)."""
+async def serving(http: aiohttp.ClientSession, gateway: Gateway, worker: str, path: str = "/healthz",
+                  deadline_s: float = 60) -> str:
+    """GET `path` on fresh connections until `worker` answers (a restarted worker takes seconds to start)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        async with http.get(f"{gateway.base}/healthz") as resp:
+        async with http.get(f"{gateway.base}{path}") as resp:
             if resp.headers.get("stile-worker") == worker:
-                return
+                return await resp.text()
     raise AssertionError(f"worker {worker} not serving within {deadline_s}s")
 
 
@@ -353,8 +385,8 @@ async def test_workers_and_the_hosted_stdio_process_stop_when_the_supervisor_is_
     """SIGKILL leaves the supervisor no chance to clean up: the lifeline pipe and stdin EOF do it."""
     with workers_gateway() as gw:
         workers = gw.workers()
-        await eventually(lambda: len(gw.stdio_pids()) == 1, "the hosted process started")
-        stdio = int(gw.stdio_pids()[0])
+        await eventually(lambda: len(gw.live_stdio()) == 1, "the hosted process started")
+        stdio = int(gw.live_stdio()[0])
         assert len(workers) == 2
         gw.proc.kill()
         gw.proc.wait(timeout=10)

@@ -44,7 +44,7 @@ from stile.upstreams.hosted import SOCKETS_ENV
 from stile.vault.credentials import VaultCredentials
 from stile.vault.keyring import VaultError
 from stile.workers.stdio_host import StdioHost
-from stile.workers.worker import INDEX_ENV, REPLICA_ENV
+from stile.workers.worker import INDEX_ENV, REPLICA_ENV, START_ENV
 
 log = logging.getLogger("stile.workers")
 DRAIN_SECONDS = 15.0  # a worker's graceful shutdown (uvicorn: 5 s) plus its lifespan shutdown (audit flush)
@@ -127,7 +127,8 @@ class Supervisor:
         self.hosts: list[StdioHost] = []
 
     def worker_env(self, slot: Slot, shared: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **shared, INDEX_ENV: str(slot.index), REPLICA_ENV: slot.replica_id}
+        return {**os.environ, **shared, INDEX_ENV: str(slot.index), REPLICA_ENV: slot.replica_id,
+                START_ENV: str(slot.starts)}
 
     async def run(self) -> int:
         os.environ.pop(SOCKETS_ENV, None)  # this process runs the stdio upstreams itself

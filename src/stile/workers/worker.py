@@ -7,6 +7,7 @@ sockets of the hosted stdio upstreams and the bus URL. A worker
 - serves the inherited socket (`--worker-fd`) with uvicorn's graceful shutdown on SIGTERM;
 - writes its audit spool and write-ahead log under `<audit spool dir>/<replica id>`, so workers never share
   a spool file, and a restarted worker (same replica id) replays what its predecessor left;
+- reports itself in /metrics (`stile_worker_info`, `stile_worker_restarts`);
 - tags each HTTP response with `Stile-Worker: <index>` (which worker answered; the load is the kernel's to
   spread over the accepting workers);
 - stops (gracefully) when the supervisor dies: the lifeline pipe's write end is the supervisor's alone, so
@@ -21,14 +22,17 @@ import re
 import socket
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
 from uvicorn._compat import asyncio_run
 
 from stile.assembly import audit_spool_dir
 from stile.config.model import GatewayConfig
+from stile.frontends.app import StileApp
 from stile.server import prepare
 
 INDEX_ENV = "STILE_WORKER_INDEX"
 REPLICA_ENV = "STILE_REPLICA_ID"
+START_ENV = "STILE_WORKER_START"  # how many times the supervisor has started this worker's slot (1 = first)
 WORKER_HEADER = b"stile-worker"
 
 ASGIApp = Any
@@ -55,6 +59,18 @@ class WorkerTag:
         await self.app(scope, receive, tagged)
 
 
+def worker_metrics(registry: CollectorRegistry, index: str, replica_id: str) -> None:
+    """`stile_worker_info{worker, replica_id}` 1 and `stile_worker_restarts{worker}`: how often the supervisor
+    restarted this worker's slot before this process (a scrape reaches one worker; the label says which)."""
+    info = Gauge("stile_worker_info", "this worker of `stile serve --workers N`", ["worker", "replica_id"],
+                 registry=registry)
+    info.labels(index, replica_id).set(1)
+    restarts = Gauge("stile_worker_restarts", "restarts of this worker slot by the supervisor", ["worker"],
+                     registry=registry)
+    start = os.environ.get(START_ENV, "1")
+    restarts.labels(index).set(max(0, int(start) - 1) if start.isdigit() else 0)
+
+
 def own_spool(cfg: GatewayConfig, state_url: str | None, replica_id: str) -> GatewayConfig:
     """`cfg` with the audit spool (and WAL) in this worker's own subdirectory of the configured one."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", replica_id) or "worker"
@@ -68,7 +84,10 @@ def run_worker(cfg: GatewayConfig, *, host: str, port: int, fd: int, lifeline_fd
     replica_id = os.environ.get(REPLICA_ENV) or f"{socket.gethostname()}-w{index}"
     server = prepare(own_spool(cfg, state_url, replica_id), host=host, port=port, log_level=log_level,
                      state_url=state_url)
-    server.config.app = WorkerTag(server.config.app, index)
+    app = server.config.app
+    if isinstance(app, StileApp):
+        worker_metrics(app.metrics.registry, index, replica_id)
+    server.config.app = WorkerTag(app, index)
     sock = socket.socket(fileno=fd)
 
     async def serve() -> None:
