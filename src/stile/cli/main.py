@@ -106,6 +106,8 @@ def serve(
 
 
 def _worker_count(text: str) -> int:
+    if text == "1":  # the default: one process, nothing of the supervisor imported
+        return 1
     from stile.workers.supervisor import worker_count
 
     try:
