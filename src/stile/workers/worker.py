@@ -23,7 +23,6 @@ import socket
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from uvicorn._compat import asyncio_run
 
 from stile.assembly import audit_spool_dir
 from stile.config.model import GatewayConfig
@@ -101,4 +100,5 @@ def run_worker(cfg: GatewayConfig, *, host: str, port: int, fd: int, lifeline_fd
             loop.add_reader(lifeline_fd, supervisor_gone)
         await server.serve(sockets=[sock])
 
-    asyncio_run(serve(), loop_factory=server.config.get_loop_factory())
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:  # uvloop when available
+        runner.run(serve())
