@@ -37,6 +37,12 @@ def build_app(cfg: GatewayConfig, host: str = "127.0.0.1", state_url: str | None
 
 
 def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None) -> None:
+    prepare(cfg, host=host, port=port, log_level=log_level, state_url=state_url).run()
+
+
+def prepare(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None
+            ) -> uvicorn.Server:
+    """The gateway's app under a uvicorn server, not yet serving (`stile.workers.worker` serves a shared socket)."""
     try:
         app = build_app(cfg, host, state_url)
     except (VaultError, WriterIdError) as exc:
@@ -54,5 +60,4 @@ def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", st
                             # uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the peer; Stile
                             # decides itself whom to believe (`trusted_proxies`, wire/forwarded.py)
                             proxy_headers=False)
-    server = uvicorn.Server(config)
-    server.run()
+    return uvicorn.Server(config)

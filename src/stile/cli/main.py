@@ -42,7 +42,7 @@ def main(
     """Stile: a governed, dual-era MCP gateway."""
 
 
-def _load(path: Path) -> LoadedConfig:
+def _load(path: Path, *, warn: bool = True) -> LoadedConfig:
     from stile.config.warnings import config_warnings
 
     try:
@@ -51,7 +51,7 @@ def _load(path: Path) -> LoadedConfig:
         for problem in exc.problems:
             err.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    for warning in config_warnings(loaded.config, str(path)):
+    for warning in config_warnings(loaded.config, str(path)) if warn else ():
         err.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
     return loaded
 
@@ -67,22 +67,55 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8080,
     log_level: Annotated[str, typer.Option(help="debug|info|warning|error")] = "info",
+    workers: Annotated[str, typer.Option(help="worker processes sharing the port: a number or auto (one per "
+                                              "CPU); 1 runs in this process")] = "1",
+    worker_fd: Annotated[int | None, typer.Option(hidden=True, help="(set by the supervisor) listening socket")] = None,
+    lifeline_fd: Annotated[int | None, typer.Option(hidden=True, help="(set by the supervisor) its lifeline")] = None,
 ) -> None:
     """Run the gateway."""
     from stile.cli.endpoints import PortBusy, base_url, check_port, endpoint_lines
     from stile.server import run
 
-    loaded = _load(config)
+    loaded = _load(config, warn=worker_fd is None)
+    if worker_fd is not None:  # a worker of `--workers N`: the supervisor printed the endpoints and warnings
+        from stile.workers.worker import run_worker
+
+        _logging(log_level)
+        run_worker(loaded.config, host=host, port=port, fd=worker_fd, lifeline_fd=lifeline_fd, log_level=log_level,
+                   state_url=state_url_for(loaded))
+        return
     try:
+        count = _worker_count(workers)
         check_port(host, port)
     except PortBusy as exc:
         err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    out.print(f"Stile on {base_url(host, port)}  (config {config})", highlight=False, soft_wrap=True)
+    out.print(f"Stile on {base_url(host, port)}  (config {config}"
+              f"{f', {count} workers' if count > 1 else ''})", highlight=False, soft_wrap=True)
     for line in endpoint_lines(loaded.config, base_url(host, port)):
         out.print(line, highlight=False, soft_wrap=True)
     _logging(log_level)
-    run(loaded.config, host=host, port=port, log_level=log_level, state_url=state_url_for(loaded))
+    if count == 1:
+        run(loaded.config, host=host, port=port, log_level=log_level, state_url=state_url_for(loaded))
+        return
+    from stile.workers.supervisor import supervise
+
+    code = supervise(loaded.config, config, host=host, port=port, workers=count, log_level=log_level,
+                     state_url=state_url_for(loaded))
+    if code:
+        raise typer.Exit(code)
+
+
+def _worker_count(text: str) -> int:
+    if text == "1":  # the default: one process, nothing of the supervisor imported
+        return 1
+    from stile.workers.supervisor import worker_count
+
+    try:
+        return worker_count(text)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

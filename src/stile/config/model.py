@@ -77,9 +77,13 @@ class UpstreamConfig(_Strict):
     health_interval: float | None = Field(default=None, gt=0, description="seconds between health checks; "
                                           "default `health.interval`")
     identity: Literal["service", "assertion"] = "service"  # assertion: a per-caller JWT minted by Stile
+    stdio_per_worker: bool = Field(default=False, description="with `stile serve --workers N`: one process per "
+                                   "worker instead of one per host shared by all workers")
 
     @model_validator(mode="after")
     def _one_kind(self) -> UpstreamConfig:
+        if self.stdio_per_worker and self.command is None:
+            raise ValueError("`stdio_per_worker` is for stdio (`command`) upstreams")
         if self.endpoints is not None:
             if self.url is not None or self.command is not None:
                 raise ValueError("set `endpoints` instead of `url`, not beside it (stdio: `replicas`)")
