@@ -276,8 +276,8 @@ async def test_each_worker_has_its_own_replica_id_and_audit_spool(gateway: Gatew
     async with one_connection_per_request() as http:
         metrics = await serving(http, gateway, "1", "/metrics")
     assert 'stile_worker_restarts{worker="1"} 0.0' in metrics
-    spool = gateway.dir / "audit-spool"
-    await eventually(lambda: all((spool / i / "wal").is_dir() for i in ids), "each worker's WAL directory")
+    spool = gateway.dir / "audit-spool"  # observe/audit_writers.py: wal/<writer id>/ for each writer
+    await eventually(lambda: all((spool / "wal" / i).is_dir() for i in ids), "each worker's WAL directory")
 
 
 async def test_a_worker_killed_with_sigkill_is_restarted_and_clients_keep_working(gateway: Gateway) -> None:
