@@ -306,4 +306,7 @@ class StileApp:
     async def _ready(self, headers: dict[str, str], send: Send) -> None:
         details = await self.metrics_access.may_see_details(headers)  # error text may name internal hosts
         ok, status = self.gw.health.report(details)  # from the active health checks (core/health.py)
-        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})
+        # the bus: down means degraded (cross-replica answers refused) but still serving, so 200 (docs/design/0009)
+        bus = self.gw.cluster.status()
+        word = "ready" if ok and bus["up"] else "degraded"
+        await send_json(send, 200 if ok else 503, {"status": word, "upstreams": status, "bus": bus})
