@@ -136,7 +136,9 @@ async def _wait_all_up(dep: Deployment, deadline: float = 20.0) -> None:
     """Until HAProxy sends requests to every replica (its health checks have passed) and each is ready."""
     async with httpx2.AsyncClient(timeout=5) as http, asyncio.timeout(deadline):
         for i in range(len(dep.ports)):
-            while (await http.get(f"{dep.url(i)}/readyz")).json().get("status") != "ready":
+            while True:
+                if (await http.get(f"{dep.url(i)}/readyz")).json().get("status") == "ready":
+                    break
                 await asyncio.sleep(0.05)
         before = [await requests_on(http, dep, i) for i in range(len(dep.ports))]
         while True:

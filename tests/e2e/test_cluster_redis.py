@@ -159,4 +159,4 @@ def test_sigkill_of_one_replica_under_load_loses_no_acknowledged_call(dep: Deplo
     for path in dep.trails:
         trail |= _titles(path)
     missing = acked - trail
-    assert not missing, f"{len(missing)} of {len(acked)} acknowledged calls are in no audit trail: {sorted(missing)[:5]}"
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged calls are in no trail: {sorted(missing)[:5]}"
