@@ -25,6 +25,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from stile.bus import Bus, BusUnavailable
 from stile.bus.rpc import Rpc
 from stile.tasks import spawn
@@ -102,6 +104,10 @@ class Cluster:
     def resource_updated(self, upstream: str, msg: dict[str, Any]) -> None:
         """After delivering here: tell the other replicas' streams."""
         if self.shared:
+            if len(orjson.dumps(msg)) > MAX_PAYLOAD:
+                log.warning("resources/updated from %s over %d bytes: not shared with other replicas", upstream,
+                            MAX_PAYLOAD)
+                return
             spawn(self._spread_update(upstream, msg), name="cluster-updated")
 
     async def _spread_update(self, upstream: str, msg: dict[str, Any]) -> None:
