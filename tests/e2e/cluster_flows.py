@@ -206,26 +206,28 @@ def _legacy_headers(sid: str) -> dict[str, str]:
 
 
 async def legacy_cancel_on_another_replica(dep: Deployment) -> None:
-    """notifications/cancelled reaches the replica running the call (the next POST goes to the next replica)."""
+    """The call runs on replica 0; one notifications/cancelled sent to replica 1 stops it."""
     async with httpx2.AsyncClient(timeout=30) as http:
         sid = await _open_session(http, dep)
         headers = _legacy_headers(sid)
         body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call",
-                "params": {"name": "cl__slow", "arguments": {"steps": 400}}}  # 20 s unless cancelled
-        started = asyncio.get_running_loop().time()
-        call = asyncio.create_task(http.post(f"{dep.lb}/mcp/open", json=body,
-                                             headers={**headers, "Accept": "text/event-stream, application/json"}))
-        await asyncio.sleep(0)  # let the call's request go first
+                "params": {"name": "cl__slow", "arguments": {"steps": 400},  # 20 s unless cancelled
+                           "_meta": {"progressToken": "p77"}}}
         cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 77}}
-        async with asyncio.timeout(15):
-            while not call.done():
-                resp = await http.post(f"{dep.lb}/mcp/open", json=cancel, headers=headers)
-                assert resp.status_code == 202, resp.text
-                await asyncio.wait({call}, timeout=0.3)
-        resp = call.result()
-        events = [json.loads(e.data) for e in sse.Decoder().feed(resp.content) if e.data]
-        assert not any("result" in e for e in events), events
-        assert asyncio.get_running_loop().time() - started < 15
+        events: list[dict[str, Any]] = []
+        cancelled = False
+        decoder = sse.Decoder()
+        async with asyncio.timeout(12), http.stream(
+                "POST", f"{dep.url(0)}/mcp/open", json=body,
+                headers={**headers, "Accept": "text/event-stream, application/json"}) as resp:
+            async for chunk in resp.aiter_bytes():
+                events += [json.loads(e.data) for e in decoder.feed(chunk) if e.data]
+                if not cancelled and any(e.get("method") == "notifications/progress" for e in events):
+                    cancelled = True  # the call is running on replica 0: cancel it through replica 1
+                    sent = await http.post(f"{dep.url(1)}/mcp/open", json=cancel, headers=headers)
+                    assert sent.status_code == 202, sent.text
+        assert cancelled
+        assert not any("result" in e for e in events), events[-3:]
 
 
 async def delete_ends_the_session_on_every_replica(dep: Deployment) -> None:
