@@ -158,5 +158,7 @@ def test_sigkill_of_one_replica_under_load_loses_no_acknowledged_call(dep: Deplo
     trail: set[str] = set()
     for path in dep.trails:
         trail |= _titles(path)
+    print(f"SIGKILL under load: {len(acked)} acknowledged ({killed_at} before the kill), "
+          f"{len(failures)} failed in flight: {sorted({str(f) for f in failures})}")
     missing = acked - trail
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged calls are in no trail: {sorted(missing)[:5]}"
