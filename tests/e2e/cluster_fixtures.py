@@ -50,7 +50,7 @@ def cluster_config(ups: Upstreams) -> dict[str, Any]:
         "virtual_servers": {"open": {"upstreams": ["fx", "fxl", "cl", "notes"], "auth": "none"},
                             "keyed": {"upstreams": ["fxl"]}},
         "roles": {"caller": {"virtual_servers": ["keyed"], "allow_tools": ["fxl.*"]}},
-        "auth": {"key_cache_seconds": 0.5},
+        "auth": {"key_cache_seconds": 30},  # a revocation must not wait for it: the CLI announces it
     }
 
 
@@ -62,6 +62,8 @@ def create_key(state: str, prefix: str) -> tuple[str, str]:
     return name, result.output.strip().splitlines()[-1]
 
 
-def revoke_key(state: str, name: str) -> None:
-    result = CliRunner().invoke(app, ["keys", "revoke", name, "--state", state])
+def revoke_key(config: Path, name: str, env: dict[str, str]) -> None:
+    """`stile keys revoke --config` (the config's state store, and its bus: it tells the replicas)."""
+    result = CliRunner().invoke(app, ["keys", "revoke", name, "--config", str(config)], env=env)
     assert result.exit_code == 0, result.output
+    assert "told the running replicas" in result.output, result.output

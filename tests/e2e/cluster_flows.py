@@ -271,7 +271,8 @@ async def active_sessions_are_counted_across_replicas(dep: Deployment) -> None:
 
 
 async def revoked_key_is_refused_everywhere(dep: Deployment, key: str, revoke: Any) -> None:
-    """After `stile keys revoke`, every replica refuses the key within auth.key_cache_seconds (here 0.5 s)."""
+    """After `stile keys revoke --config`, every replica refuses the key at once, though each had it cached as
+    verified (`auth.key_cache_seconds: 30` here): the CLI announced the revocation on the bus."""
     ping = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": modern_meta()}}
     headers = {**modern_headers("tools/list"), "X-API-Key": key}
     async with httpx2.AsyncClient(timeout=30) as http:
@@ -279,8 +280,6 @@ async def revoked_key_is_refused_everywhere(dep: Deployment, key: str, revoke: A
             resp = await http.post(f"{dep.lb}/mcp/keyed", json=ping, headers=headers)
             assert resp.status_code == 200, resp.text
         await asyncio.to_thread(revoke)  # `stile keys revoke` (its own event loop)
-        refused = 0
-        async with asyncio.timeout(5):
-            while refused < 2 * len(dep.ports):
-                resp = await http.post(f"{dep.lb}/mcp/keyed", json=ping, headers=headers)
-                refused = refused + 1 if resp.status_code == 401 else 0
+        for _ in range(2 * len(dep.ports)):
+            resp = await http.post(f"{dep.lb}/mcp/keyed", json=ping, headers=headers)
+            assert resp.status_code == 401, resp.text

@@ -78,7 +78,7 @@ async def test_delete_ends_a_session_in_every_process_at_once(dep: Deployment) -
 
 async def test_a_revoked_key_is_refused_by_every_process(dep: Deployment) -> None:
     name, key = await asyncio.to_thread(create_key, dep.state, "carol")
-    await flows.revoked_key_is_refused_everywhere(dep, key, lambda: revoke_key(dep.state, name))
+    await flows.revoked_key_is_refused_everywhere(dep, key, lambda: revoke_key(dep.configs[0], name, dep.env))
 
 
 async def test_the_active_sessions_gauge_counts_both_processes(dep: Deployment) -> None:

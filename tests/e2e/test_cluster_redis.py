@@ -73,7 +73,7 @@ async def test_another_principal_cannot_delete_a_session(dep: Deployment) -> Non
 
 async def test_a_revoked_key_is_refused_by_every_replica(dep: Deployment) -> None:
     name, key = await asyncio.to_thread(create_key, dep.state, "carol")
-    await flows.revoked_key_is_refused_everywhere(dep, key, lambda: revoke_key(dep.state, name))
+    await flows.revoked_key_is_refused_everywhere(dep, key, lambda: revoke_key(dep.configs[0], name, dep.env))
 
 
 async def test_the_active_sessions_gauge_counts_every_replicas_sessions(dep: Deployment) -> None:

@@ -93,3 +93,12 @@ class Rpc:
             await self.bus.send(sender, {"k": "_re", "f": self.replica, "c": cid, "p": result})
         except BusUnavailable as exc:  # the caller times out
             log.warning("bus: cannot answer %s: %s", sender, exc)
+
+
+async def announce(bus: Bus, kind: str, payload: dict[str, Any]) -> int:
+    """From a short-lived process (the CLI): start `bus`, cast `kind` to every replica, close; how many got it."""
+    await bus.start()
+    try:
+        return await Rpc(bus).cast(None, kind, payload)
+    finally:
+        await bus.aclose()

@@ -54,6 +54,7 @@ class StileApp:
         self.sse = LegacySseEndpoint(gw, self.mcp)
         state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
+        gw.rpc.on_cast("keys.revoked", lambda payload, sender: self.authn.forget_verified())  # 0009
         self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base)
         self.metrics_access = MetricsAccess(runtime, self.authn, self.base_url)
         self._start_gateway = start_gateway
