@@ -142,7 +142,8 @@ def _titles(path: Path) -> set[str]:
     if not path.exists():
         return set()
     events = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    return {e["arguments"]["title"] for e in events if e.get("method") == "tools/call" and e.get("arguments")}
+    args = [e.get("arguments") for e in events if e.get("method") == "tools/call"]
+    return {a["title"] for a in args if isinstance(a, dict) and isinstance(a.get("title"), str)}
 
 
 def test_sigkill_of_one_replica_under_load_loses_no_acknowledged_call(dep: Deployment) -> None:
