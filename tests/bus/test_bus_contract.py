@@ -192,3 +192,19 @@ def test_the_bus_is_chosen_env_first_then_config_then_in_process(monkeypatch: py
     monkeypatch.setenv("STILE_REPLICA_ID", "bad id!")
     with pytest.raises(ValueError, match="STILE_REPLICA_ID"):
         open_bus(None)
+
+
+async def test_a_second_process_with_the_same_replica_id_is_kept_off_the_local_bus(unix_path: str) -> None:
+    server = LocalBusServer(unix_path)
+    await server.start()
+    first = LocalBusClient(unix_path, "w1", timeout=0.3, retry_seconds=0.05)
+    twin = LocalBusClient(unix_path, "w1", timeout=0.3, retry_seconds=0.05)
+    try:
+        await first.start()
+        await twin.start()
+        assert first.up and not twin.up
+        await first.aclose()
+        await until(lambda: twin.up)  # the id is free again
+    finally:
+        await twin.aclose()
+        await server.close()

@@ -86,7 +86,10 @@ class LocalBusServer:
         op = req.get("op")
         store = self._store
         if op == "hello":
-            self._clients[writer] = str(req["replica"])
+            replica = str(req["replica"])
+            if replica in self._clients.values():
+                return False  # two processes with one id would each get the other's messages
+            self._clients[writer] = replica
             return True
         if op == "send":
             target, push, count = req.get("to"), {"m": req["msg"]}, 0
@@ -165,7 +168,10 @@ class LocalBusClient:
             self._writer = writer
             reading = asyncio.create_task(self._read(reader), name="bus-local-read")
             try:
-                await self._request({"op": "hello", "replica": self.replica})
+                if not await self._request({"op": "hello", "replica": self.replica}):
+                    log.error("bus %s: replica id %s is taken by another process (give each worker its own "
+                              "STILE_REPLICA_ID); retrying", self.path, self.replica)
+                    raise BusUnavailable("replica id taken")
                 self._up = True
                 log.info("bus %s: connected as %s", self.path, self.replica)
                 if self._ready is not None:
