@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -164,7 +165,8 @@ def _announce_revocation(config: Path | None) -> None:
     cfg = load_config(config).config if config is not None else None
     if not os.environ.get(BUS_ENV) and (cfg is None or not cfg.redis):
         return
-    bus = open_bus(cfg.redis if cfg else None, cfg.redis_prefix if cfg else "stile:", replica="cli")
+    bus = open_bus(cfg.redis if cfg else None, cfg.redis_prefix if cfg else "stile:",
+                   replica=f"cli-{secrets.token_hex(4)}")
     try:
         asyncio.run(announce(bus, "keys.revoked", {}))
     except BusUnavailable as exc:
