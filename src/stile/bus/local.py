@@ -134,6 +134,7 @@ class LocalBusClient:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._up = False
+        self._closing = False  # set before cancelling _run(): a cancellation lost in a race still ends the loop
 
     @property
     def up(self) -> bool:
@@ -150,17 +151,18 @@ class LocalBusClient:
             await asyncio.wait_for(self._ready.wait(), self.timeout)
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2.0)
             self._task = None
         self._drop("closed")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path), self.timeout)
+                async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                    reader, writer = await asyncio.open_unix_connection(self.path)
             except (OSError, TimeoutError) as exc:
                 log.debug("bus %s: %s", self.path, exc)
                 await asyncio.sleep(self.retry_seconds)

@@ -66,9 +66,9 @@ class RedisBus:
 
     async def aclose(self) -> None:
         if self._task is not None:
+            self._sub.stopped = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2.0)
             self._task = None
         await self.client.aclose()
 

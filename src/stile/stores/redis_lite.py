@@ -191,9 +191,10 @@ class RedisSubscriber:
         self.retry_seconds = retry_seconds
         self.up = False
         self.subscribed = asyncio.Event()
+        self.stopped = False  # set before cancelling run(): a cancellation lost in a race still ends the loop
 
     async def run(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 await self._session()
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, RedisUnavailable,
@@ -207,18 +208,20 @@ class RedisSubscriber:
             await asyncio.sleep(self.retry_seconds)
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+        async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            if self.password is not None:
-                writer.write(_encode(("AUTH", self.password)))
-                reply = await asyncio.wait_for(_read_reply(reader), self.timeout)
-                if isinstance(reply, RedisReplyError):
-                    raise reply
-            writer.write(_encode(("SUBSCRIBE", *self.channels)))  # pub/sub channels ignore SELECT's db
-            for _ in self.channels:
-                reply = await asyncio.wait_for(_read_reply(reader), self.timeout)
-                if isinstance(reply, RedisReplyError):
-                    raise reply
+            async with asyncio.timeout(self.timeout):
+                if self.password is not None:
+                    writer.write(_encode(("AUTH", self.password)))
+                    reply = await _read_reply(reader)
+                    if isinstance(reply, RedisReplyError):
+                        raise reply
+                writer.write(_encode(("SUBSCRIBE", *self.channels)))  # pub/sub channels ignore SELECT's db
+                for _ in self.channels:
+                    reply = await _read_reply(reader)
+                    if isinstance(reply, RedisReplyError):
+                        raise reply
             self.up = True
             self.subscribed.set()
             while True:
