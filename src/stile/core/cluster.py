@@ -50,6 +50,7 @@ class Cluster:
         self.shared = bus.shared
         self._active: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         if self.shared:
             rpc.on_cast("lc", self._on_list_changed)
             rpc.on_cast("ru", self._on_resource_updated)
@@ -67,10 +68,10 @@ class Cluster:
             self._task = spawn(self._report_loop(), name="cluster-report")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2.0)  # bounded: a cancellation lost in a race ends the loop
         await self.bus.aclose()
 
     # --- list_changed / resources/updated -------------------------------------------------------
@@ -168,7 +169,7 @@ class Cluster:
 
     async def _report_loop(self) -> None:
         sealer = self.gw.sealer
-        while True:
+        while not self._stopping:
             fresh, gone = sealer.fresh, sealer.gone
             sealer.fresh, sealer.gone = set(), set()
             try:
