@@ -40,5 +40,15 @@ if ! redis_up; then
   echo "services: FATAL: Redis is not reachable at 127.0.0.1:6379: start it (redis-server --port 6379)" >&2
   ok=0
 fi
+# the cross-replica proofs (tests/e2e/test_cluster_*.py) run a real round-robin load balancer
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] && command -v apt-get >/dev/null 2>&1; then
+  echo "services: installing haproxy (apt-get install -y haproxy)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null 2>&1; }
+fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  echo "services: FATAL: haproxy is not installed: the cross-replica tests need it (Debian: apt-get install -y haproxy)" >&2
+  ok=0
+fi
 [ "$ok" = 1 ] || exit 1
 echo "services: PostgreSQL $PG_HOST:$PG_PORT and Redis 127.0.0.1:6379 are up"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from stile.bus import BUS_ENV, BusUnavailable, open_bus
+from stile.bus.rpc import announce
 from stile.cli.stores import fail, load_or_fail, run_on_store
 from stile.config.load import load_config, state_url_for
 from stile.stores.keys import ApiKeyRecord, KeyStore, KeyStoreError, hash_for_config, open_key_store
@@ -151,6 +156,24 @@ def revoke(
     if not _run(_state(state, config), lambda store: store.revoke(name_or_id)):
         raise fail(f"no active key named or with id {name_or_id!r}")
     typer.echo(f"revoked {name_or_id}")
+    _announce_revocation(config)
+
+
+def _announce_revocation(config: Path | None) -> None:
+    """With a bus (STILE_BUS_URL or the config's `redis:`), tell the running replicas to drop their verified-key
+    caches now; otherwise (or if the bus is down) they refuse the key within `auth.key_cache_seconds`."""
+    cfg = load_config(config).config if config is not None else None
+    if not os.environ.get(BUS_ENV) and (cfg is None or not cfg.redis):
+        return
+    bus = open_bus(cfg.redis if cfg else None, cfg.redis_prefix if cfg else "stile:",
+                   replica=f"cli-{secrets.token_hex(4)}")
+    try:
+        asyncio.run(announce(bus, "keys.revoked", {}))
+    except BusUnavailable as exc:
+        typer.echo(f"warning: could not tell the replicas ({exc}); they refuse the key within "
+                   "auth.key_cache_seconds", err=True)
+        return
+    typer.echo("told the running replicas over the bus")
 
 
 @keys_app.command("hash")

@@ -196,6 +196,9 @@ class GatewayConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     vault: VaultConfig = Field(default_factory=VaultConfig)
+    # cross-replica state (docs/design/0009-cross-replica-state.md): redis://[:password@]host[:port][/db]
+    redis: str | None = None
+    redis_prefix: str = Field(default="stile:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
     state: str | None = None  # state store URL; default sqlite:///stile.db beside the config
     public_url: str | None = None  # canonical base URL clients use (token audience); default http://HOST:PORT
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -217,6 +220,15 @@ class GatewayConfig(_Strict):
         for name in value:
             if not _NAME.match(name):
                 raise ValueError(f"name {name!r} must match {_NAME.pattern}")
+        return value
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from stile.stores.redis_lite import parse_url
+
+            parse_url(value)  # ValueError: a clear config error
         return value
 
     @field_validator("trusted_proxies")

@@ -17,8 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from stile.bus import Bus, open_bus
+from stile.bus.rpc import Rpc
 from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
+from stile.core.cluster import Cluster
 from stile.core.context import CallContext, CallNext, Reply
 from stile.core.health import HealthChecker
 from stile.core.hub import Hub
@@ -60,8 +63,11 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, spans: UpstreamSpans = NO_SPANS, state_url: str | None = None,
                  inventory_filter: InventoryFilter | None = None,
-                 credentials: Credentials = NO_CREDENTIALS) -> None:
+                 credentials: Credentials = NO_CREDENTIALS, bus: Bus | None = None) -> None:
         self.cfg = cfg
+        # how other replicas/workers reach state held here (STILE_BUS_URL > `redis:` > in-process)
+        self.bus = bus if bus is not None else open_bus(cfg.redis, cfg.redis_prefix)
+        self.rpc = Rpc(self.bus)
         self.inventory_filter = inventory_filter
         self.upstreams: dict[str, Upstream] = {
             n: make_upstream(n, c, cfg.limits.max_upstream_response_bytes, credentials)
@@ -73,7 +79,8 @@ class Gateway:
         self.sealer = SessionSealer(key)
         self.sessions = SessionGuard(self.sealer, open_revocation_store(state_url or cfg.state),
                                      lifetime=cfg.limits.session_lifetime, cache_seconds=cfg.auth.key_cache_seconds)
-        self.inputs = InputBridge(key)
+        self.inputs = InputBridge(key, self.rpc, resume_timeout=max(
+            (u.timeout for u in cfg.upstreams.values()), default=60.0) + 5.0)
         self.router = Router(cfg, self.upstreams, self, self.inputs, self.hub, spans)
         self.chains: dict[str, CallNext] = {}
         # told of every upstream notification (upstream, method, message) first, e.g. the response cache
@@ -85,6 +92,7 @@ class Gateway:
         self._warm_until = 0.0
         self._problems_task: asyncio.Task[None] | None = None
         self._rebuild_views()
+        self.cluster = Cluster(self, self.bus, self.rpc)
 
     def install_chains(self, chains: dict[str, CallNext]) -> None:
         self.chains = dict(chains)
@@ -108,6 +116,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Start discovery and health checks in the background; returns at once (see `wait_discovered`)."""
+        await self.cluster.start()
         for name, up in self.upstreams.items():
             up.on_notification = self._notification_handler(name)
         self.health.start()
@@ -138,6 +147,7 @@ class Gateway:
         await self.health.stop()
         await asyncio.gather(*(up.aclose() for up in self.upstreams.values()), return_exceptions=True)
         await self.sessions.aclose()
+        await self.cluster.stop()
 
     def view(self, name: str) -> View | None:
         return self.views.get(name)
@@ -214,12 +224,19 @@ class Gateway:
         return on_notification
 
     async def _changed(self, name: str, method: str) -> None:
-        await self.refresh(name)
+        await self.cluster.list_changed(name, method)
+
+    def deliver_list_changed(self, name: str, method: str) -> None:
+        """Tell this replica's listeners of the views over `name`."""
         for view in self.views.values():
             if name in view.upstreams:
                 self.hub.publish(view.name, jsonrpc.notification(method))
 
     def _resource_updated(self, name: str, msg: Message) -> None:
+        self.deliver_resource_updated(name, msg)
+        self.cluster.resource_updated(name, msg)
+
+    def deliver_resource_updated(self, name: str, msg: Message) -> None:
         params = msg.get("params") or {}
         uri = params.get("uri")
         if not isinstance(uri, str):

@@ -1,12 +1,13 @@
 """Fan-out of unsolicited notifications (list_changed, resources/updated) to listening clients.
 
-Subscribers are legacy GET streams and modern `subscriptions/listen` streams on this process;
-every replica listens to every upstream itself, so no shared bus is needed for these.
+Subscribers are legacy GET streams and modern `subscriptions/listen` streams on this process. What
+other replicas learn from their upstreams reaches this hub through `core/cluster.py` (the bus); so do the
+resource subscriptions a legacy session made through another replica (`on_uri_change`, `apply_uri_change`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from stile.wire.jsonrpc import Message
@@ -26,6 +27,8 @@ class Hub:
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscriber]] = {}
         self._session_uris: dict[str, set[str]] = {}  # legacy session nonce -> subscribed exposed URIs
+        # told of every (un)subscription (nonce, exposed URI, subscribed): shares it with other replicas
+        self.on_uri_change: Callable[[str, str, bool], Awaitable[None]] | None = None
 
     def session_uris(self, nonce: str) -> set[str]:
         """The live set of URIs a legacy session subscribed to (shared with its GET stream)."""
@@ -36,6 +39,24 @@ class Hub:
                 self._session_uris.pop(next(iter(self._session_uris)))
         self._session_uris[nonce] = uris  # re-inserted: ordered by last use
         return uris
+
+    async def subscribe_uri(self, nonce: str, uri: str, present: bool) -> None:
+        uris = self.session_uris(nonce)
+        if present:
+            uris.add(uri)
+        else:
+            uris.discard(uri)
+        if self.on_uri_change is not None:
+            await self.on_uri_change(nonce, uri, present)
+
+    def apply_uri_change(self, nonce: str, uri: str, present: bool) -> None:
+        """A change made through another replica: applied if this replica knows the session (else loaded later)."""
+        uris = self._session_uris.get(nonce)
+        if uris is not None:
+            if present:
+                uris.add(uri)
+            else:
+                uris.discard(uri)
 
     def drop_session(self, nonce: str) -> None:
         self._session_uris.pop(nonce, None)

@@ -158,11 +158,7 @@ class Router:
         up, uri = self._visible(ctx, view)
         reply = await self.forward(ctx, up, {**ctx.params, "uri": uri})
         if "result" in reply and ctx.session_id is not None and isinstance(exposed, str):
-            subs = self.hub.session_uris(ctx.session_id)
-            if ctx.method == "resources/subscribe":
-                subs.add(exposed)
-            else:
-                subs.discard(exposed)
+            await self.hub.subscribe_uri(ctx.session_id, exposed, ctx.method == "resources/subscribe")
         return reply
 
     async def _complete(self, ctx: CallContext, view: View) -> Reply:

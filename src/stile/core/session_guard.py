@@ -65,7 +65,7 @@ class SessionGuard:
             await self.store.revoke(session.nonce, expires)
         except _DB_ERRORS as exc:
             raise SessionStoreUnavailable("cannot record the session's end: state store unavailable") from exc
-        self._remember_revoked(session.nonce, expires)
+        self.remember_revoked(session.nonce, expires)
         self.sealer.forget(session.nonce)
 
     async def _is_revoked(self, nonce: str, expires: float) -> bool:
@@ -80,7 +80,7 @@ class SessionGuard:
         except _DB_ERRORS as exc:
             raise SessionStoreUnavailable("cannot check the session: state store unavailable") from exc
         if revoked:
-            self._remember_revoked(nonce, expires)
+            self.remember_revoked(nonce, expires)
             return True
         if self.cache_seconds > 0:
             self._live[nonce] = now
@@ -89,7 +89,7 @@ class SessionGuard:
                 self._live.popitem(last=False)
         return False
 
-    def _remember_revoked(self, nonce: str, expires: float) -> None:
+    def remember_revoked(self, nonce: str, expires: float) -> None:
         self._live.pop(nonce, None)
         self._revoked[nonce] = expires
         self._revoked.move_to_end(nonce)

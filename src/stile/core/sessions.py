@@ -74,8 +74,14 @@ class SessionSealer:
         self._aead = AESGCM(key)
         self._opened: dict[str, LegacySession] = {}
         self._seen: dict[str, float] = {}  # nonce -> last use (monotonic), for the active-sessions gauge
+        # with a shared bus: nonces used / ended since the last report to the cluster-wide gauge
+        self.track_fresh = False
+        self.fresh: set[str] = set()
+        self.gone: set[str] = set()
 
     def _touch(self, nonce: str) -> None:
+        if self.track_fresh and len(self.fresh) < self.MAX_TRACKED:
+            self.fresh.add(nonce)
         seen = self._seen
         seen.pop(nonce, None)  # re-insert: the dict stays ordered by last use
         seen[nonce] = time.monotonic()
@@ -84,6 +90,9 @@ class SessionSealer:
 
     def forget(self, nonce: str) -> None:
         self._seen.pop(nonce, None)
+        if self.track_fresh and len(self.gone) < self.MAX_TRACKED:
+            self.fresh.discard(nonce)
+            self.gone.add(nonce)
 
     def active_count(self) -> int:
         """Sessions used within ACTIVE_WINDOW on this replica (expired entries are pruned here)."""

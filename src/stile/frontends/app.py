@@ -55,6 +55,7 @@ class StileApp:
         self.sse = LegacySseEndpoint(gw, self.mcp)
         state_url = state_url or runtime.state_url
         self.authn = Authenticator(gw.cfg, state_url or gw.cfg.state or "sqlite:///stile.db")
+        gw.rpc.on_cast("keys.revoked", lambda payload, sender: self.authn.forget_verified())  # 0009
         screen = next((p for p in runtime.policies if isinstance(p, Screen)), None)
         self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base,
                               screen=screen, on_release=self._lists_changed)
@@ -339,4 +340,7 @@ class StileApp:
     async def _ready(self, headers: dict[str, str], send: Send) -> None:
         details = await self.metrics_access.may_see_details(headers)  # error text may name internal hosts
         ok, status = self.gw.health.report(details)  # from the active health checks (core/health.py)
-        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "degraded", "upstreams": status})
+        # the bus: down means degraded (cross-replica answers refused) but still serving, so 200 (docs/design/0009)
+        bus = self.gw.cluster.status()
+        word = "ready" if ok and bus["up"] else "degraded"
+        await send_json(send, 200 if ok else 503, {"status": word, "upstreams": status, "bus": bus})

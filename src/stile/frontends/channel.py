@@ -2,8 +2,9 @@
 
 The response starts as a plain JSON reply; the first notification or server->client request
 switches it to a request-scoped SSE stream (progress and log messages first, the answer last).
-Nothing is sent after the answer. Legacy server->client requests get a gateway-minted id; the
-client's answer arrives on another POST and resolves the pending future through `Relay`.
+Nothing is sent after the answer. Legacy server->client requests get a gateway-minted id naming this
+replica; the client's answer arrives on another POST, possibly at another replica, and resolves the
+pending future through `Relay` (forwarded over the bus when the id names another replica).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 import orjson
 
+from stile.bus import BusUnavailable
+from stile.bus.rpc import Rpc
 from stile.frontends.asgi import SSE_HEADERS, Send, send_bytes
 from stile.wire import jsonrpc, sse
-from stile.wire.errors import StileError
+from stile.wire.errors import ReplicaUnreachable, StileError
 from stile.wire.jsonrpc import Message
 
 
@@ -29,34 +32,68 @@ class ClientReplyError(StileError):
 
 
 class Relay:
-    """Pending server->client requests awaiting the client's answer (process-local)."""
+    """Pending server->client requests awaiting the client's answer, each bound to the session that was asked.
 
-    def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[Message]] = {}
+    Ids are ``stile-<replica>.<random>``; an answer for another replica's id is cast to it over the bus
+    (`relay.answer`). An answer from another session, or for an unknown id, is dropped.
+    """
 
-    def open(self) -> tuple[str, asyncio.Future[Message]]:
-        rid = "stile-" + secrets.token_urlsafe(12)
+    MAX_PENDING = 10_000
+
+    def __init__(self, rpc: Rpc | None = None) -> None:
+        self._pending: dict[str, tuple[asyncio.Future[Message], str]] = {}
+        self._rpc = rpc
+        self.replica = rpc.replica if rpc is not None else ""
+        if rpc is not None:
+            rpc.on_cast("relay.answer", self._remote_answer)
+
+    def open(self, owner: str = "") -> tuple[str, asyncio.Future[Message]]:
+        if len(self._pending) >= self.MAX_PENDING:
+            raise StileError("too many server->client requests are waiting for answers")
+        rid = f"stile-{self.replica}.{secrets.token_urlsafe(12)}"
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        self._pending[rid] = (fut, owner)
         return rid, fut
 
     def close(self, rid: str) -> None:
         self._pending.pop(rid, None)
 
-    def answer(self, msg: Message) -> bool:
-        fut = self._pending.get(str(msg.get("id")))
-        if fut is None or fut.done():
+    def answer_here(self, msg: Message, owner: str = "") -> bool:
+        entry = self._pending.get(str(msg.get("id")))
+        if entry is None or entry[1] != owner or entry[0].done():
             return False
-        fut.set_result(msg)
+        entry[0].set_result(msg)
         return True
+
+    async def answer(self, msg: Message, owner: str = "") -> None:
+        """Resolve the request `msg` answers, here or on the replica its id names."""
+        if self.answer_here(msg, owner) or self._rpc is None or not self._rpc.shared:
+            return
+        rid = msg.get("id")
+        replica = rid.removeprefix("stile-").rpartition(".")[0] if isinstance(rid, str) else ""
+        if not replica or replica == self.replica:
+            return
+        try:
+            got = await self._rpc.cast(replica, "relay.answer", {"m": msg, "o": owner})
+        except BusUnavailable:
+            raise ReplicaUnreachable("the replica that asked cannot be reached now; it will time out and "
+                                     "the original request can be sent again") from None
+        if got == 0:
+            raise ReplicaUnreachable("the replica that asked is gone: send the original request again")
+
+    def _remote_answer(self, payload: dict[str, Any], sender: str) -> None:
+        msg, owner = payload.get("m"), payload.get("o")
+        if isinstance(msg, dict) and isinstance(owner, str):
+            self.answer_here(msg, owner)
 
 
 class ResponseChannel:
     def __init__(self, send: Send, headers: list[tuple[bytes, bytes]], relay: Relay | None,
-                 request_timeout: float, keep_alive: float = 15.0) -> None:
+                 request_timeout: float, keep_alive: float = 15.0, owner: str = "") -> None:
         self._send = send
         self._headers = headers
         self._relay = relay
+        self._owner = owner  # the session whose answers the relay accepts
         self._timeout = request_timeout
         self._lock = asyncio.Lock()
         self.streaming = False
@@ -86,7 +123,7 @@ class ResponseChannel:
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if self._relay is None:
             raise StileError(f"cannot relay {method} to this client")
-        rid, fut = self._relay.open()
+        rid, fut = self._relay.open(self._owner)
         try:
             await self._event(jsonrpc.request(rid, method, params))
             async with asyncio.timeout(self._timeout):

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from stile.bus import BusUnavailable
 from stile.core.context import ANONYMOUS, CallContext, Principal
 from stile.core.sessions import LegacySession, owner_of
 from stile.frontends.asgi import Receive, Send, send_empty, send_json
@@ -49,8 +50,9 @@ def error_body(id_: Any, exc: StileError) -> Message:
 class StreamableEndpoint:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.relay = Relay()
+        self.relay = Relay(gw.rpc)
         self.inflight: dict[tuple[str, Any], Callable[[], None]] = {}
+        gw.rpc.on_cast("cancel", self._remote_cancel)  # a legacy cancel that landed on another replica
         # how long a relayed server->client request may wait for the client: the longest upstream timeout
         self.request_timeout = max((u.timeout for u in gw.cfg.upstreams.values()), default=60.0)
 
@@ -89,6 +91,7 @@ class StreamableEndpoint:
         await self.gw.handle(CallContext(vs, methods.GET_STREAM, {}, None, "legacy", session.version,
                                          session.client_caps, session.client_info, principal=principal,
                                          headers=headers, session_id=session.nonce))
+        await self.gw.cluster.load_session_uris(session.nonce)  # subscribed through other replicas
         await serve_get_stream(self.gw.hub, vs, session, receive, send)
 
     async def delete(self, vs: str, headers: dict[str, str], send: Send, principal: Principal = ANONYMOUS) -> None:
@@ -99,6 +102,7 @@ class StreamableEndpoint:
         session = await self._open_session(sid, vs, principal)
         await self.gw.sessions.close(session)
         self.gw.hub.drop_session(session.nonce)
+        await self.gw.cluster.session_closed(session.nonce, session.issued + self.gw.sessions.lifetime)
         await send_empty(send, 200)
 
     async def _open_session(self, sid: str, vs: str, principal: Principal) -> LegacySession:
@@ -119,7 +123,8 @@ class StreamableEndpoint:
                 out.append(error_body(None, exc))
                 continue
             if jsonrpc.is_response(msg):
-                self.relay.answer(msg)
+                with contextlib.suppress(StileError):  # a batch has no place to say it; the asker times out
+                    await self.relay.answer(msg, session.nonce)
                 continue
             if jsonrpc.is_notification(msg):
                 with contextlib.suppress(StileError):  # a notification has no answer; the chain records it
@@ -178,6 +183,15 @@ class StreamableEndpoint:
             cancel = self.inflight.get((session.nonce, rid)) if jsonrpc.is_valid_id(rid) else None
             if cancel is not None:
                 cancel()
+            elif jsonrpc.is_valid_id(rid) and self.gw.rpc.shared:  # the call may run on another replica
+                with contextlib.suppress(BusUnavailable):
+                    await self.gw.rpc.cast(None, "cancel", {"n": session.nonce, "r": rid})
+
+    def _remote_cancel(self, payload: dict[str, Any], sender: str) -> None:
+        nonce, rid = payload.get("n"), payload.get("r")
+        cancel = self.inflight.get((nonce, rid)) if isinstance(nonce, str) and jsonrpc.is_valid_id(rid) else None
+        if cancel is not None:
+            cancel()
 
     async def _legacy(self, vs: str, msg: Message, session: LegacySession, sid: str, headers: dict[str, str],
                       receive: Receive, send: Send, principal: Principal) -> None:
@@ -185,7 +199,7 @@ class StreamableEndpoint:
         if version is not None and version not in eras.LEGACY_VERSIONS:
             raise InvalidRequest(f"Unsupported MCP-Protocol-Version: {version}")
         if jsonrpc.is_response(msg):
-            self.relay.answer(msg)
+            await self.relay.answer(msg, session.nonce)
             await send_empty(send, 202)
             return
         if jsonrpc.is_notification(msg):
@@ -257,7 +271,7 @@ class StreamableEndpoint:
         The disconnect watcher is only started for calls still running after WATCH_AFTER seconds,
         so quick calls pay for a timer handle instead of an extra task.
         """
-        channel = ResponseChannel(send, headers, relay, self.request_timeout)
+        channel = ResponseChannel(send, headers, relay, self.request_timeout, owner=key[0] if key else "")
         channel.prefer_sse = ctx.headers.get("accept", "").lstrip().startswith("text/event-stream")
         ctx = ctx.with_channel(channel)
         current = asyncio.current_task()

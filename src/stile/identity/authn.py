@@ -111,6 +111,11 @@ class Authenticator:
         while len(self._refused) > CACHE_SIZE:
             self._refused.popitem(last=False)
 
+    def forget_verified(self) -> None:
+        """A key was revoked somewhere (`stile keys revoke` announces it on the bus): verify every credential
+        again instead of trusting the cache for up to `key_cache_seconds`."""
+        self._cache.clear()
+
     def cached_refusals(self) -> int:
         return len(self._refused)
 

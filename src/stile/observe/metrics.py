@@ -134,8 +134,14 @@ class _RequestCollector:
                        ["family"], {(family,): n for family, n in m.overflowed.items()})
         yield GaugeMetricFamily("stile_listen_streams", "open notification streams (legacy GET, listen)",
                                 value=float(m.gw.hub.count()))
-        yield GaugeMetricFamily("stile_sessions_active", "legacy sessions used in the last 5 minutes (this replica)",
-                                value=float(m.gw.sealer.active_count()))
+        yield GaugeMetricFamily("stile_sessions_active", "legacy sessions used in the last 5 minutes (every "
+                                "replica sharing the bus; this one's alone with the in-process bus or the bus down)",
+                                value=float(m.gw.cluster.active_sessions()))
+        bus = m.gw.cluster.status()
+        up = GaugeMetricFamily("stile_bus_up", "1 when the cross-replica bus is connected (always 1 in-process)",
+                               labels=["kind", "replica"])
+        up.add_metric([bus["kind"], bus["replica"]], 1.0 if bus["up"] else 0.0)
+        yield up
         audit = m.audit
         if audit is not None and audit.enabled:
             yield GaugeMetricFamily("stile_audit_queue_depth", "audit events waiting to be written",

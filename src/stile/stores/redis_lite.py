@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -171,3 +172,61 @@ class RedisLite:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class RedisSubscriber:
+    """Pub/sub on its own connection (a subscribed connection takes no other commands).
+
+    `run()` connects, subscribes to `channels` and calls `on_message(channel, data)` for each message until
+    cancelled; a lost connection is retried every `retry_seconds`, resubscribing. `up` says whether the
+    subscription is live now (messages published while it is down are lost: Redis pub/sub keeps nothing).
+    """
+
+    def __init__(self, url: str, channels: list[str], on_message: Any, timeout: float = 1.0,
+                 retry_seconds: float = 1.0) -> None:
+        self.host, self.port, self.db, self.password = parse_url(url)
+        self.channels = channels
+        self.on_message = on_message
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self.up = False
+        self.subscribed = asyncio.Event()
+        self.stopped = False  # set before cancelling run(): a cancellation lost in a race still ends the loop
+
+    async def run(self) -> None:
+        while not self.stopped:
+            try:
+                await self._session()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, RedisUnavailable,
+                    RedisReplyError) as exc:
+                if self.up:
+                    logging.getLogger("stile.bus").warning("redis %s:%s: subscription lost (%s); retrying",
+                                                           self.host, self.port, exc or type(exc).__name__)
+            finally:
+                self.up = False
+                self.subscribed.clear()
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _session(self) -> None:
+        async with asyncio.timeout(self.timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.password is not None:
+                    writer.write(_encode(("AUTH", self.password)))
+                    reply = await _read_reply(reader)
+                    if isinstance(reply, RedisReplyError):
+                        raise reply
+                writer.write(_encode(("SUBSCRIBE", *self.channels)))  # pub/sub channels ignore SELECT's db
+                for _ in self.channels:
+                    reply = await _read_reply(reader)
+                    if isinstance(reply, RedisReplyError):
+                        raise reply
+            self.up = True
+            self.subscribed.set()
+            while True:
+                reply = await _read_reply(reader)
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                    self.on_message(reply[1], reply[2])
+        finally:
+            writer.close()

@@ -9,6 +9,7 @@
     |   +-- HeaderMismatch     -32020: Mcp-* header disagrees with the body
     |   +-- UnsupportedVersion -32022
     |   +-- SessionNotFound    legacy session id unknown or expired (HTTP 404)
+    +-- ReplicaUnreachable     -32004: the state a request needs is on another replica that cannot be reached
     +-- UpstreamError          the upstream failed; message names the upstream, never its secrets
         +-- UpstreamUnavailable  connection refused / reset / process dead
         +-- UpstreamTimeout      no answer within the upstream's timeout
@@ -34,6 +35,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Implementation-defined range (-32000..-32019): locally generated upstream failures.
 UPSTREAM_UNAVAILABLE = -32001
 UPSTREAM_TIMEOUT = -32003
+REPLICA_UNREACHABLE = -32004
 
 
 class StileError(Exception):
@@ -93,6 +95,27 @@ class UnsupportedVersion(ClientError):
 class SessionNotFound(ClientError):
     jsonrpc_code = INVALID_REQUEST
     http_status = 404
+
+
+class ReplicaUnreachable(StileError):
+    """What this request continues (a pending call, a relayed request) is held by another replica, and that one
+    cannot be reached now: the bus is down, the replica died or did not answer in time. Retryable: the
+    message says how (usually: send the original request again)."""
+
+    jsonrpc_code = REPLICA_UNREACHABLE
+    http_status = 200
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, data={"retryable": True})
+
+
+def remote_error(error: dict[str, Any], http_status: int | None = None) -> StileError:
+    """A StileError raised on another replica, rebuilt from its `to_error()` form."""
+    exc = StileError(str(error.get("message", "error on another replica"))[:1024], data=error.get("data"),
+                     http_status=http_status if isinstance(http_status, int) else 200)
+    code = error.get("code")
+    exc.jsonrpc_code = code if isinstance(code, int) else INTERNAL_ERROR
+    return exc
 
 
 class UpstreamError(StileError):
