@@ -74,7 +74,8 @@ def replica_id() -> str:
     given = os.environ.get(REPLICA_ENV)
     if given:
         if not REPLICA_RE.fullmatch(given):
-            raise ValueError(f"{REPLICA_ENV}={given[:80]!r}: use 1 to 64 of A-Z a-z 0-9 _ . -, starting with a letter or digit")
+            raise ValueError(f"{REPLICA_ENV}={given[:80]!r}: use 1 to 64 of A-Z a-z 0-9 _ . -, "
+                             "starting with a letter or digit")
         return given
     return "r" + secrets.token_hex(4)
 
