@@ -28,6 +28,7 @@ from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.vault.credentials import VaultCredentials, needs_vault
 from stile.vault.keyring import load_keyring
 from stile.vault.store import SecretStore
+from stile.vault.user_oauth import UserOAuth
 from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
@@ -59,6 +60,10 @@ class Runtime:
     def jwks(self) -> dict[str, Any]:
         """The public keys identity assertions are signed with (empty without a vault)."""
         return self.vault.jwks() if self.vault is not None else {"keys": []}
+
+    def consent_flow(self) -> UserOAuth | None:
+        """The browser side of `identity: user_oauth` (None when no upstream uses it)."""
+        return self.vault.oauth if self.vault is not None else None
 
     async def stop(self) -> None:
         if self.pinning is not None:

@@ -1,0 +1,363 @@
+"""`identity: user_oauth`: Stile is the OAuth client of an upstream's authorization server, one grant per user.
+
+Discovery (once per upstream, retried after a failure): the upstream's RFC 9728 protected-resource metadata
+(`oauth.resource_metadata`, else `/.well-known/oauth-protected-resource<path>` then without the path, beside
+the upstream's `url`), whose `resource` must be the upstream's URL; then the first authorization server's
+RFC 8414 metadata (`/.well-known/oauth-authorization-server<path>`, else OpenID discovery), whose `issuer`
+must match and which must list S256 PKCE. Configured endpoints skip discovery.
+
+Tokens live in the vault, one secret per (user, upstream) named `stile.oauth.<upstream>.<sha256(user)[:32]>`
+(JSON: access and refresh token, expiry), read through an in-memory copy at most `vault.cache_seconds` old;
+refreshed `refresh_margin` seconds before they expire or when the upstream answers 401. A user without a
+grant gets `ConsentRequired` with a sealed one-time consent link (`consent_seal.py`); `consent` and
+`callback` are the two browser routes of the flow. `revoke` is `stile secrets revoke-user`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+
+from stile.config.upstream_identity import UserOAuthConfig
+from stile.vault.consent_seal import ConsentRefused, Sealer, pkce_pair
+from stile.vault.keyring import VaultError
+from stile.vault.oauth_http import OAuthHttpError, basic_auth, get_json, jwt_claims, post_form, token_lifetime
+from stile.vault.store import SecretStore
+from stile.wire.errors import ConsentRequired, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("stile.vault.oauth")
+PREFIX = "stile.oauth."
+CALLBACK_PATH = "/oauth/callback"
+CONSENT_PATH = "/oauth/consent/"
+MAX_CACHED = 10_000
+COOKIE = "stile_oauth_"
+
+
+def grant_name(upstream: str, user: str) -> str:
+    return f"{PREFIX}{upstream}.{hashlib.sha256(user.encode()).hexdigest()[:32]}"
+
+
+def is_grant_of(name: str, user: str, upstream: str | None = None) -> bool:
+    """Whether vault secret `name` holds `user`'s grant (for `upstream`, or any)."""
+    suffix = "." + hashlib.sha256(user.encode()).hexdigest()[:32]
+    if upstream is not None:
+        return name == grant_name(upstream, user)
+    return name.startswith(PREFIX) and name.endswith(suffix)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    authorization: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    access_token: str
+    refresh_token: str | None
+    expires_at: float | None
+
+    def dumps(self) -> bytes:
+        return json.dumps({"access_token": self.access_token, "refresh_token": self.refresh_token,
+                           "expires_at": self.expires_at}).encode()
+
+    @staticmethod
+    def loads(raw: bytes) -> Grant | None:
+        try:
+            v = json.loads(raw)
+            return Grant(str(v["access_token"]), v.get("refresh_token"), v.get("expires_at"))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Page:
+    """A browser answer of the consent flow (never a redirect to anything but the authorization server)."""
+
+    status: int
+    body: str
+    location: str | None = None
+    cookie: str | None = None
+
+
+def _page(status: int, title: str, text: str) -> Page:
+    return Page(status, f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1>"
+                        f"<p>{escape(text)}</p>")
+
+
+class UserOAuth:
+    def __init__(self, upstreams: Mapping[str, tuple[str, UserOAuthConfig]], store: SecretStore,
+                 secret: Callable[[str, str], str], cache_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.upstreams = dict(upstreams)  # name -> (url, config)
+        self.store = store
+        self.secret = secret  # (upstream, "${secret:...}") -> the value; raises UpstreamUnavailable
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self.sealer = Sealer(clock)
+        self.base = ""  # the gateway's public base URL (set by the vault)
+        self._endpoints: dict[str, Endpoints] = {}
+        self._grants: dict[tuple[str, str], tuple[Grant | None, float]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._done: dict[str, asyncio.Event] = {}  # link nonce -> set when its consent completed here
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    # -- discovery ---------------------------------------------------------------------------------------
+    async def endpoints(self, upstream: str) -> Endpoints:
+        got = self._endpoints.get(upstream)
+        if got is not None:
+            return got
+        url, cfg = self.upstreams[upstream]
+        if cfg.authorization_endpoint and cfg.token_endpoint:
+            got = Endpoints(cfg.authorization_endpoint, cfg.token_endpoint)
+        else:
+            try:
+                got = await self._discover(url, cfg)
+            except OAuthHttpError as exc:
+                raise UpstreamUnavailable(upstream, f"OAuth discovery failed: {exc.reason}") from None
+        self._endpoints[upstream] = got
+        return got
+
+    async def _first(self, urls: list[str], what: str, timeout: float) -> dict[str, Any]:
+        last: OAuthHttpError | None = None
+        for url in urls:
+            try:
+                return await get_json(self.http(), url, timeout=timeout, what=what)
+            except OAuthHttpError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _discover(self, url: str, cfg: UserOAuthConfig) -> Endpoints:
+        parts = urlsplit(url)
+        origin, path = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+        candidates = [cfg.resource_metadata] if cfg.resource_metadata else [
+            f"{origin}/.well-known/oauth-protected-resource{path}", f"{origin}/.well-known/oauth-protected-resource"]
+        prm = await self._first(candidates, "protected resource metadata", cfg.timeout)
+        if str(prm.get("resource", "")).rstrip("/") != url.rstrip("/"):
+            raise OAuthHttpError("protected resource metadata names another resource")
+        servers = prm.get("authorization_servers")
+        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+            raise OAuthHttpError("protected resource metadata lists no authorization server")
+        issuer = servers[0].rstrip("/")
+        ip = urlsplit(issuer)
+        if ip.scheme not in ("http", "https") or not ip.netloc:
+            raise OAuthHttpError("the authorization server is not an http(s) URL")
+        io, ipath = f"{ip.scheme}://{ip.netloc}", ip.path.rstrip("/")
+        meta = await self._first([f"{io}/.well-known/oauth-authorization-server{ipath}",
+                                  f"{io}/.well-known/openid-configuration{ipath}",
+                                  f"{issuer}/.well-known/openid-configuration"],
+                                 "authorization server metadata", cfg.timeout)
+        if str(meta.get("issuer", "")).rstrip("/") != issuer:
+            raise OAuthHttpError("authorization server metadata names another issuer")
+        methods = meta.get("code_challenge_methods_supported")
+        if not isinstance(methods, list) or "S256" not in methods:
+            raise OAuthHttpError("the authorization server does not support PKCE S256")
+        auth, token = meta.get("authorization_endpoint"), meta.get("token_endpoint")
+        for value in (auth, token):
+            if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+                raise OAuthHttpError("authorization server metadata lacks http(s) endpoints")
+        assert isinstance(auth, str) and isinstance(token, str)
+        return Endpoints(auth, token)
+
+    # -- grants ------------------------------------------------------------------------------------------
+    async def _load(self, upstream: str, user: str, fresh: bool = False) -> Grant | None:
+        key = (upstream, user)
+        hit = self._grants.get(key)
+        now = self.clock()
+        if hit is not None and not fresh and now - hit[1] < self.cache_seconds:
+            return hit[0]
+        try:
+            raw = (await self.store.latest([grant_name(upstream, user)])).get(grant_name(upstream, user))
+        except (VaultError, OSError) as exc:
+            raise UpstreamUnavailable(upstream, "the vault could not be read for the user's token") from exc
+        grant = Grant.loads(raw) if raw is not None else None
+        if len(self._grants) >= MAX_CACHED:
+            self._grants.clear()
+        self._grants[key] = (grant, now)
+        return grant
+
+    async def _save(self, upstream: str, user: str, grant: Grant) -> None:
+        name = grant_name(upstream, user)
+        await self.store.rotate(name, grant.dumps(), create=True)
+        await self.store.prune(name, keep=1)
+        self._grants[(upstream, user)] = (grant, self.clock())
+
+    def _client_auth(self, upstream: str, cfg: UserOAuthConfig, form: dict[str, str]) -> str | None:
+        if cfg.client_secret is None:
+            form["client_id"] = cfg.client_id
+            return None
+        return basic_auth(cfg.client_id, self.secret(upstream, cfg.client_secret))
+
+    async def _token_call(self, upstream: str, form: dict[str, str]) -> dict[str, Any]:
+        url, cfg = self.upstreams[upstream]
+        ends = await self.endpoints(upstream)
+        form["resource"] = url
+        auth = self._client_auth(upstream, cfg, form)
+        return await post_form(self.http(), ends.token, form, timeout=cfg.timeout, authorization=auth,
+                               what="the upstream's token endpoint")
+
+    def _grant_from(self, answer: dict[str, Any], previous: Grant | None, started: float) -> Grant:
+        token = answer.get("access_token")
+        if not isinstance(token, str) or not token or len(token) > 16 * 1024:
+            raise OAuthHttpError("the token endpoint's answer has no access_token")
+        refresh = answer.get("refresh_token")
+        lifetime = token_lifetime(answer)
+        return Grant(token, refresh if isinstance(refresh, str) and refresh else
+                     (previous.refresh_token if previous else None),
+                     started + lifetime if lifetime is not None else None)
+
+    async def _refresh(self, upstream: str, user: str, grant: Grant) -> Grant | None:
+        """A refreshed grant; None when the refresh token is gone or refused (consent is needed again)."""
+        if not grant.refresh_token:
+            return None
+        started = self.clock()
+        try:
+            answer = await self._token_call(upstream, {"grant_type": "refresh_token",
+                                                       "refresh_token": grant.refresh_token})
+            fresh = self._grant_from(answer, grant, started)
+        except OAuthHttpError as exc:
+            if exc.status in (400, 401):  # invalid_grant & co: the user must consent again
+                log.info("upstream %s: refresh refused for a user (%s); asking for consent again", upstream,
+                         exc.reason)
+                await self.store.delete(grant_name(upstream, user))
+                self._grants.pop((upstream, user), None)
+                return None
+            if exc.timeout:
+                raise UpstreamTimeout(upstream, f"refreshing the user's token: {exc.reason}") from None
+            raise UpstreamUnavailable(upstream, f"refreshing the user's token: {exc.reason}") from None
+        await self._save(upstream, user, fresh)
+        return fresh
+
+    async def token(self, upstream: str, user: str, *, force_refresh: bool = False) -> str:
+        """The user's access token for `upstream`, refreshed when needed; `ConsentRequired` without a grant."""
+        grant = await self._load(upstream, user)
+        _, cfg = self.upstreams[upstream]
+        due = (grant is not None and grant.expires_at is not None
+               and grant.expires_at - self.clock() <= cfg.refresh_margin)
+        if grant is not None and not due and not force_refresh:
+            return grant.access_token
+        key = (upstream, user)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            latest = await self._load(upstream, user, fresh=True)
+            if latest is not None and grant is not None and latest.access_token != grant.access_token:
+                return latest.access_token  # another request (or replica) refreshed it meanwhile
+            grant = await self._refresh(upstream, user, latest) if latest is not None else None
+        if len(self._locks) > MAX_CACHED:
+            self._locks.clear()
+        if grant is None:
+            raise await self.consent_needed(upstream, user)
+        return grant.access_token
+
+    async def consent_needed(self, upstream: str, user: str) -> ConsentRequired:
+        if not self.sealer.ready:
+            raise UpstreamUnavailable(upstream, "the OAuth consent key is not loaded yet")
+        _, cfg = self.upstreams[upstream]
+        sealed, link = self.sealer.link(user, upstream, cfg.consent_seconds)
+        done = self._done.setdefault(link.nonce, asyncio.Event())
+        if len(self._done) > MAX_CACHED:
+            self._done = {link.nonce: done}
+
+        async def wait() -> bool:
+            try:
+                async with asyncio.timeout(max(0.0, link.expires - self.clock())):
+                    await done.wait()
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                self._done.pop(link.nonce, None)
+
+        return ConsentRequired(upstream, f"{self.base}{CONSENT_PATH}{sealed}", "stile-" + link.nonce, wait)
+
+    # -- the browser routes ------------------------------------------------------------------------------
+    async def consent(self, sealed: str, secure: bool) -> Page:
+        """GET /oauth/consent/<sealed>: check and consume the link, send the browser to the authorization server."""
+        try:
+            link = self.sealer.open_link(sealed)
+        except ConsentRefused as exc:
+            return _page(400, "Consent link refused", str(exc))
+        if link.upstream not in self.upstreams:
+            return _page(400, "Consent link refused", "this link names an upstream this gateway does not serve")
+        url, cfg = self.upstreams[link.upstream]
+        try:
+            ends = await self.endpoints(link.upstream)
+        except UpstreamUnavailable as exc:
+            return _page(502, "Authorization server unavailable", exc.message)
+        verifier, challenge = pkce_pair()
+        binder = secrets.token_urlsafe(24)
+        query = {"response_type": "code", "client_id": cfg.client_id, "redirect_uri": self.base + CALLBACK_PATH,
+                 "state": self.sealer.state(link, verifier, binder), "code_challenge": challenge,
+                 "code_challenge_method": "S256", "resource": url}
+        if cfg.scopes:
+            query["scope"] = " ".join(cfg.scopes)
+        sep = "&" if "?" in ends.authorization else "?"
+        max_age = int(max(1.0, link.expires - self.clock()))
+        cookie = (f"{COOKIE}{link.nonce}={binder}; Path={CALLBACK_PATH}; Max-Age={max_age}; HttpOnly; "
+                  f"SameSite=Lax{'; Secure' if secure else ''}")
+        return Page(302, "", location=ends.authorization + sep + urlencode(query), cookie=cookie)
+
+    async def callback(self, query: Mapping[str, str], cookies: Mapping[str, str]) -> Page:
+        """GET /oauth/callback?code&state: check the state against this browser, exchange the code, store."""
+        sealed = query.get("state", "")
+        try:
+            pending = self.sealer.open_state(sealed, lambda nonce: cookies.get(COOKIE + nonce))
+        except ConsentRefused as exc:
+            return _page(400, "Authorization refused", str(exc))
+        if pending.upstream not in self.upstreams:
+            return _page(400, "Authorization refused", "unknown upstream")
+        if "error" in query or not query.get("code"):
+            return _page(400, "Authorization not granted", "the authorization server did not grant access; "
+                         "ask the agent again to retry")
+        _, cfg = self.upstreams[pending.upstream]
+        started = self.clock()
+        try:
+            answer = await self._token_call(pending.upstream, {
+                "grant_type": "authorization_code", "code": query["code"],
+                "redirect_uri": self.base + CALLBACK_PATH, "code_verifier": pending.verifier})
+            grant = self._grant_from(answer, None, started)
+        except OAuthHttpError as exc:
+            return _page(502, "Authorization failed", f"exchanging the code: {exc.reason}")
+        except UpstreamUnavailable as exc:
+            return _page(502, "Authorization failed", exc.message)
+        if cfg.match_user and _subject(answer, grant) != pending.user:
+            log.warning("upstream %s: a consent for one user was approved by another account; refused",
+                        pending.upstream)
+            return _page(403, "Wrong account", "this consent was approved with an account other than the one the "
+                         "agent acts for; nothing was stored")
+        await self._save(pending.upstream, pending.user, grant)
+        done = self._done.get(pending.nonce)
+        if done is not None:
+            done.set()
+        return _page(200, "Access granted", f"Stile may now call {pending.upstream!r} for you. You can close "
+                     "this window and return to the agent.")
+
+
+def _subject(answer: dict[str, Any], grant: Grant) -> str | None:
+    """Who approved: `sub` of the id_token, else of a JWT access token."""
+    for token in (answer.get("id_token"), grant.access_token):
+        claims = jwt_claims(token) if isinstance(token, str) else None
+        if claims is not None and isinstance(claims.get("sub"), str):
+            return str(claims["sub"])
+    return None
