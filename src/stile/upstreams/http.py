@@ -167,7 +167,7 @@ class HttpUpstream(UpstreamBase):
                     if keep_session and "mcp-session-id" in resp.headers:
                         self._session_id = resp.headers["mcp-session-id"]
                     async for msg in self._messages(resp):
-                        if jsonrpc.is_response(msg):
+                        if jsonrpc.is_response(msg) and ("result" in msg or isinstance(msg.get("error"), dict)):
                             return self._creds.scrub(self.name, msg)  # its error text becomes Stile's
                     return {"error": {"code": -32603, "message": f"HTTP status {resp.status}"}}
         except TimeoutError as exc:
