@@ -16,6 +16,7 @@ grant gets `ConsentRequired` with a sealed one-time consent link (`consent_seal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ PREFIX = "stile.oauth."
 CALLBACK_PATH = "/oauth/callback"
 CONSENT_PATH = "/oauth/consent/"
 MAX_CACHED = 10_000
+POLL_SECONDS = 1.0  # a legacy call waiting for consent looks in the vault this often (another replica's callback)
 COOKIE = "stile_oauth_"
 
 
@@ -280,11 +282,15 @@ class UserOAuth:
             self._done = {link.nonce: done}
 
         async def wait() -> bool:
+            """Until the consent completed here (the event) or on another replica (the grant appears in the
+            vault: checked every second), or the link expired."""
             try:
-                async with asyncio.timeout(max(0.0, link.expires - self.clock())):
-                    await done.wait()
-                return True
-            except TimeoutError:
+                while (left := link.expires - self.clock()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(left, POLL_SECONDS)):
+                            await done.wait()
+                    if done.is_set() or await self._load(upstream, user, fresh=True) is not None:
+                        return True
                 return False
             finally:
                 self._done.pop(link.nonce, None)
