@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from stile.config.load import ConfigError, parse_config
@@ -19,6 +24,7 @@ from stile.vault.exchange import TokenExchanger
 from stile.vault.keyring import Keyring
 from stile.vault.store import SecretStore
 from stile.wire.errors import UpstreamUnavailable
+from tests.support import REPO
 
 TX = {"token_endpoint": "http://127.0.0.1:9/token", "client_id": "gw", "client_secret": "${secret:idp}"}
 
@@ -90,8 +96,6 @@ class Clock:
 
 async def test_exchanged_tokens_are_reused_until_the_margin_and_the_cache_is_bounded(
         idp: tuple[str, list[dict[str, str]]]) -> None:
-    import aiohttp
-
     url, seen = idp
     clock = Clock()
     cfg = TokenExchangeConfig(token_endpoint=url, client_id="gw", client_secret="${secret:x}", scopes=["a", "b"],
@@ -132,3 +136,13 @@ async def test_passthrough_and_modes_without_a_user_token(tmp_path: Path) -> Non
                 await creds.prepare(upstream, Caller(None, "key-agent"))
     finally:
         await creds.aclose()
+
+
+def test_stile_check_warns_about_passthrough(tmp_path: Path) -> None:
+    path = tmp_path / "stile.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": {"raw": {"url": "http://127.0.0.1:9/mcp", "identity": "passthrough"}},
+                                    "virtual_servers": {"v": {}}}), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "stile", "check", "--offline", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "COLUMNS": "300"})
+    assert done.returncode == 0, done.stderr
+    assert "upstreams.raw: identity: passthrough sends each caller's own token" in " ".join(done.stderr.split())
