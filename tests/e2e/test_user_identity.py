@@ -346,6 +346,25 @@ async def test_tokens_are_refreshed_near_expiry_and_on_a_401(env: Env) -> None:
     assert (await _as_stats(env))["refresh_token"] == before + 1
 
 
+async def test_an_authorization_server_outage_during_refresh_keeps_the_grant(env: Env) -> None:
+    await _control(env, access_ttl=5)  # every use refreshes
+    try:
+        url = _consent_url(await _modern(env, "uo__whoami", "leo", caps=URL_CAPS))
+        assert (await _approve(env, url, "leo"))[0] == 200
+        await _control(env, fail="down")
+        try:
+            reply = await _modern(env, "uo__whoami", "leo")
+        finally:
+            await _control(env, fail=None)
+        assert "upstream 'uo': refreshing the user's token" in reply["error"]["message"], reply
+        assert "HTTP 503" in reply["error"]["message"]
+        assert _who(await _modern(env, "uo__whoami", "leo"))["sub"] == "leo"  # the grant survived
+        await _control(env, drop_refresh_of="leo")  # the refresh token is refused now: consent again
+        assert (await _modern(env, "uo__whoami", "leo"))["error"]["code"] == -32042
+    finally:
+        await _control(env, access_ttl=3600)
+
+
 async def test_revoke_user_makes_the_user_consent_again(env: Env) -> None:
     url = _consent_url(await _modern(env, "uo__whoami", "gina", caps=URL_CAPS))
     assert (await _approve(env, url, "gina"))[0] == 200
