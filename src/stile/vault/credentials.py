@@ -166,8 +166,11 @@ class VaultCredentials:
             if caller.token is None or caller.user is None:
                 raise UpstreamUnavailable(upstream, "identity: token_exchange needs a caller signed in with a "
                                           "bearer token (not an API key)")
-            secret = self._expand(upstream, exchanger.cfg.client_secret)
-            token, ident = await exchanger.token(self._client(), caller.user, caller.token, secret)
+            hit = exchanger.cached(caller.user)  # the hot path: no secret expansion, no lock
+            if hit is None:
+                secret = self._expand(upstream, exchanger.cfg.client_secret)
+                hit = await exchanger.token(self._client(), caller.user, caller.token, secret)
+            token, ident = hit
             caller.bearer = token
             caller.used = {"mode": "token_exchange", "subject": caller.user, "token_id": ident}
         elif self.oauth is not None and upstream in self.oauth.upstreams:
