@@ -40,6 +40,7 @@ from tests.support import REPO, free_port, ready_process, stop, wait_http
 
 MASTER = new_key_text()
 CLIENT_ID = "stile-gw"
+PUBLIC_ID = "stile-public"  # a public client: PKCE, no secret
 CLIENT_SECRET = "cl1ent/" + secrets.token_urlsafe(18) + "+="
 SERVICE_TOKEN = "svc-" + secrets.token_urlsafe(24)
 URL_CAPS = {"elicitation": {"url": {}}}
@@ -72,7 +73,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     api_key = "stile_ops_" + secrets.token_urlsafe(24)
-    clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "redirect_uris": [f"{base}/oauth/callback"]}}
+    clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "redirect_uris": [f"{base}/oauth/callback"]},
+               PUBLIC_ID: {"secret": None, "redirect_uris": [f"{base}/oauth/callback"]}}
     as_argv = [sys.executable, "-u", "-m", "tests.fixtures.oauth_as", "--port", "0", "--clients", json.dumps(clients)]
     with ready_process(as_argv, "authorization server") as as_port:
         issuer = f"http://127.0.0.1:{as_port}"
@@ -89,7 +91,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "auth": {"key_cache_seconds": 0,
                          "keys": [{"name": "ops", "hash": hash_for_config(api_key), "roles": ["user"]}],
                          "jwt": [{"issuer": issuer, "jwks_url": f"{issuer}/jwks"}]},
-                "roles": {"user": {"allow_tools": ["tx.*", "uo.*"]}},
+                "roles": {"user": {"allow_tools": ["tx.*", "uo.*", "pub.*", "bad.*"]}},
                 "upstreams": {
                     "tx": {"url": f"{upstream}/mcp", "headers": service, "identity": "token_exchange",
                            "token_exchange": {"token_endpoint": f"{issuer}/token", "client_id": CLIENT_ID,
@@ -98,6 +100,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "uo": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
                            "oauth": {"client_id": CLIENT_ID, "client_secret": "${secret:as-client}",
                                      "scopes": ["notes:read"], "match_user": True}},
+                    "pub": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
+                            "oauth": {"client_id": PUBLIC_ID, "authorization_endpoint": f"{issuer}/authorize",
+                                      "token_endpoint": f"{issuer}/token"}},  # configured: no discovery
+                    "bad": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
+                            "oauth": {"client_id": CLIENT_ID, "resource_metadata": f"{issuer}/no-such-document"}},
                 },
                 "virtual_servers": {"v": {}},
             }
@@ -324,6 +331,20 @@ async def test_a_client_without_url_elicitation_gets_an_error_carrying_the_conse
         assert reply["error"]["code"] == -32042
         assert "upstream 'uo'" in reply["error"]["message"]
         assert _consent_url(reply).startswith(f"{env.base}/oauth/consent/")
+
+
+async def test_a_public_client_with_configured_endpoints_works_the_same(env: Env) -> None:
+    url = _consent_url(await _modern(env, "pub__whoami", "nina", caps=URL_CAPS))
+    assert (await _approve(env, url, "nina"))[0] == 200
+    got = _who(await _legacy(env, "pub__whoami", "nina"))
+    assert got["sub"] == "nina" and got["aud"] == f"{env.upstream}/mcp"
+
+
+async def test_a_discovery_failure_is_a_clear_error_not_a_dead_consent_link(env: Env) -> None:
+    for call in (_modern, _legacy):
+        reply = await call(env, "bad__whoami", "oscar")
+        message = reply["error"]["message"]
+        assert "upstream 'bad': OAuth discovery failed: protected resource metadata answered HTTP 404" in message
 
 
 async def test_tokens_are_refreshed_near_expiry_and_on_a_401(env: Env) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+from sqlalchemy.exc import SQLAlchemyError
 
 from stile.config.upstream_identity import UserOAuthConfig
 from stile.vault.consent_seal import ConsentRefused, Sealer, pkce_pair
@@ -191,7 +192,7 @@ class UserOAuth:
             return hit[0]
         try:
             raw = (await self.store.latest([grant_name(upstream, user)])).get(grant_name(upstream, user))
-        except (VaultError, OSError) as exc:
+        except (VaultError, SQLAlchemyError, OSError) as exc:
             raise UpstreamUnavailable(upstream, "the vault could not be read for the user's token") from exc
         grant = Grant.loads(raw) if raw is not None else None
         if len(self._grants) >= MAX_CACHED:
@@ -201,9 +202,19 @@ class UserOAuth:
 
     async def _save(self, upstream: str, user: str, grant: Grant) -> None:
         name = grant_name(upstream, user)
-        await self.store.rotate(name, grant.dumps(), create=True)
-        await self.store.prune(name, keep=1)
+        try:
+            await self.store.rotate(name, grant.dumps(), create=True)
+            await self.store.prune(name, keep=1)
+        except (VaultError, SQLAlchemyError, OSError) as exc:
+            raise UpstreamUnavailable(upstream, "the vault could not store the user's token") from exc
         self._grants[(upstream, user)] = (grant, self.clock())
+
+    async def _forget(self, upstream: str, user: str) -> None:
+        self._grants.pop((upstream, user), None)
+        try:
+            await self.store.delete(grant_name(upstream, user))
+        except (SQLAlchemyError, OSError) as exc:
+            raise UpstreamUnavailable(upstream, "the vault could not drop the user's refused token") from exc
 
     def _client_auth(self, upstream: str, cfg: UserOAuthConfig, form: dict[str, str]) -> str | None:
         if cfg.client_secret is None:
@@ -242,8 +253,7 @@ class UserOAuth:
             if exc.status in (400, 401):  # invalid_grant & co: the user must consent again
                 log.info("upstream %s: refresh refused for a user (%s); asking for consent again", upstream,
                          exc.reason)
-                await self.store.delete(grant_name(upstream, user))
-                self._grants.pop((upstream, user), None)
+                await self._forget(upstream, user)
                 return None
             if exc.timeout:
                 raise UpstreamTimeout(upstream, f"refreshing the user's token: {exc.reason}") from None
@@ -251,30 +261,34 @@ class UserOAuth:
         await self._save(upstream, user, fresh)
         return fresh
 
+    def _due(self, upstream: str, grant: Grant) -> bool:
+        margin = self.upstreams[upstream][1].refresh_margin
+        return grant.expires_at is not None and grant.expires_at - self.clock() <= margin
+
     async def token(self, upstream: str, user: str, *, force_refresh: bool = False) -> str:
-        """The user's access token for `upstream`, refreshed when needed; `ConsentRequired` without a grant."""
+        """The user's access token for `upstream`, refreshed when needed; `ConsentRequired` without a grant.
+        `force_refresh`: the upstream refused the current one (401)."""
         grant = await self._load(upstream, user)
-        _, cfg = self.upstreams[upstream]
-        due = (grant is not None and grant.expires_at is not None
-               and grant.expires_at - self.clock() <= cfg.refresh_margin)
-        if grant is not None and not due and not force_refresh:
+        if grant is not None and not force_refresh and not self._due(upstream, grant):
             return grant.access_token
         key = (upstream, user)
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with lock:  # one refresh per (user, upstream) at a time: the others use its result
             latest = await self._load(upstream, user, fresh=True)
-            if latest is not None and grant is not None and latest.access_token != grant.access_token:
-                return latest.access_token  # another request (or replica) refreshed it meanwhile
-            grant = await self._refresh(upstream, user, latest) if latest is not None else None
+            changed = latest is not None and (grant is None or latest.access_token != grant.access_token)
+            if latest is not None and changed and not self._due(upstream, latest):
+                return latest.access_token  # consented or refreshed meanwhile (here or on another replica)
+            fresh = await self._refresh(upstream, user, latest) if latest is not None else None
         if len(self._locks) > MAX_CACHED:
             self._locks.clear()
-        if grant is None:
+        if fresh is None:
             raise await self.consent_needed(upstream, user)
-        return grant.access_token
+        return fresh.access_token
 
     async def consent_needed(self, upstream: str, user: str) -> ConsentRequired:
         if not self.sealer.ready:
             raise UpstreamUnavailable(upstream, "the OAuth consent key is not loaded yet")
+        await self.endpoints(upstream)  # a link that can only fail is no use: discovery problems show here
         _, cfg = self.upstreams[upstream]
         sealed, link = self.sealer.link(user, upstream, cfg.consent_seconds)
         done = self._done.setdefault(link.nonce, asyncio.Event())
@@ -352,7 +366,10 @@ class UserOAuth:
                         pending.upstream)
             return _page(403, "Wrong account", "this consent was approved with an account other than the one the "
                          "agent acts for; nothing was stored")
-        await self._save(pending.upstream, pending.user, grant)
+        try:
+            await self._save(pending.upstream, pending.user, grant)
+        except UpstreamUnavailable as exc:
+            return _page(503, "Authorization not stored", f"{exc.message}; ask the agent again to retry")
         done = self._done.get(pending.nonce)
         if done is not None:
             done.set()
