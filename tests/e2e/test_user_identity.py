@@ -325,6 +325,15 @@ async def test_modern_sdk_client_handles_input_required_and_the_call_succeeds(en
     assert _who(await _legacy(env, "uo__whoami", "bob"))["sub"] == "bob"
 
 
+async def test_a_modern_retry_sent_before_the_user_finished_waits_for_the_consent(env: Env) -> None:
+    first = await _modern(env, "uo__whoami", "paula", caps=URL_CAPS)
+    url, state = _consent_url(first), first["result"]["requestState"]
+    resume = {"requestState": state, "inputResponses": {"consent": {"action": "accept"}}}
+    retry = asyncio.create_task(_modern(env, "uo__whoami", "paula", caps=URL_CAPS, extra=resume))
+    assert (await _approve(env, url, "paula"))[0] == 200  # the browser finishes while the retry is out
+    assert _who(await retry)["sub"] == "paula"  # that one retry succeeds: it waited for the consent
+
+
 async def test_a_client_without_url_elicitation_gets_an_error_carrying_the_consent_url(env: Env) -> None:
     for call in (_legacy, _modern):
         reply = await call(env, "uo__whoami", "frank")

@@ -100,11 +100,11 @@ class UpstreamLeg:
         stats = ctx.stats
         started = perf_counter()
         try:
-            params = consent.strip_resume(params)
+            params, resumed = consent.strip_resume(params)
             try:
                 reply = await self._call(ctx, up, params, opts, on_request)
             except ConsentRequired as need:  # user_oauth: the user approves in a browser, then the call goes on
-                asked = await consent.ask(ctx, need)  # 2026-07-28 clients: input_required, retried after consent
+                asked = await consent.ask(ctx, need, resumed)  # 2026-07-28: input_required, retried after consent
                 reply = asked if asked is not None else await self._call(ctx, up, params, opts, on_request)
         except BaseException as exc:
             if span is not None:

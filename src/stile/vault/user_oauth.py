@@ -113,7 +113,7 @@ class UserOAuth:
         self._endpoints: dict[str, Endpoints] = {}
         self._grants: dict[tuple[str, str], tuple[Grant | None, float]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._done: dict[str, asyncio.Event] = {}  # link nonce -> set when its consent completed here
+        self._done: dict[tuple[str, str], asyncio.Event] = {}  # (upstream, user) -> set when a consent completed
         self._http: aiohttp.ClientSession | None = None
 
     def http(self) -> aiohttp.ClientSession:
@@ -291,23 +291,21 @@ class UserOAuth:
         await self.endpoints(upstream)  # a link that can only fail is no use: discovery problems show here
         _, cfg = self.upstreams[upstream]
         sealed, link = self.sealer.link(user, upstream, cfg.consent_seconds)
-        done = self._done.setdefault(link.nonce, asyncio.Event())
-        if len(self._done) > MAX_CACHED:
-            self._done = {link.nonce: done}
+        key = (upstream, user)
 
         async def wait() -> bool:
-            """Until the consent completed here (the event) or on another replica (the grant appears in the
-            vault: checked every second), or the link expired."""
-            try:
-                while (left := link.expires - self.clock()) > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(left, POLL_SECONDS)):
-                            await done.wait()
-                    if done.is_set() or await self._load(upstream, user, fresh=True) is not None:
-                        return True
-                return False
-            finally:
-                self._done.pop(link.nonce, None)
+            """Until a consent of this user for this upstream completed here (the event) or on another replica
+            (the grant appears in the vault: checked every second), or this link expired."""
+            if len(self._done) > MAX_CACHED:
+                self._done = {k: e for k, e in self._done.items() if not e.is_set()}
+            done = self._done.setdefault(key, asyncio.Event())
+            while (left := link.expires - self.clock()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, POLL_SECONDS)):
+                        await done.wait()
+                if done.is_set() or await self._load(upstream, user, fresh=True) is not None:
+                    return True
+            return False
 
         return ConsentRequired(upstream, f"{self.base}{CONSENT_PATH}{sealed}", "stile-" + link.nonce, wait)
 
@@ -370,9 +368,9 @@ class UserOAuth:
             await self._save(pending.upstream, pending.user, grant)
         except UpstreamUnavailable as exc:
             return _page(503, "Authorization not stored", f"{exc.message}; ask the agent again to retry")
-        done = self._done.get(pending.nonce)
+        done = self._done.pop((pending.upstream, pending.user), None)
         if done is not None:
-            done.set()
+            done.set()  # wakes every call of this user waiting for this upstream
         return _page(200, "Access granted", f"Stile may now call {pending.upstream!r} for you. You can close "
                      "this window and return to the agent.")
 
