@@ -36,6 +36,7 @@ from mcp.types import ElicitResult, TextContent
 from stile.stores.keys import hash_for_config
 from stile.vault.keyring import new_key_text
 from tests.e2e.helpers import LEGACY_HEADERS, initialize_body, modern_headers, modern_meta
+from tests.e2e.test_tracing import Collector
 from tests.support import REPO, free_port, ready_process, stop, wait_http
 
 MASTER = new_key_text()
@@ -54,6 +55,7 @@ class Env:
     tmp: Path
     config: Path
     api_key: str
+    collector: Collector
     seen: list[bytes] = field(default_factory=list)  # every byte a client got back from Stile
     incoming: set[str] = field(default_factory=set)  # every token a client presented to Stile
 
@@ -75,6 +77,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     api_key = "stile_ops_" + secrets.token_urlsafe(24)
     clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "redirect_uris": [f"{base}/oauth/callback"]},
                PUBLIC_ID: {"secret": None, "redirect_uris": [f"{base}/oauth/callback"]}}
+    collector = Collector()
+    collector.thread.start()
     as_argv = [sys.executable, "-u", "-m", "tests.fixtures.oauth_as", "--port", "0", "--clients", json.dumps(clients)]
     with ready_process(as_argv, "authorization server") as as_port:
         issuer = f"http://127.0.0.1:{as_port}"
@@ -88,6 +92,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "public_url": base,
                 "vault": {"cache_seconds": 0.2},
                 "audit": {"jsonl": str(tmp / "audit.jsonl")},
+                "tracing": {"enabled": True, "otlp_endpoint": collector.url},
                 "auth": {"key_cache_seconds": 0,
                          "keys": [{"name": "ops", "hash": hash_for_config(api_key), "roles": ["user"]}],
                          "jwt": [{"issuer": issuer, "jwks_url": f"{issuer}/jwks"}]},
@@ -120,9 +125,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "STILE_MASTER_KEY": MASTER})
                 try:
                     wait_http(f"{base}/healthz", proc, log=log)
-                    yield Env(base, issuer, upstream, tmp, path, api_key)
+                    yield Env(base, issuer, upstream, tmp, path, api_key, collector)
                 finally:
                     stop(proc)
+                    collector.server.shutdown()
+                    collector.server.server_close()
 
 
 async def _user_token(env: Env, user: str) -> str:
@@ -492,5 +499,9 @@ async def test_nothing_stile_wrote_contains_the_client_secret_or_any_issued_toke
     needles = [CLIENT_SECRET, SERVICE_TOKEN, *issued["refresh"], *issued["access"], *env.incoming]
     written = [(env.tmp / "stile.log").read_bytes(), (env.tmp / "audit.jsonl").read_bytes(), *env.seen]
     written += [p.read_bytes() for p in env.tmp.glob("state.db*")]  # vault rows are envelope-encrypted
+    written += [p.read_bytes() for p in env.tmp.rglob("audit-spool/**/*") if p.is_file()]
+    env.collector.wait_for(lambda spans: spans)  # traces were exported
+    with env.collector.cond:
+        written += [s.span.SerializeToString() for s in env.collector.spans]
     hits = [(n[:12], i) for n in needles for i, blob in enumerate(written) if n.encode() in blob]
     assert hits == []
