@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Env:
     config: Path
     api_key: str
     collector: Collector
+    replica_b: str
     seen: list[bytes] = field(default_factory=list)  # every byte a client got back from Stile
     incoming: set[str] = field(default_factory=set)  # every token a client presented to Stile
 
@@ -72,10 +73,12 @@ def _cli(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("user-identity")
-    port = free_port()
+    port, port_b = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     api_key = "stile_ops_" + secrets.token_urlsafe(24)
-    clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "redirect_uris": [f"{base}/oauth/callback"]},
+    replica_b = f"http://127.0.0.1:{port_b}"  # a second gateway on the same state (tests below start it)
+    clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "redirect_uris": [f"{base}/oauth/callback",
+                                                                      f"{replica_b}/oauth/callback"]},
                PUBLIC_ID: {"secret": None, "redirect_uris": [f"{base}/oauth/callback"]}}
     collector = Collector()
     collector.thread.start()
@@ -125,16 +128,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "STILE_MASTER_KEY": MASTER})
                 try:
                     wait_http(f"{base}/healthz", proc, log=log)
-                    yield Env(base, issuer, upstream, tmp, path, api_key, collector)
+                    yield Env(base, issuer, upstream, tmp, path, api_key, collector, replica_b)
                 finally:
                     stop(proc)
                     collector.server.shutdown()
                     collector.server.server_close()
 
 
-async def _user_token(env: Env, user: str) -> str:
+async def _user_token(env: Env, user: str, at: str | None = None) -> str:
+    aud = f"{at}/mcp/v" if at else env.vs
     async with aiohttp.ClientSession() as http, http.get(f"{env.issuer}/user-token",
-                                                         params={"user": user, "aud": env.vs}) as r:
+                                                         params={"user": user, "aud": aud}) as r:
         token = str((await r.json())["access_token"])
     env.incoming.add(token)
     return token
@@ -158,13 +162,13 @@ async def _upstream_seen(env: Env) -> list[str]:
 
 
 async def _modern(env: Env, tool: str, user: str | None, *, caps: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    cred = {"Authorization": f"Bearer {await _user_token(env, user)}"} if user else {"X-API-Key": env.api_key}
+                  extra: dict[str, Any] | None = None, at: str | None = None) -> dict[str, Any]:
+    cred = {"Authorization": f"Bearer {await _user_token(env, user, at)}"} if user else {"X-API-Key": env.api_key}
     meta = {**modern_meta(), "io.modelcontextprotocol/clientCapabilities": caps or {}}
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": {}, "_meta": meta, **(extra or {})}}
     async with aiohttp.ClientSession() as http, http.post(
-            env.vs, json=body, headers={**modern_headers("tools/call", tool), **cred}) as r:
+            f"{at}/mcp/v" if at else env.vs, json=body, headers={**modern_headers("tools/call", tool), **cred}) as r:
         raw = await r.read()
     env.seen.append(raw)
     out: dict[str, Any] = json.loads(raw)
@@ -207,7 +211,7 @@ async def user_agent(env: Env, as_user: str) -> AsyncIterator[aiohttp.ClientSess
 
 async def _approve(env: Env, url: str, as_user: str) -> tuple[int, str]:
     """Open a consent URL in a browser logged in as `as_user`, following redirects to the end."""
-    assert url.startswith(f"{env.base}/oauth/consent/"), url
+    assert url.startswith((f"{env.base}/oauth/consent/", f"{env.replica_b}/oauth/consent/")), url
     async with user_agent(env, as_user) as browser, browser.get(url) as r:
         body = await r.text()
         env.seen.append(body.encode())
@@ -418,6 +422,56 @@ async def test_revoke_user_makes_the_user_consent_again(env: Env) -> None:
     assert again.returncode != 0 and "no OAuth tokens" in again.stderr
 
 
+@contextmanager
+def second_replica(env: Env) -> Iterator[subprocess.Popen[bytes]]:
+    """Replica B: the same config and state store, its own port and public_url."""
+    config = yaml.safe_load(env.config.read_text())
+    config["public_url"] = env.replica_b
+    config["audit"] = {"jsonl": str(env.tmp / "audit-b.jsonl")}
+    path = env.tmp / "stile-b.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = urlsplit(env.replica_b).port
+    with (env.tmp / "stile-b.log").open("ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stile", "serve", "--config", str(path), "--port", str(port)],
+            stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "STILE_MASTER_KEY": MASTER})
+        try:
+            wait_http(f"{env.replica_b}/healthz", proc, log=env.tmp / "stile-b.log")
+            yield proc
+        finally:
+            stop(proc)
+
+
+async def test_a_consent_completed_on_another_replica_wakes_the_waiting_legacy_call(env: Env) -> None:
+    token = await _user_token(env, "quinn")
+    consented: list[str] = []
+
+    async def on_elicitation(ctx: Any, params: Any) -> ElicitResult:
+        on_b = params.url.replace(env.base, env.replica_b)  # the load balancer sent the browser to replica B
+        async with user_agent(env, "quinn") as browser, browser.get(on_b) as r:
+            consented.append(f"{r.status}")
+        return ElicitResult(action="accept")
+
+    with second_replica(env):
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+        async with Client(streamable_http_client(env.vs, http_client=http), mode="legacy",  # type: ignore[arg-type]
+                          elicitation_callback=on_elicitation) as client:  # type: ignore[arg-type]
+            got = _text(await client.call_tool("uo__whoami", {}))
+    assert consented == ["200"] and got["sub"] == "quinn"
+
+
+async def test_a_consent_link_survives_a_gateway_crash_and_restart(env: Env) -> None:
+    with second_replica(env) as proc:
+        link = _consent_url(await _modern(env, "uo__whoami", "rita", at=env.replica_b))
+        assert link.startswith(f"{env.replica_b}/oauth/consent/")
+        proc.kill()  # the worst moment: the link is out, the user has not opened it yet
+        proc.wait(timeout=30)
+    with second_replica(env):  # restarted: the link is sealed under a key in the vault, not in memory
+        assert (await _approve(env, link, "rita"))[0] == 200
+        assert _who(await _modern(env, "uo__whoami", "rita", at=env.replica_b))["sub"] == "rita"
+    assert _who(await _modern(env, "uo__whoami", "rita"))["sub"] == "rita"  # and replica A uses the same grant
+
+
 # --- attacks ----------------------------------------------------------------------------------------------------
 
 
@@ -500,6 +554,7 @@ async def test_nothing_stile_wrote_contains_the_client_secret_or_any_issued_toke
     written = [(env.tmp / "stile.log").read_bytes(), (env.tmp / "audit.jsonl").read_bytes(), *env.seen]
     written += [p.read_bytes() for p in env.tmp.glob("state.db*")]  # vault rows are envelope-encrypted
     written += [p.read_bytes() for p in env.tmp.rglob("audit-spool/**/*") if p.is_file()]
+    written += [p.read_bytes() for p in (env.tmp / "stile-b.log", env.tmp / "audit-b.jsonl") if p.exists()]
     env.collector.wait_for(lambda spans: spans)  # traces were exported
     with env.collector.cond:
         written += [s.span.SerializeToString() for s in env.collector.spans]
