@@ -24,11 +24,12 @@ from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
 from stile.stores.pins import open_pin_store
+from stile.stores.revocations import open_revocation_store
 from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.vault.credentials import VaultCredentials, needs_vault
 from stile.vault.keyring import load_keyring
 from stile.vault.store import SecretStore
-from stile.vault.user_oauth import UserOAuth
+from stile.vault.user_oauth import USED_CONSENTS_TABLE, UserOAuth
 from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
@@ -121,7 +122,8 @@ def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials |
     if not needs_vault(cfg):
         return None
     url = state_url or cfg.state or "sqlite:///stile.db"
-    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)))
+    used = open_revocation_store(url, table=USED_CONSENTS_TABLE)  # user_oauth: links and states used once
+    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)), used=used)
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None) -> list[Sink]:

@@ -470,6 +470,8 @@ async def test_a_consent_link_survives_a_gateway_crash_and_restart(env: Env) -> 
         assert (await _approve(env, link, "rita"))[0] == 200
         assert _who(await _modern(env, "uo__whoami", "rita", at=env.replica_b))["sub"] == "rita"
     assert _who(await _modern(env, "uo__whoami", "rita"))["sub"] == "rita"  # and replica A uses the same grant
+    status, body = await _approve(env, link.replace(env.replica_b, env.base), "rita")  # replayed on replica A
+    assert status == 400 and "already used" in body  # single use is in the state store, not in one process
 
 
 # --- attacks ----------------------------------------------------------------------------------------------------

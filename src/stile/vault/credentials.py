@@ -20,6 +20,7 @@ import aiohttp
 from sqlalchemy.exc import SQLAlchemyError
 
 from stile.config.model import GatewayConfig, UpstreamConfig
+from stile.stores.revocations import RevocationStore
 from stile.tasks import spawn
 from stile.upstreams.credentials import SERVICE, Caller
 from stile.vault.assertion import SERVICE_SUBJECT, SIGNING_KEY, Minter, new_signing_key, token_id_hash
@@ -62,7 +63,8 @@ def needs_vault(cfg: GatewayConfig) -> bool:
 
 
 class VaultCredentials:
-    def __init__(self, cfg: GatewayConfig, store: SecretStore, scrubber: Scrubber | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, store: SecretStore, scrubber: Scrubber | None = None,
+                 used: RevocationStore | None = None) -> None:
         self.store = store
         self.refs = references(cfg)
         self.audiences = {n: u.url or "" for n, u in cfg.upstreams.items() if u.identity == "assertion"}
@@ -70,7 +72,7 @@ class VaultCredentials:
                            for n, u in cfg.upstreams.items() if u.token_exchange is not None}
         self.passthrough = {n for n, u in cfg.upstreams.items() if u.identity == "passthrough"}
         oauth = {n: (u.url or "", u.oauth) for n, u in cfg.upstreams.items() if u.oauth is not None}
-        self.oauth = UserOAuth(oauth, store, self._expand, cfg.vault.cache_seconds) if oauth else None
+        self.oauth = UserOAuth(oauth, store, self._expand, cfg.vault.cache_seconds, used=used) if oauth else None
         self._http: aiohttp.ClientSession | None = None
         self.issuer = (cfg.public_url or "").rstrip("/") or SERVICE_SUBJECT  # the server sets its URL
         self.cache_seconds = cfg.vault.cache_seconds

@@ -32,6 +32,7 @@ import aiohttp
 from sqlalchemy.exc import SQLAlchemyError
 
 from stile.config.upstream_identity import UserOAuthConfig
+from stile.stores.revocations import RevocationStore
 from stile.vault.consent_seal import ConsentRefused, Sealer, pkce_pair
 from stile.vault.keyring import VaultError
 from stile.vault.oauth_http import OAuthHttpError, basic_auth, get_json, jwt_claims, post_form, token_lifetime
@@ -41,6 +42,7 @@ from stile.wire.errors import ConsentRequired, UpstreamTimeout, UpstreamUnavaila
 log = logging.getLogger("stile.vault.oauth")
 PREFIX = "stile.oauth."
 CALLBACK_PATH = "/oauth/callback"
+USED_CONSENTS_TABLE = "stile_oauth_used"
 CONSENT_PATH = "/oauth/consent/"
 MAX_CACHED = 10_000
 POLL_SECONDS = 1.0  # a legacy call waiting for consent looks in the vault this often (another replica's callback)
@@ -102,7 +104,7 @@ def _page(status: int, title: str, text: str) -> Page:
 class UserOAuth:
     def __init__(self, upstreams: Mapping[str, tuple[str, UserOAuthConfig]], store: SecretStore,
                  secret: Callable[[str, str], str], cache_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, used: RevocationStore | None = None) -> None:
         self.upstreams = dict(upstreams)  # name -> (url, config)
         self.store = store
         self.secret = secret  # (upstream, "${secret:...}") -> the value; raises UpstreamUnavailable
@@ -115,6 +117,7 @@ class UserOAuth:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._done: dict[tuple[str, str], asyncio.Event] = {}  # (upstream, user) -> set when a consent completed
         self._http: aiohttp.ClientSession | None = None
+        self.used = used  # links and states already used, shared by replicas and restarts (the state store)
 
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -124,6 +127,19 @@ class UserOAuth:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.close()
+        if self.used is not None:
+            await self.used.aclose()
+
+    async def _claim(self, key: str, expires: float) -> None:
+        """Single use across replicas and restarts (this process already refused a local replay)."""
+        if self.used is None:
+            return
+        try:
+            if await self.used.is_revoked(key):
+                raise ConsentRefused("this link was already used: ask the agent again for a new one")
+            await self.used.revoke(key, expires)
+        except (SQLAlchemyError, OSError) as exc:
+            raise ConsentRefused("the gateway cannot record this consent right now; try again shortly") from exc
 
     # -- discovery ---------------------------------------------------------------------------------------
     async def endpoints(self, upstream: str) -> Endpoints:
@@ -314,6 +330,7 @@ class UserOAuth:
         """GET /oauth/consent/<sealed>: check and consume the link, send the browser to the authorization server."""
         try:
             link = self.sealer.open_link(sealed)
+            await self._claim("consent|" + link.nonce, link.expires)
         except ConsentRefused as exc:
             return _page(400, "Consent link refused", str(exc))
         if link.upstream not in self.upstreams:
@@ -341,6 +358,7 @@ class UserOAuth:
         sealed = query.get("state", "")
         try:
             pending = self.sealer.open_state(sealed, lambda nonce: cookies.get(COOKIE + nonce))
+            await self._claim("state|" + pending.nonce, pending.expires)
         except ConsentRefused as exc:
             return _page(400, "Authorization refused", str(exc))
         if pending.upstream not in self.upstreams:
