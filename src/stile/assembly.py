@@ -122,7 +122,8 @@ def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials |
     if not needs_vault(cfg):
         return None
     url = state_url or cfg.state or "sqlite:///stile.db"
-    used = open_revocation_store(url, table=USED_CONSENTS_TABLE)  # user_oauth: links and states used once
+    oauth = any(u.identity == "user_oauth" for u in cfg.upstreams.values())
+    used = open_revocation_store(url, table=USED_CONSENTS_TABLE) if oauth else None  # consent links: used once
     return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)), used=used)
 
 
