@@ -250,13 +250,14 @@ def _text(result: Any) -> dict[str, Any]:
     return out
 
 
-async def _audit(env: Env, user: str, tool: str, count: int = 1) -> list[dict[str, Any]]:
+async def _audit(env: Env, user: str, tool: str, count: int = 1, *,
+                 with_identity: bool = True) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 15
     path = env.tmp / "audit.jsonl"
     while True:
         lines = path.read_text().splitlines() if path.exists() else []
         got = [e for e in map(json.loads, lines) if (e.get("principal") or {}).get("user") == user
-               and e.get("tool") == tool and e.get("identity")]
+               and e.get("tool") == tool and (e.get("identity") or not with_identity)]
         if len(got) >= count or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.05)  # waiting for the audit writer, with a deadline
@@ -346,11 +347,17 @@ async def test_a_modern_retry_sent_before_the_user_finished_waits_for_the_consen
 
 
 async def test_a_client_without_url_elicitation_gets_an_error_carrying_the_consent_url(env: Env) -> None:
+    links = []
     for call in (_legacy, _modern):
         reply = await call(env, "uo__whoami", "frank")
         assert reply["error"]["code"] == -32042
-        assert "upstream 'uo'" in reply["error"]["message"]
-        assert _consent_url(reply).startswith(f"{env.base}/oauth/consent/")
+        links.append(_consent_url(reply))
+        assert "upstream 'uo'" in reply["error"]["message"] and links[-1] in reply["error"]["message"]
+        assert links[-1].startswith(f"{env.base}/oauth/consent/")
+    events = await _audit(env, "frank", "uo__whoami", 2, with_identity=False)
+    assert len(events) == 2 and all("has not authorized" in (e.get("reason") or "") for e in events)
+    audit = (env.tmp / "audit.jsonl").read_text()
+    assert not any(link.rsplit("/", 1)[1] in audit for link in links)  # the link is the user's alone
 
 
 async def test_a_public_client_with_configured_endpoints_works_the_same(env: Env) -> None:

@@ -143,8 +143,14 @@ class ConsentRequired(StileError):
         self.elicitation_id = elicitation_id
         self.wait = wait  # resolves True once this consent completed (bounded by the link's lifetime)
         self.prompt = f"Sign in to {upstream!r} to let the agent act for you there"
-        super().__init__(f"upstream {upstream!r}: the user has not authorized access yet; open {url} and retry",
+        # the message (what audit and traces record) leaves the link out: it is for the user alone
+        super().__init__(f"upstream {upstream!r}: the user has not authorized access yet",
                          data={"upstream": upstream, "elicitations": [self.elicitation()]})
+
+    def to_error(self) -> dict[str, Any]:
+        err = super().to_error()
+        err["message"] = f"{self.message}; open {self.url} and retry"  # for clients that show only the message
+        return err
 
     def elicitation(self) -> dict[str, Any]:
         """The URL-mode elicitation params (2025-11-25 `elicitation/create`, mode `url`)."""
