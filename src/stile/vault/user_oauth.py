@@ -1,10 +1,6 @@
 """`identity: user_oauth`: Stile is the OAuth client of an upstream's authorization server, one grant per user.
 
-Discovery (once per upstream, retried after a failure): the upstream's RFC 9728 protected-resource metadata
-(`oauth.resource_metadata`, else `/.well-known/oauth-protected-resource<path>` then without the path, beside
-the upstream's `url`), whose `resource` must be the upstream's URL; then the first authorization server's
-RFC 8414 metadata (`/.well-known/oauth-authorization-server<path>`, else OpenID discovery), whose `issuer`
-must match and which must list S256 PKCE. Configured endpoints skip discovery.
+Discovery (`oauth_discovery.py`) runs once per upstream (again after a failure); configured endpoints skip it.
 
 Tokens live in the vault, one secret per (user, upstream) named `stile.oauth.<upstream>.<sha256(user)[:32]>`
 (JSON: access and refresh token, expiry), read through an in-memory copy at most `vault.cache_seconds` old;
@@ -26,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from html import escape
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,7 +31,8 @@ from stile.config.upstream_identity import UserOAuthConfig
 from stile.stores.revocations import RevocationStore
 from stile.vault.consent_seal import ConsentRefused, Sealer, pkce_pair
 from stile.vault.keyring import VaultError
-from stile.vault.oauth_http import OAuthHttpError, basic_auth, get_json, jwt_claims, post_form, token_lifetime
+from stile.vault.oauth_discovery import Endpoints, discover
+from stile.vault.oauth_http import OAuthHttpError, basic_auth, jwt_claims, post_form, token_lifetime
 from stile.vault.store import SecretStore
 from stile.wire.errors import ConsentRequired, UpstreamTimeout, UpstreamUnavailable
 
@@ -59,12 +56,6 @@ def is_grant_of(name: str, user: str, upstream: str | None = None) -> bool:
     if upstream is not None:
         return name == grant_name(upstream, user)
     return name.startswith(PREFIX) and name.endswith(suffix)
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    authorization: str
-    token: str
 
 
 @dataclass(frozen=True)
@@ -151,53 +142,11 @@ class UserOAuth:
             got = Endpoints(cfg.authorization_endpoint, cfg.token_endpoint)
         else:
             try:
-                got = await self._discover(url, cfg)
+                got = await discover(self.http(), url, cfg)
             except OAuthHttpError as exc:
                 raise UpstreamUnavailable(upstream, f"OAuth discovery failed: {exc.reason}") from None
         self._endpoints[upstream] = got
         return got
-
-    async def _first(self, urls: list[str], what: str, timeout: float) -> dict[str, Any]:
-        last: OAuthHttpError | None = None
-        for url in urls:
-            try:
-                return await get_json(self.http(), url, timeout=timeout, what=what)
-            except OAuthHttpError as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    async def _discover(self, url: str, cfg: UserOAuthConfig) -> Endpoints:
-        parts = urlsplit(url)
-        origin, path = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
-        candidates = [cfg.resource_metadata] if cfg.resource_metadata else [
-            f"{origin}/.well-known/oauth-protected-resource{path}", f"{origin}/.well-known/oauth-protected-resource"]
-        prm = await self._first(candidates, "protected resource metadata", cfg.timeout)
-        if str(prm.get("resource", "")).rstrip("/") != url.rstrip("/"):
-            raise OAuthHttpError("protected resource metadata names another resource")
-        servers = prm.get("authorization_servers")
-        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
-            raise OAuthHttpError("protected resource metadata lists no authorization server")
-        issuer = servers[0].rstrip("/")
-        ip = urlsplit(issuer)
-        if ip.scheme not in ("http", "https") or not ip.netloc:
-            raise OAuthHttpError("the authorization server is not an http(s) URL")
-        io, ipath = f"{ip.scheme}://{ip.netloc}", ip.path.rstrip("/")
-        meta = await self._first([f"{io}/.well-known/oauth-authorization-server{ipath}",
-                                  f"{io}/.well-known/openid-configuration{ipath}",
-                                  f"{issuer}/.well-known/openid-configuration"],
-                                 "authorization server metadata", cfg.timeout)
-        if str(meta.get("issuer", "")).rstrip("/") != issuer:
-            raise OAuthHttpError("authorization server metadata names another issuer")
-        methods = meta.get("code_challenge_methods_supported")
-        if not isinstance(methods, list) or "S256" not in methods:
-            raise OAuthHttpError("the authorization server does not support PKCE S256")
-        auth, token = meta.get("authorization_endpoint"), meta.get("token_endpoint")
-        for value in (auth, token):
-            if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
-                raise OAuthHttpError("authorization server metadata lacks http(s) endpoints")
-        assert isinstance(auth, str) and isinstance(token, str)
-        return Endpoints(auth, token)
 
     # -- grants ------------------------------------------------------------------------------------------
     async def _load(self, upstream: str, user: str, fresh: bool = False) -> Grant | None:
@@ -313,15 +262,19 @@ class UserOAuth:
             """Until a consent of this user for this upstream completed here (the event) or on another replica
             (the grant appears in the vault: checked every second), or this link expired."""
             if len(self._done) > MAX_CACHED:
-                self._done = {k: e for k, e in self._done.items() if not e.is_set()}
+                self._done.clear()  # the waiters still look in the vault every second
             done = self._done.setdefault(key, asyncio.Event())
-            while (left := link.expires - self.clock()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, POLL_SECONDS)):
-                        await done.wait()
-                if done.is_set() or await self._load(upstream, user, fresh=True) is not None:
-                    return True
-            return False
+            try:
+                while (left := link.expires - self.clock()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(left, POLL_SECONDS)):
+                            await done.wait()
+                    if done.is_set() or await self._load(upstream, user, fresh=True) is not None:
+                        return True
+                return False
+            finally:
+                if self._done.get(key) is done:
+                    del self._done[key]  # other waiters of this key fall back to the vault look-up
 
         return ConsentRequired(upstream, f"{self.base}{CONSENT_PATH}{sealed}", "stile-" + link.nonce, wait)
 
