@@ -107,12 +107,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                                               "timeout": 1.0}},
                     "uo": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
                            "oauth": {"client_id": CLIENT_ID, "client_secret": "${secret:as-client}",
-                                     "scopes": ["notes:read"], "match_user": True}},
+                                     "issuer": issuer, "scopes": ["notes:read"], "match_user": True}},
                     "pub": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
                             "oauth": {"client_id": PUBLIC_ID, "authorization_endpoint": f"{issuer}/authorize",
                                       "token_endpoint": f"{issuer}/token"}},  # configured: no discovery
                     "bad": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
-                            "oauth": {"client_id": CLIENT_ID, "resource_metadata": f"{issuer}/no-such-document"}},
+                            "oauth": {"client_id": PUBLIC_ID, "resource_metadata": f"{issuer}/no-such-document"}},
                 },
                 "virtual_servers": {"v": {}},
             }

@@ -41,6 +41,8 @@ def test_each_mode_needs_its_block_and_an_http_upstream() -> None:
         _cfg(oauth={"client_id": "gw"})
     with pytest.raises(ConfigError, match="needs a Streamable HTTP"):
         parse_config({"upstreams": {"u": {"command": ["x"], "identity": "passthrough"}}})
+    with pytest.raises(ConfigError, match="a `client_secret` needs `issuer`"):
+        _cfg(identity="user_oauth", oauth={"client_id": "gw", "client_secret": "${secret:a}"})
     with pytest.raises(ConfigError, match="both `authorization_endpoint` and `token_endpoint`"):
         _cfg(identity="user_oauth", oauth={"client_id": "gw", "token_endpoint": "https://as/token"})
 
@@ -49,7 +51,7 @@ def test_a_client_secret_must_be_a_vault_reference() -> None:
     with pytest.raises(ConfigError, match="must be a vault reference"):
         _cfg(identity="token_exchange", token_exchange={**TX, "client_secret": "literal-secret"})
     with pytest.raises(ConfigError, match="must be a vault reference"):
-        _cfg(identity="user_oauth", oauth={"client_id": "gw", "client_secret": "x${secret:a}"})
+        _cfg(identity="user_oauth", oauth={"client_id": "gw", "client_secret": "x${secret:a}", "issuer": "https://a"})
 
 
 def test_client_secrets_are_vault_references_that_open_the_vault() -> None:

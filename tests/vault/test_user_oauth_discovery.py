@@ -96,6 +96,18 @@ async def test_metadata_that_does_not_fit_is_refused(tmp_path: Path, server: tup
     assert why in got.value.message
 
 
+async def test_the_configured_issuer_must_be_listed_and_is_the_one_used(tmp_path: Path,
+                                                                       server: tuple[str, Docs]) -> None:
+    base, docs = server
+    other = f"{base}/other"
+    docs["/.well-known/oauth-protected-resource/mcp"] = {"resource": f"{base}/mcp",
+                                                        "authorization_servers": [f"{base}/evil", other]}
+    docs["/.well-known/oauth-authorization-server/other"] = _as_meta(other)
+    assert (await _discover(tmp_path, f"{base}/mcp", issuer=other)).token == f"{other}/token"
+    with pytest.raises(UpstreamUnavailable, match="does not list the configured issuer"):
+        await _discover(tmp_path, f"{base}/mcp", issuer=f"{base}/mine")
+
+
 async def test_oversized_or_non_json_documents_are_refused(tmp_path: Path, server: tuple[str, Docs]) -> None:
     base, docs = server
     docs["/.well-known/oauth-protected-resource/mcp"] = b"x" * (70 * 1024)

@@ -62,6 +62,7 @@ class UserOAuthConfig(_Strict):
     client_id: str = Field(min_length=1, max_length=256)
     client_secret: str | None = None  # ${secret:NAME}; absent: a public client (PKCE only)
     resource_metadata: str | None = None  # RFC 9728 URL; default: discovered beside the upstream's `url`
+    issuer: str | None = None  # the authorization server Stile is registered with (its metadata must say so)
     authorization_endpoint: str | None = None  # with token_endpoint: no discovery at all
     token_endpoint: str | None = None
     scopes: list[str] = Field(default_factory=list)
@@ -75,7 +76,7 @@ class UserOAuthConfig(_Strict):
     def _secret(cls, value: str | None) -> str | None:
         return _secret_ref(value)
 
-    @field_validator("resource_metadata", "authorization_endpoint", "token_endpoint")
+    @field_validator("resource_metadata", "issuer", "authorization_endpoint", "token_endpoint")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _url(value)
@@ -84,4 +85,8 @@ class UserOAuthConfig(_Strict):
     def _both_endpoints(self) -> UserOAuthConfig:
         if (self.authorization_endpoint is None) != (self.token_endpoint is None):
             raise ValueError("set both `authorization_endpoint` and `token_endpoint`, or neither (discovery)")
+        if self.client_secret is not None and self.issuer is None and self.token_endpoint is None:
+            # discovery starts from the upstream's own metadata: it must not choose where the secret goes
+            raise ValueError("a `client_secret` needs `issuer` (or `token_endpoint`): the client secret is sent "
+                             "only to the authorization server it was issued by")
         return self

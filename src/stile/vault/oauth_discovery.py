@@ -2,7 +2,8 @@
 
 The upstream's protected-resource metadata (`oauth.resource_metadata`, else
 `/.well-known/oauth-protected-resource<path>` then without the path, at the upstream's origin), whose
-`resource` must be the upstream's URL; then its first authorization server's metadata
+`resource` must be the upstream's URL; then the metadata of its first authorization server (or of
+`oauth.issuer`, which it must list)
 (`/.well-known/oauth-authorization-server<path>`, else OpenID discovery with the path inserted, else
 appended), whose `issuer` must match and which must list S256 PKCE and http(s) endpoints. No redirects are
 followed; documents are capped (`oauth_http.MAX_BODY`).
@@ -49,7 +50,12 @@ async def discover(http: aiohttp.ClientSession, url: str, cfg: UserOAuthConfig) 
     servers = prm.get("authorization_servers")
     if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
         raise OAuthHttpError("protected resource metadata lists no authorization server")
-    issuer = servers[0].rstrip("/")
+    listed = [str(s).rstrip("/") for s in servers]
+    issuer = listed[0]
+    if cfg.issuer is not None:
+        if cfg.issuer.rstrip("/") not in listed:
+            raise OAuthHttpError("protected resource metadata does not list the configured issuer")
+        issuer = cfg.issuer.rstrip("/")
     ip = urlsplit(issuer)
     if ip.scheme not in ("http", "https") or not ip.netloc:
         raise OAuthHttpError("the authorization server is not an http(s) URL")
