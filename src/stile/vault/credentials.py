@@ -128,7 +128,7 @@ class VaultCredentials:
                 self.minter.load([v for _, v in versions])
             if self.oauth is not None:
                 self.oauth.sealer.load(await self._own_key(OAUTH_KEY, new_oauth_key))
-        except (VaultError, SQLAlchemyError, OSError) as exc:
+        except (VaultError, SQLAlchemyError, OSError, ValueError) as exc:  # ValueError: a malformed own key
             log.warning("vault refresh failed (keeping the last values): %s", exc)
             return
         values = {k: v.decode("utf-8", "replace") for k, v in raw.items()}
