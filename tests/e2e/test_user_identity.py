@@ -99,7 +99,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "auth": {"key_cache_seconds": 0,
                          "keys": [{"name": "ops", "hash": hash_for_config(api_key), "roles": ["user"]}],
                          "jwt": [{"issuer": issuer, "jwks_url": f"{issuer}/jwks"}]},
-                "roles": {"user": {"allow_tools": ["tx.*", "uo.*", "pub.*", "bad.*"]}},
+                "roles": {"user": {"allow_tools": ["tx.*", "uo.*", "pub.*", "bad.*", "old.*"]}},
                 "upstreams": {
                     "tx": {"url": f"{upstream}/mcp", "headers": service, "identity": "token_exchange",
                            "token_exchange": {"token_endpoint": f"{issuer}/token", "client_id": CLIENT_ID,
@@ -108,6 +108,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "uo": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
                            "oauth": {"client_id": CLIENT_ID, "client_secret": "${secret:as-client}",
                                      "issuer": issuer, "scopes": ["notes:read"], "match_user": True}},
+                    "old": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth", "era": "legacy",
+                            "oauth": {"client_id": CLIENT_ID, "client_secret": "${secret:as-client}",
+                                      "issuer": issuer}},  # spoken to as 2025-11-25 only: modern clients bridged
                     "pub": {"url": f"{upstream}/mcp", "headers": service, "identity": "user_oauth",
                             "oauth": {"client_id": PUBLIC_ID, "authorization_endpoint": f"{issuer}/authorize",
                                       "token_endpoint": f"{issuer}/token"}},  # configured: no discovery
@@ -358,6 +361,14 @@ async def test_a_client_without_url_elicitation_gets_an_error_carrying_the_conse
     assert len(events) == 2 and all("has not authorized" in (e.get("reason") or "") for e in events)
     audit = (env.tmp / "audit.jsonl").read_text()
     assert not any(link.rsplit("/", 1)[1] in audit for link in links)  # the link is the user's alone
+
+
+async def test_consent_for_a_legacy_upstream_reaches_a_modern_client_through_the_bridge(env: Env) -> None:
+    first = await _modern(env, "old__whoami", "sam", caps=URL_CAPS)
+    assert (await _approve(env, _consent_url(first), "sam"))[0] == 200
+    resume = {"requestState": first["result"]["requestState"], "inputResponses": {"consent": {"action": "accept"}}}
+    assert _who(await _modern(env, "old__whoami", "sam", caps=URL_CAPS, extra=resume))["sub"] == "sam"
+    assert _who(await _legacy(env, "old__whoami", "sam"))["sub"] == "sam"
 
 
 async def test_a_public_client_with_configured_endpoints_works_the_same(env: Env) -> None:
