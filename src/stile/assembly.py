@@ -24,10 +24,12 @@ from stile.observe.spool import SpooledSink
 from stile.observe.tracing import Tracing
 from stile.policies.registry import PolicyDeps, build_chains
 from stile.stores.pins import open_pin_store
+from stile.stores.revocations import open_revocation_store
 from stile.upstreams.credentials import NO_CREDENTIALS, Credentials
 from stile.vault.credentials import VaultCredentials, needs_vault
 from stile.vault.keyring import load_keyring
 from stile.vault.store import SecretStore
+from stile.vault.user_oauth import USED_CONSENTS_TABLE, UserOAuth
 from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
@@ -59,6 +61,10 @@ class Runtime:
     def jwks(self) -> dict[str, Any]:
         """The public keys identity assertions are signed with (empty without a vault)."""
         return self.vault.jwks() if self.vault is not None else {"keys": []}
+
+    def consent_flow(self) -> UserOAuth | None:
+        """The browser side of `identity: user_oauth` (None when no upstream uses it)."""
+        return self.vault.oauth if self.vault is not None else None
 
     async def stop(self) -> None:
         if self.pinning is not None:
@@ -125,7 +131,9 @@ def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials |
     if not needs_vault(cfg):
         return None
     url = state_url or cfg.state or "sqlite:///stile.db"
-    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)))
+    oauth = any(u.identity == "user_oauth" for u in cfg.upstreams.values())
+    used = open_revocation_store(url, table=USED_CONSENTS_TABLE) if oauth else None  # consent links: used once
+    return VaultCredentials(cfg, SecretStore(url, load_keyring(cfg.vault)), used=used)
 
 
 def audit_sinks(cfg: GatewayConfig, state_url: str | None, writer: str | None = None) -> list[Sink]:

@@ -117,3 +117,18 @@ async def test_bad_names_and_values_are_refused(tmp_path: Path) -> None:
             await store.set("ok", b"x" * 70_000)
     finally:
         await store.aclose()
+
+
+async def test_prune_keeps_only_the_newest_versions(where: tuple[str, str]) -> None:
+    store = SecretStore(*where[:1], Keyring(K1), table=where[1])
+    try:
+        for i in range(4):
+            await store.rotate("stile.oauth.up.abc", f"grant-{i}".encode(), create=True)
+        assert await store.prune("stile.oauth.up.abc", keep=1) == 3
+        assert [v for v, _ in await store.versions("stile.oauth.up.abc")] == [4]
+        assert await store.prune("stile.oauth.up.abc", keep=1) == 0
+        assert await store.rotate("stile.oauth.up.abc", b"grant-5") == 5  # numbering goes on
+        assert await store.latest(["stile.oauth.up.abc"]) == {"stile.oauth.up.abc": b"grant-5"}
+        assert await store.prune("nothing-here") == 0
+    finally:
+        await store.aclose()

@@ -1,4 +1,4 @@
-"""`stile secrets set | list | delete | rotate | rewrap | rotate-signing-key | new-master-key`.
+"""`stile secrets set | list | delete | rotate | rewrap | rotate-signing-key | revoke-user | new-master-key`.
 
 Values come from stdin or `--from-file`, never from the command line (argv is visible to every local user
 and lands in shell history). One trailing newline is dropped (what `echo` and editors add). Nothing here
@@ -23,6 +23,7 @@ from stile.config.model import VaultConfig
 from stile.vault.assertion import SIGNING_KEY, new_signing_key
 from stile.vault.keyring import NEW_ENV, Keyring, VaultError, load_keyring, new_key_text, parse_key, read_key_file
 from stile.vault.store import SecretStore
+from stile.vault.user_oauth import is_grant_of
 
 T = TypeVar("T")
 secrets_app = typer.Typer(help="Manage secrets in the vault.", no_args_is_help=True, add_completion=False)
@@ -128,6 +129,24 @@ def rewrap(new_key_file: Annotated[Path | None, typer.Option("--new-key-file", h
         raise fail(str(exc), 2) from exc
     changed = _run(state, config, lambda store: store.rewrap(Keyring(new)))
     typer.echo(f"re-wrapped {changed} data keys under master key {Keyring(new).current_id}")
+
+
+@secrets_app.command("revoke-user")
+def revoke_user(user: Annotated[str, typer.Argument(help="the user (token subject) whose OAuth tokens to delete")],
+                upstream: Annotated[str | None, typer.Option("--upstream", help="only this upstream")] = None,
+                state: StateOpt = DEFAULT_STATE, config: ConfigOpt = None) -> None:
+    """Delete a user's OAuth tokens (identity: user_oauth), for every upstream or one; the user must consent
+    again. Running gateways stop using them within vault.cache_seconds."""
+
+    async def action(store: SecretStore) -> list[str]:
+        names = [i.name for i in await store.list() if is_grant_of(i.name, user, upstream)]
+        return [n for n in names if await store.delete(n)]
+
+    deleted = _run(state, config, action)
+    where = f" for upstream {upstream}" if upstream else ""
+    if not deleted:
+        raise fail(f"no OAuth tokens stored for that user{where}")
+    typer.echo(f"revoked {len(deleted)} OAuth grant(s){where}")
 
 
 @secrets_app.command("new-master-key")

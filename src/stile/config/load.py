@@ -106,7 +106,7 @@ def expand_env(value: Any, missing: list[str], where: str = "") -> Any:
 
 _SECRET_REF = re.compile(r"\$\{secret:([^}]*)\}")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_SECRET_PLACES = re.compile(r"upstreams\.[^.]+\.(headers|env)\.[^.]+")
+_SECRET_PLACES = re.compile(r"upstreams\.[^.]+\.((headers|env)\.[^.]+|(token_exchange|oauth)\.client_secret)")
 
 
 def secret_reference_problems(value: Any, where: str = "") -> list[str]:
@@ -121,7 +121,8 @@ def secret_reference_problems(value: Any, where: str = "") -> list[str]:
     problems = []
     for m in _SECRET_REF.finditer(value):
         if not _SECRET_PLACES.fullmatch(where):
-            problems.append(f"{where}: ${{secret:...}} is only resolved in upstreams.<name>.headers and .env")
+            problems.append(f"{where}: ${{secret:...}} is only resolved in upstreams.<name>.headers, .env "
+                            "and .token_exchange/.oauth.client_secret")
         elif not _SECRET_NAME.fullmatch(m.group(1)):
             problems.append(f"{where}: bad secret name {m.group(1)!r} (1-128 of [A-Za-z0-9_.-])")
     return problems

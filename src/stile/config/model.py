@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from stile.config.governance import GovernanceConfig
 from stile.config.identity import AuthConfig, RoleConfig, RuleConfig
 from stile.config.observe import AdminConfig, ArgumentsMode, AuditConfig, MetricsConfig, TracingConfig
+from stile.config.upstream_identity import TokenExchangeConfig, UserOAuthConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -76,7 +77,11 @@ class UpstreamConfig(_Strict):
     max_connections: int = Field(default=100, ge=1)
     health_interval: float | None = Field(default=None, gt=0, description="seconds between health checks; "
                                           "default `health.interval`")
-    identity: Literal["service", "assertion"] = "service"  # assertion: a per-caller JWT minted by Stile
+    # service: the configured headers; assertion: a JWT minted by Stile; token_exchange / user_oauth: a token
+    # for the calling user (docs/credentials.md); passthrough: the caller's own token (`stile check` warns)
+    identity: Literal["service", "assertion", "passthrough", "token_exchange", "user_oauth"] = "service"
+    token_exchange: TokenExchangeConfig | None = None
+    oauth: UserOAuthConfig | None = None
     stdio_per_worker: bool = Field(default=False, description="with `stile serve --workers N`: one process per "
                                    "worker instead of one per host shared by all workers")
 
@@ -84,6 +89,10 @@ class UpstreamConfig(_Strict):
     def _one_kind(self) -> UpstreamConfig:
         if self.stdio_per_worker and self.command is None:
             raise ValueError("`stdio_per_worker` is for stdio (`command`) upstreams")
+        if (self.identity == "token_exchange") != (self.token_exchange is not None):
+            raise ValueError("identity: token_exchange and a `token_exchange:` block go together")
+        if (self.identity == "user_oauth") != (self.oauth is not None):
+            raise ValueError("identity: user_oauth and an `oauth:` block go together")
         if self.endpoints is not None:
             if self.url is not None or self.command is not None:
                 raise ValueError("set `endpoints` instead of `url`, not beside it (stdio: `replicas`)")
@@ -111,8 +120,9 @@ class UpstreamConfig(_Strict):
                 raise ValueError("`url` must start with http:// or https://")
             if self.transport == "stdio":
                 raise ValueError("transport stdio needs `command`, not `url`")
-        if self.identity == "assertion" and (self.url is None or self.transport == "sse"):
-            raise ValueError("identity: assertion needs a Streamable HTTP `url` upstream (the token's audience)")
+        if self.identity != "service" and (self.url is None or self.transport == "sse"):
+            raise ValueError(f"identity: {self.identity} needs a Streamable HTTP `url` upstream (the caller is "
+                             "known per request there)")
         return self
 
     @property

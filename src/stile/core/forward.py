@@ -13,6 +13,7 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Any, Protocol
 
+from stile.core import consent
 from stile.core.context import CallContext, Reply
 from stile.core.mrtr import InputBridge
 from stile.core.results import adapt_reply
@@ -20,7 +21,7 @@ from stile.core.sessions import owner_of
 from stile.upstreams.base import CallOptions, Upstream
 from stile.upstreams.credentials import Caller
 from stile.wire import eras, jsonrpc
-from stile.wire.errors import MethodNotFound, StileError
+from stile.wire.errors import ConsentRequired, MethodNotFound, StileError
 
 MAX_INPUT_ROUNDS = 8
 _tokens = itertools.count(1)
@@ -90,7 +91,7 @@ class UpstreamLeg:
         span = spans.start_upstream(ctx, upstream, params) if spans.spans else None  # the upstream's parent
         p = ctx.principal
         scope = p.claims.get("scope") if p.claims else None
-        caller = Caller(p.user, p.agent, scope if isinstance(scope, str) else "")
+        caller = Caller(p.user, p.agent, scope if isinstance(scope, str) else "", _bearer(ctx))
         opts = CallOptions(on_message=on_message, on_request=on_request, client_caps=ctx.client_caps,
                            client_era=ctx.era,
                            client_info=ctx.client_info, log_level=ctx.log_level, progress_token=up_token,
@@ -99,10 +100,12 @@ class UpstreamLeg:
         stats = ctx.stats
         started = perf_counter()
         try:
-            if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
-                reply = adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
-            else:
-                reply = await self._exchange(ctx, up, params, opts, on_request)
+            params, resumed = consent.strip_resume(params)
+            try:
+                reply = await self._call(ctx, up, params, opts, on_request)
+            except ConsentRequired as need:  # user_oauth: the user approves in a browser, then the call goes on
+                asked = await consent.ask(ctx, need, resumed)  # 2026-07-28: input_required, retried after consent
+                reply = asked if asked is not None else await self._call(ctx, up, params, opts, on_request)
         except BaseException as exc:
             if span is not None:
                 spans.end_upstream(span, None, exc)
@@ -114,6 +117,12 @@ class UpstreamLeg:
         if span is not None:
             spans.end_upstream(span, reply)
         return reply
+
+    async def _call(self, ctx: CallContext, up: Upstream, params: dict[str, Any], opts: CallOptions,
+                    on_request: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
+        if ctx.era == "modern" and up.era == "legacy" and ctx.method in eras.NAMED_METHODS:
+            return adapt_reply(await self._bridge_inputs(ctx, up, params, opts), ctx.era, up.era)
+        return await self._exchange(ctx, up, params, opts, on_request)
 
     async def _exchange(self, ctx: CallContext, up: Upstream, params: dict[str, Any], opts: CallOptions,
                         on_request: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> Reply:
@@ -162,6 +171,15 @@ class UpstreamLeg:
             return await up.request(ctx.method, clean, replace(opts, on_request=on_request))
 
         return await bridge.start(call, binding, owner)
+
+
+def _bearer(ctx: CallContext) -> str | None:
+    """The caller's incoming bearer token, when it authenticated with one (a validated JWT)."""
+    if ctx.principal.method != "jwt":
+        return None
+    auth = ctx.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _binding(ctx: CallContext, upstream: str, params: dict[str, Any]) -> str:

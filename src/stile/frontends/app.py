@@ -14,6 +14,7 @@ from typing import Any
 
 from stile.assembly import Runtime
 from stile.core.context import ANONYMOUS, Principal
+from stile.frontends import oauth_routes
 from stile.frontends.admin import AdminApi
 from stile.frontends.asgi import (
     BodyTooLarge,
@@ -175,6 +176,10 @@ class StileApp:
         repeated = repeated_credential(scope["headers"])
         if repeated is not None:
             await send_json(send, 400, jsonrpc.error(None, -32600, f"more than one {repeated} header: send one"))
+            return
+        if path.startswith(oauth_routes.PREFIX):  # the user_oauth consent flow (browsers)
+            secure = (self.gw.cfg.public_url or "").startswith("https://")
+            await oauth_routes.serve(self.runtime.consent_flow(), scope, path, headers, send, secure)
             return
         if path == "/readyz":
             await self._ready(headers, send)

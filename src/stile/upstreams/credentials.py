@@ -2,7 +2,9 @@
 
 The upstreams know nothing of the vault: the composition root passes a `Credentials` (the vault's
 `VaultCredentials`), else `NO_CREDENTIALS` applies (configured headers and env as written, answers as is).
-`Caller` carries who a call is for (the assertion identity mode) and, back, which identity was used (audit).
+`Caller` carries who a call is for (the per-caller identity modes) and, back, which identity was used (audit).
+Per-caller tokens that take I/O to obtain (token exchange, a user's OAuth token) are fetched by `prepare`
+before the request and put into `caller.bearer`; `rejected` is told when the upstream answered 401 to it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ from stile.wire.jsonrpc import Message
 class Caller:
     """The user and agent one upstream call is made for; `used` is filled with the identity the call used."""
 
-    __slots__ = ("agent", "scope", "used", "user")
+    __slots__ = ("agent", "bearer", "scope", "token", "used", "user")
 
-    def __init__(self, user: str | None, agent: str | None, scope: str = "") -> None:
+    def __init__(self, user: str | None, agent: str | None, scope: str = "", token: str | None = None) -> None:
         self.user = user
         self.agent = agent
         self.scope = scope
+        self.token = token  # the caller's validated incoming bearer token (token_exchange, passthrough) or None
+        self.bearer: str | None = None  # the token `prepare` obtained for this upstream
         self.used: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:  # never the tokens
+        return f"Caller(user={self.user!r}, agent={self.agent!r})"
 
 
 class Credentials(Protocol):
@@ -30,6 +37,15 @@ class Credentials(Protocol):
                 caller: Caller | None = None) -> Mapping[str, str]:
         """The headers to send (secrets resolved, an assertion added; not to be mutated); raises
         `UpstreamUnavailable`. Sets `caller.used`."""
+        ...
+
+    async def prepare(self, upstream: str, caller: Caller) -> None:
+        """Obtain what this caller's request needs (sets `caller.bearer`); raises `UpstreamError` or
+        `ConsentRequired`."""
+        ...
+
+    async def rejected(self, upstream: str, caller: Caller) -> bool:
+        """The upstream answered 401 to `caller.bearer`: True when a fresh token is in `caller.bearer` (retry)."""
         ...
 
     def env(self, upstream: str, configured: Mapping[str, str]) -> dict[str, str]:
@@ -54,6 +70,12 @@ class _None:
         if caller is not None:
             caller.used = SERVICE
         return configured
+
+    async def prepare(self, upstream: str, caller: Caller) -> None:
+        return None
+
+    async def rejected(self, upstream: str, caller: Caller) -> bool:
+        return False
 
     def env(self, upstream: str, configured: Mapping[str, str]) -> dict[str, str]:
         return dict(configured)

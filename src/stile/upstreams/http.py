@@ -167,7 +167,7 @@ class HttpUpstream(UpstreamBase):
                     if keep_session and "mcp-session-id" in resp.headers:
                         self._session_id = resp.headers["mcp-session-id"]
                     async for msg in self._messages(resp):
-                        if jsonrpc.is_response(msg):
+                        if jsonrpc.is_response(msg) and ("result" in msg or isinstance(msg.get("error"), dict)):
                             return self._creds.scrub(self.name, msg)  # its error text becomes Stile's
                     return {"error": {"code": -32603, "message": f"HTTP status {resp.status}"}}
         except TimeoutError as exc:
@@ -241,9 +241,16 @@ class HttpUpstream(UpstreamBase):
     async def request(self, method: str, params: dict[str, Any], opts: CallOptions = DEFAULT_OPTIONS) -> Message:
         await self._ensure_ready()
         era = await self._pick_era(opts)
+        caller = opts.caller
+        if caller is not None:
+            await self._creds.prepare(self.name, caller)
         for attempt in (1, 2):
             try:
                 msg = await self._request_once(method, params, opts, era)
+            except _Unauthorized:
+                if attempt == 2 or caller is None or not await self._creds.rejected(self.name, caller):
+                    raise UpstreamUnavailable(self.name, "the upstream refused the caller's credentials (HTTP 401)"
+                                              ) from None
             except UpstreamUnavailable as exc:
                 self._last_error = detail_of(exc, self.target)  # not ready until it answers again
                 raise
@@ -275,6 +282,9 @@ class HttpUpstream(UpstreamBase):
                     if resp.status == 404 and era == "legacy" and self._session_id is not None:
                         await resp.read(self.max_response)
                         raise _SessionLost
+                    if resp.status == 401 and opts.caller is not None and opts.caller.bearer is not None:
+                        await resp.read(self.max_response)
+                        raise _Unauthorized
                     got_any = False
                     async for msg in self._messages(resp):
                         got_any = True
@@ -377,6 +387,10 @@ class HttpUpstream(UpstreamBase):
 
 class _SessionLost(Exception):
     pass
+
+
+class _Unauthorized(Exception):
+    """HTTP 401 to a per-caller token (the caller's identity may refresh it once)."""
 
 
 class _NoStream(Exception):

@@ -129,6 +129,17 @@ class SecretStore:
             res = await conn.execute(sa.delete(self._table).where(self._table.c.name == name))
         return bool(res.rowcount)
 
+    async def prune(self, name: str, keep: int = 1) -> int:
+        """Drop all but the newest `keep` versions of a secret (per-user OAuth grants); returns rows dropped."""
+        await self._ensure()
+        t = self._table
+        newest = await self._latest_version(name)
+        if newest <= keep:
+            return 0
+        async with self._engine.begin() as conn:
+            res = await conn.execute(sa.delete(t).where(t.c.name == name, t.c.version <= newest - keep))
+        return int(res.rowcount or 0)
+
     async def list(self) -> builtins.list[SecretInfo]:
         await self._ensure()
         t = self._table

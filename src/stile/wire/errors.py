@@ -14,6 +14,7 @@
         +-- UpstreamUnavailable  connection refused / reset / process dead
         +-- UpstreamTimeout      no answer within the upstream's timeout
         +-- UpstreamTooLarge     a response (body, SSE event, stdio line) over limits.max_upstream_response_bytes
+    +-- ConsentRequired        -32042: the user must approve an upstream (user_oauth) at a URL first
 
 Errors returned *by* an upstream (JSON-RPC error objects) are not exceptions: they pass through
 as responses. Exceptions here are always generated locally, so a client can tell them apart.
@@ -21,6 +22,7 @@ as responses. Exceptions here are always generated locally, so a client can tell
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 PARSE_ERROR = -32700
@@ -143,3 +145,36 @@ class UpstreamTooLarge(UpstreamError):
     def __init__(self, upstream: str, limit: int, what: str = "response") -> None:
         super().__init__(upstream, f"{what} larger than limits.max_upstream_response_bytes ({limit} bytes)")
         self.limit = limit
+
+
+URL_ELICITATION_REQUIRED = -32042
+
+
+class ConsentRequired(StileError):
+    """The user must approve access to an upstream in a browser first (`identity: user_oauth`).
+
+    As an error it is MCP's URL-elicitation-required error (-32042) carrying the consent URL; the router turns
+    it into a URL-mode elicitation (legacy clients) or `input_required` (2026-07-28 clients) when it can."""
+
+    jsonrpc_code = URL_ELICITATION_REQUIRED
+    http_status = 200
+
+    def __init__(self, upstream: str, url: str, elicitation_id: str,
+                 wait: Callable[[], Awaitable[bool]] | None = None) -> None:
+        self.upstream = upstream
+        self.url = url
+        self.elicitation_id = elicitation_id
+        self.wait = wait  # resolves True once this consent completed (bounded by the link's lifetime)
+        self.prompt = f"Sign in to {upstream!r} to let the agent act for you there"
+        # the message (what audit and traces record) leaves the link out: it is for the user alone
+        super().__init__(f"upstream {upstream!r}: the user has not authorized access yet",
+                         data={"upstream": upstream, "elicitations": [self.elicitation()]})
+
+    def to_error(self) -> dict[str, Any]:
+        err = super().to_error()
+        err["message"] = f"{self.message}; open {self.url} and retry"  # for clients that show only the message
+        return err
+
+    def elicitation(self) -> dict[str, Any]:
+        """The URL-mode elicitation params (2025-11-25 `elicitation/create`, mode `url`)."""
+        return {"mode": "url", "message": self.prompt, "url": self.url, "elicitationId": self.elicitation_id}
