@@ -146,7 +146,8 @@ def profile_once(
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     raw = bool(getattr(args, "stages", False))
     kind = "stacks" if raw else "flame"
-    svg = Path(args.results_dir) / f"{kind}-{target.name}-{scn.name}-{era}-c{concurrency}-{stamp}.{'txt' if raw else 'svg'}"
+    suffix = "txt" if raw else "svg"
+    svg = Path(args.results_dir) / f"{kind}-{target.name}-{scn.name}-{era}-c{concurrency}-{stamp}.{suffix}"
     argv = [
         pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(int(warmup + duration + 1)),
         "--rate", "250", "--nonblocking", "--subprocesses", "--format", "raw" if raw else "flamegraph",

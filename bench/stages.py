@@ -52,7 +52,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("http server (uvicorn)", "uvicorn/"),
     ("http server (uvicorn)", "h11"),
 )
-STAGES: tuple[str, ...] = tuple(dict.fromkeys(s for s, _ in RULES)) + ("loop/rest",)
+STAGES: tuple[str, ...] = (*dict.fromkeys(s for s, _ in RULES), "loop/rest")
 _FRAME_FILE = re.compile(r"\(([^():]+)(?::\d+)?\)\s*$")
 
 
