@@ -150,7 +150,8 @@ def profile_once(
     svg = Path(args.results_dir) / f"{kind}-{target.name}-{scn.name}-{era}-c{concurrency}-{stamp}.{suffix}"
     argv = [
         pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(int(warmup + duration + 1)),
-        "--rate", "250", "--nonblocking", "--subprocesses", "--format", "raw" if raw else "flamegraph",
+        "--rate", "250", "--nonblocking", "--subprocesses", *(["--threads"] if raw else []),
+        "--format", "raw" if raw else "flamegraph",
         "--output", str(svg),
     ]  # fmt: skip
     spy = subprocess.Popen(taskset(pin.client, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
