@@ -4,7 +4,8 @@ py-spy samples only threads that are running (idle samples are dropped), so a st
 samples is its share of the process's CPU time; times the measured CPU seconds per call it gives
 µs per call per stage. A sample belongs to the stage of the innermost frame that names one (walking from
 the leaf towards the root), so a stdlib or C call (``json``, ``hashlib``, ``sqlite3``) counts for the Stile
-module that made it. Samples with no stage frame (the event loop itself, uvloop's C callbacks, idle
+module that made it; a stack without Stile frames goes by the first of ``FALLBACK`` it has (SQLAlchemy's
+greenlet switch hides the caller from py-spy). Samples with no stage frame (the event loop itself, uvloop's C callbacks, idle
 selectors that py-spy still saw running) land in ``loop/rest``.
 
 Only the main thread (the event loop) counts: py-spy is run with ``--threads`` and samples of other threads
@@ -50,26 +51,37 @@ RULES: tuple[tuple[str, str], ...] = (
     ("router", "stile/core/results"),
     ("sessions", "stile/core/session"),
     ("sessions", "stile/stores/revocations"),
+    ("http server (uvicorn)", "stile/frontends/protocol"),
+    ("http server (uvicorn)", "stile/barrier"),
     ("frontend (parse, reply)", "stile/frontends/channel"),
     ("frontend (parse, reply)", "stile/frontends/"),
     ("frontend (parse, reply)", "stile/wire/"),
     ("frontend (parse, reply)", "stile/core/context"),
     ("frontend (parse, reply)", "stile/core/gateway"),
-    ("http server (uvicorn)", "uvicorn/"),
-    ("http server (uvicorn)", "h11"),
 )
-STAGES: tuple[str, ...] = (*dict.fromkeys(s for s, _ in RULES), "loop/rest")
+# when no frame of the stack is Stile's (py-spy loses the coroutine frames above a greenlet switch)
+FALLBACK: tuple[tuple[str, str], ...] = (
+    ("SQL (caller's frames lost)", "sqlalchemy/"),
+    ("SQL (caller's frames lost)", "aiosqlite/"),
+    ("loop/rest", "uvicorn/server.py"),
+    ("loop/rest", "uvicorn/_compat"),
+    ("http server (uvicorn)", "uvicorn/"),
+)
+STAGES: tuple[str, ...] = (*dict.fromkeys(s for s, _ in RULES + FALLBACK if s != "loop/rest"), "loop/rest")
 _FRAME_FILE = re.compile(r"\(([^():]+)(?::\d+)?\)\s*$")
 
 
 def stage_of(frames: list[str]) -> str:
     """The stage of one stack (root first, as py-spy writes them)."""
+    paths = []
     for frame in reversed(frames):
         m = _FRAME_FILE.search(frame)
-        path = m.group(1) if m else frame
-        for stage, fragment in RULES:
-            if fragment in path:
-                return stage
+        paths.append(m.group(1) if m else frame)
+    for rules in (RULES, FALLBACK):
+        for path in paths:
+            for stage, fragment in rules:
+                if fragment in path:
+                    return stage
     return "loop/rest"
 
 
