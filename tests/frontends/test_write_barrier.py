@@ -201,3 +201,32 @@ def test_without_a_running_loop_the_wal_appends_at_once(tmp_path: Path) -> None:
     assert wal.stage(b"one\n") == 1 and wal.live is not None and wal.live.size == 4
     wal.close()
     assert BARRIER is not None
+
+
+async def _status(app_: Any, headers: list[tuple[bytes, bytes]], scope_extra: dict[str, Any]) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "GET", "path": "/readyz", "query_string": b"", "headers": headers,
+             **scope_extra}
+    await app_(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_the_app_checks_the_head_size_unless_the_protocol_capped_it(tmp_path: Path) -> None:
+    from stile.assembly import assemble
+    from stile.config.load import parse_config
+    from stile.frontends.app import StileApp
+    from stile.frontends.protocol import HEAD_CHECKED
+
+    cfg = parse_config({"upstreams": {}, "virtual_servers": {}, "limits": {"max_header_bytes": 4096}})
+    app_ = StileApp(assemble(cfg, f"sqlite:///{tmp_path / 'state.db'}"), start_gateway=False)
+    big = [(b"host", b"127.0.0.1"), (b"x-big", b"a" * 5000)]
+    assert await _status(app_, big, {}) == 431  # another server: the app's own check
+    assert await _status(app_, big, {HEAD_CHECKED: 8192}) == 431  # a looser cap upstream of it: checked again
+    assert await _status(app_, [(b"host", b"127.0.0.1")], {HEAD_CHECKED: 4096}) != 431

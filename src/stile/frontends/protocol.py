@@ -29,6 +29,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from stile.barrier import BARRIER
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
+# scope key: the request head (URL + headers, 4 bytes each for ": " and CRLF) was capped at this many bytes
+HEAD_CHECKED = "stile.head_bytes_checked"
 
 
 def _reply(transport: asyncio.Transport, status: bytes) -> None:
@@ -165,8 +167,11 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
                 return
             self._start(_BODY, body_timeout)  # ends at on_message_complete (at once for a bodiless request)
             super().on_headers_complete()
-            if self._out is not None:
-                self.cycle.transport = self._out  # type: ignore[assignment]
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade's)
+                if self._out is not None:
+                    cycle.transport = self._out  # type: ignore[assignment]
+                cycle.scope[HEAD_CHECKED] = max_header_bytes  # type: ignore[literal-required]
 
         def on_message_complete(self) -> None:
             self._phase = _IDLE
