@@ -5,8 +5,8 @@ samples is its share of the process's CPU time; times the measured CPU seconds p
 µs per call per stage. A sample belongs to the stage of the innermost frame that names one (walking from
 the leaf towards the root), so a stdlib or C call (``json``, ``hashlib``, ``sqlite3``) counts for the Stile
 module that made it; a stack without Stile frames goes by the first of ``FALLBACK`` it has (SQLAlchemy's
-greenlet switch hides the caller from py-spy). Samples with no stage frame (the event loop itself, uvloop's C callbacks, idle
-selectors that py-spy still saw running) land in ``loop/rest``.
+greenlet switch hides the caller from py-spy). Samples with no stage frame (the event loop itself, uvloop's
+C callbacks, idle selectors that py-spy still saw running) land in ``loop/rest``.
 
 Only the main thread (the event loop) counts: py-spy is run with ``--threads`` and samples of other threads
 (aiosqlite's connection threads, ``to_thread`` workers) are left out, because py-spy takes those threads for
