@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load generator HTTP client (default raw: see README for why)")  # fmt: skip
     r.add_argument("--pin", choices=["auto", "off"], default="auto", help="taskset pinning (auto: needs >= 2 cores)")
     r.add_argument("--profile", action="store_true", help="py-spy flame graph of each non-direct target under load")
+    r.add_argument("--stages", action="store_true",
+                   help="per-stage CPU µs per call of each non-direct target (py-spy raw stacks, bench/stages.py)")
     r.add_argument("--smoke", action="store_true", help="seconds-long CI check: 1 repeat, concurrency 1,4, 1 s")
     r.add_argument("--results-dir", default=str(BENCH / "results"))
     r.add_argument("--stile-exe", default=str(REPO / ".venv" / "bin" / "stile"))

@@ -182,6 +182,11 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for p in doc.get("profiles", []):
         lines.append(f"- profile {p.get('target')}: {p.get('svg') or p.get('reason')}")
+        if p.get("stages"):
+            from bench.stages import markdown
+
+            lines += ["", f"{p.get('target')} {p.get('era')} c={p.get('concurrency')} " + markdown(
+                p["stages"], p.get("cpu_us_per_call")), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, stages
 from bench.procs import PY, REPO, Pinning, Procs, Unavailable, taskset
 from bench.scenarios import SCENARIOS, Scenario
 from bench.targets import Env, Target, UpstreamPool, make_targets
@@ -144,10 +144,15 @@ def profile_once(
     if target.proc is None:
         return {"target": target.name, "status": "skipped", "reason": "no process"}
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    svg = Path(args.results_dir) / f"flame-{target.name}-{scn.name}-{era}-c{concurrency}-{stamp}.svg"
+    raw = bool(getattr(args, "stages", False))
+    kind = "stacks" if raw else "flame"
+    suffix = "txt" if raw else "svg"
+    svg = Path(args.results_dir) / f"{kind}-{target.name}-{scn.name}-{era}-c{concurrency}-{stamp}.{suffix}"
     argv = [
         pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(int(warmup + duration + 1)),
-        "--rate", "250", "--nonblocking", "--subprocesses", "--format", "flamegraph", "--output", str(svg),
+        "--rate", "250", "--nonblocking", "--subprocesses", *(["--threads"] if raw else []),
+        "--format", "raw" if raw else "flamegraph",
+        "--output", str(svg),
     ]  # fmt: skip
     spy = subprocess.Popen(taskset(pin.client, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.5)
@@ -163,7 +168,7 @@ def profile_once(
             "status": "failed",
             "reason": f"py-spy exited {spy.returncode}: {err.decode(errors='replace')[-400:]}",
         }
-    return {
+    out: dict[str, Any] = {
         "target": target.name,
         "scenario": scn.name,
         "era": era,
@@ -172,6 +177,13 @@ def profile_once(
         "svg": str(svg),
         "rps_while_profiled": res.get("rps"),
     }
+    if raw:
+        per_1k = res.get("cpu_s_per_1k")
+        cpu_us = None if per_1k is None else float(per_1k) * 1000
+        out["cpu_us_per_call"] = cpu_us
+        out["stages"] = stages.breakdown(svg.read_text(encoding="utf-8", errors="replace"), cpu_us)
+        log(stages.markdown(out["stages"], cpu_us))
+    return out
 
 
 def run(args: Any) -> int:
@@ -296,7 +308,7 @@ def _run_scenario(scn: Scenario, eras: list[str], args: Any, env: Env, doc: dict
                         res.update({"concurrency": conc, "repeat": rep})
                         doc["runs"].append(res)
                         log("   " + report.progress_line(res))
-            if args.profile:
+            if args.profile or args.stages:
                 for t in era_targets:
                     log(f"   profiling {t.name} ({era}, concurrency {max(args.concurrency)}) with py-spy ...")
                     prof = profile_once(t, scn, era, max(args.concurrency), args.duration, args.warmup, args, env.pin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -24,6 +25,13 @@ class CountingRevocations(MemoryRevocations):
         if self.down:
             raise OSError("connection refused")
         return await super().is_revoked(nonce)
+
+    async def revoked_among(self, nonces: list[str]) -> set[str]:
+        self.queries += 1
+        await asyncio.sleep(0)  # a real query suspends
+        if self.down:
+            raise OSError("connection refused")
+        return await super().revoked_among(nonces)
 
 
 class Clock:
@@ -98,3 +106,33 @@ async def test_an_unreachable_store_fails_closed_as_an_outage_not_a_client_error
     with pytest.raises(SessionStoreUnavailable) as caught:
         await g.open(sid, "vs", "")
     assert caught.value.http_status == 503
+
+
+async def test_checks_due_together_share_one_query_and_each_gets_its_own_answer() -> None:
+    store, clock = CountingRevocations(), Clock()
+    g = guard(store, clock)
+    sids = [g.sealer.mint("2025-11-25", "vs", {}, None)[0] for _ in range(40)]
+    revoked = g.sealer.open(sids[7], "vs")
+    assert revoked is not None
+    await store.revoke(revoked.nonce, 10**10)  # revoked on another replica: this guard has not seen it
+    results = await asyncio.gather(*(g.open(sid, "vs", "") for sid in sids), return_exceptions=True)
+    assert store.queries == 1
+    assert isinstance(results[7], SessionNotFound)
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 7)
+    await asyncio.gather(*(g.open(sid, "vs", "") for i, sid in enumerate(sids) if i != 7))
+    assert store.queries == 1  # all cached now
+
+
+async def test_a_cancelled_check_does_not_cancel_the_others_and_an_outage_fails_them_all() -> None:
+    store, clock = CountingRevocations(), Clock()
+    g = guard(store, clock)
+    a, b = (g.sealer.mint("2025-11-25", "vs", {}, None)[0] for _ in range(2))
+    first = asyncio.ensure_future(g.open(a, "vs", ""))
+    second = asyncio.ensure_future(g.open(b, "vs", ""))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert (await second).nonce and first.cancelled()
+    store.down = True
+    c, d = (g.sealer.mint("2025-11-25", "vs", {}, None)[0] for _ in range(2))
+    results = await asyncio.gather(g.open(c, "vs", ""), g.open(d, "vs", ""), return_exceptions=True)
+    assert all(isinstance(r, SessionStoreUnavailable) for r in results)

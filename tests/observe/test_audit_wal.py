@@ -1,5 +1,6 @@
-"""The audit write-ahead log: records are on file before `record` returns, checkpointed once every sink has
-them, replayed (same ids, in order) after a crash, bounded; fsync mode's group commit; JSONL replay dedupe."""
+"""The audit write-ahead log: records are on file before any reply of their loop tick is written (one write
+per tick, `stile.barrier`), checkpointed once every sink has them, replayed (same ids, in order) after a
+crash, bounded; fsync mode's group commit; JSONL replay dedupe."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import orjson
 import pytest
 import yaml
 
+from stile.barrier import BARRIER
 from stile.core.context import CallContext, Principal
 from stile.observe import audit_wal
 from stile.observe.audit import AuditLog, Outcome
@@ -42,11 +44,13 @@ def crash(log: AuditLog) -> None:
     log.wal.old.clear()
 
 
-async def test_a_record_is_in_the_wal_when_record_returns(tmp_path: Path) -> None:
+async def test_a_record_is_in_the_wal_before_the_ticks_replies(tmp_path: Path) -> None:
     log = AuditLog([FakeSink()], wal_dir=tmp_path / "wal")
     await log.start()
     log.record(ctx(1), Outcome("ok", 0.001, tool="t", upstream="up"))
     log.record_http("v", {}, "unauthenticated", "no credentials")
+    assert log.wal is not None and log.wal.position == 2  # staged: positions are known at once
+    BARRIER.drain()  # the end of the tick: what runs before any reply it holds is released
     lines = [orjson.loads(line) for path in segments(tmp_path / "wal") for line in path.read_bytes().splitlines()]
     assert [line[0] for line in lines] == [f"{log._boot}-1", f"{log._boot}-2"]
     assert lines[0][2][9] == {"n": 1, "token": "***"}  # arguments are redacted before they reach the disk
@@ -60,7 +64,9 @@ async def test_delivered_records_are_checkpointed(tmp_path: Path) -> None:
     await log.start()
     for n in range(5):
         log.record(ctx(n), Outcome("ok", 0.001))
-    assert log.wal is not None and log.wal.live is not None and log.wal.live.size > 0
+    assert log.wal is not None and log.wal.live is not None and log.wal.live.size == 0  # staged, not yet written
+    BARRIER.drain()
+    assert log.wal.live.size > 0
     await until(fake, lambda: len(fake.written) == 5)
     await until(fake, lambda: log.written == 5)
     assert log.wal.live.size == 0 and log.wal.live.path.stat().st_size == 0
@@ -73,6 +79,7 @@ async def test_after_a_crash_the_next_start_replays_every_record_in_order(tmp_pa
     await log.start()
     for n in range(7):
         log.record(ctx(n), Outcome("ok", 0.001, tool="t", upstream="up", upstream_name="tool"))
+    BARRIER.drain()  # the tick ends: its records are written, then its replies would be
     crash(log)  # before the writer ran (no await since the records): the sink never saw them
     assert first.written == []
     assert len(orphans(tmp_path / "wal")) == 1
@@ -93,6 +100,7 @@ async def test_a_live_processs_segment_is_not_replayed_and_a_torn_line_is_skippe
     live = AuditLog([FakeSink()], wal_dir=tmp_path / "wal")
     await live.start()
     live.record(ctx(1), Outcome("ok", 0.0))
+    BARRIER.drain()
     dead = tmp_path / "wal" / "00000000000000000001-dead-000001.wal"
     good = orjson.dumps(["dead-1", 1.0, None, ["ok", 0.0, "", "", "", None, None, "r", 0], {"method": "x"}])
     dead.write_bytes(good + b"\n" + b"not json\n" + good[:20])  # an unreadable line, then a torn one

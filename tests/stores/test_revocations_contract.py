@@ -113,3 +113,11 @@ async def test_without_a_state_store_revocations_are_process_local() -> None:
     assert await store.is_revoked("n") and not await store.is_revoked("other")
     assert not await store.is_revoked("old")
     await store.aclose()
+
+
+async def test_revoked_among_names_exactly_the_revoked_nonces(store: RevocationStore) -> None:
+    nonces = [f"n{i}" for i in range(1200)]  # more than one IN (...) chunk
+    for n in ("n3", "n700", "n1199"):
+        await store.revoke(n, time.time() + 60)
+    assert await store.revoked_among(nonces) == {"n3", "n700", "n1199"}  # type: ignore[attr-defined]
+    assert await store.revoked_among([]) == set()  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ A policy denies by raising a `StileError`; it rewrites the request with `datacla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from stile.core.context import CallContext, CallNext, Reply
@@ -23,8 +23,19 @@ def build(policies: Sequence[Policy], terminal: CallNext) -> CallNext:
     return handler
 
 
-def _bind(policy: Policy, nxt: CallNext) -> CallNext:
-    async def run(ctx: CallContext) -> Reply:
-        return await policy(ctx, nxt)
+class _Bound:
+    """`policy` with its `call_next` bound: calling it returns the policy's own coroutine (no wrapper
+    coroutine per policy per request, ~10 of them on the default chain)."""
 
-    return run
+    __slots__ = ("nxt", "policy")
+
+    def __init__(self, policy: Policy, nxt: CallNext) -> None:
+        self.policy = policy
+        self.nxt = nxt
+
+    def __call__(self, ctx: CallContext) -> Awaitable[Reply]:
+        return self.policy(ctx, self.nxt)
+
+
+def _bind(policy: Policy, nxt: CallNext) -> CallNext:
+    return _Bound(policy, nxt)

@@ -7,14 +7,18 @@ revocation table until the id would have expired anyway).
 
 The hot path does no per-request query: a nonce found not revoked is trusted for `auth.key_cache_seconds`
 (the same window as a revoked API key), a revoked one is remembered locally until it expires. A DELETE
-on another replica therefore takes effect here within that window.
+on another replica therefore takes effect here within that window. The checks due in one loop tick share
+one query (`revoked_among`, when the store has it): sessions opened together expire from the cache together,
+and one query per session each window opened a pool connection (and an aiosqlite thread) apiece.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,6 +49,8 @@ class SessionGuard:
         self._wall = wall
         self._live: OrderedDict[str, float] = OrderedDict()  # nonce -> when it was last seen not revoked
         self._revoked: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (wall clock)
+        self._due: dict[str, asyncio.Future[bool]] = {}  # nonces whose check runs at the end of this tick
+        self._asking: set[asyncio.Future[set[str]]] = set()  # queries in flight (held until they end)
 
     async def open(self, sid: str, vs: str, owner: str) -> LegacySession:
         """The session `sid` names on `vs` for `owner`; SessionNotFound (404) if it is not usable."""
@@ -76,7 +82,7 @@ class SessionGuard:
         if seen is not None and now - seen < self.cache_seconds:
             return False
         try:
-            revoked = await self.store.is_revoked(nonce)
+            revoked = await self._ask(nonce)
         except _DB_ERRORS as exc:
             raise SessionStoreUnavailable("cannot check the session: state store unavailable") from exc
         if revoked:
@@ -89,6 +95,39 @@ class SessionGuard:
                 self._live.popitem(last=False)
         return False
 
+    async def _ask(self, nonce: str) -> bool:
+        """The store's answer for `nonce`, asked together with every other check of this tick."""
+        among = getattr(self.store, "revoked_among", None)
+        if among is None:
+            return await self.store.is_revoked(nonce)
+        future = self._due.get(nonce)
+        if future is None:
+            future = self._due[nonce] = asyncio.get_running_loop().create_future()
+            if len(self._due) == 1:
+                asyncio.get_running_loop().call_soon(self._ask_due, among)
+        return await asyncio.shield(future)  # a cancelled caller must not cancel the others' answer
+
+    def _ask_due(self, among: Callable[[list[str]], Any]) -> None:
+        due, self._due = self._due, {}
+        task = asyncio.ensure_future(among(list(due)))
+        self._asking.add(task)
+
+        def answer(done: asyncio.Future[set[str]]) -> None:
+            self._asking.discard(task)
+            exc = None if done.cancelled() else done.exception()
+            for nonce, future in due.items():
+                if future.done():
+                    continue
+                if done.cancelled():
+                    future.cancel()
+                elif exc is not None:
+                    future.set_exception(exc)
+                    future.add_done_callback(_retrieved)  # its callers may all have been cancelled
+                else:
+                    future.set_result(nonce in done.result())
+
+        task.add_done_callback(answer)
+
     def remember_revoked(self, nonce: str, expires: float) -> None:
         self._live.pop(nonce, None)
         self._revoked[nonce] = expires
@@ -99,3 +138,7 @@ class SessionGuard:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+
+
+def _retrieved(future: asyncio.Future[bool]) -> None:
+    future.exception()

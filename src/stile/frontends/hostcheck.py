@@ -13,8 +13,24 @@ from urllib.parse import SplitResult, urlsplit
 _HOST = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?", re.ASCII)
 
 
+_SEEN: dict[str, bool] = {}  # the few Host values a gateway sees, answered without the regex
+_SEEN_MAX = 256
+
+
 def valid_host(value: str) -> bool:
     """`host[:port]` with only the characters a host name or an IPv6 literal can hold; port 0..65535."""
+    known = _SEEN.get(value)
+    if known is not None:
+        return known
+    ok = check_host(value)
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()  # many distinct values (a scan): start over, never grow
+    _SEEN[value] = ok
+    return ok
+
+
+def check_host(value: str) -> bool:
+    """`valid_host` without the memo."""
     match = _HOST.fullmatch(value)
     return match is not None and (match.group(1) is None or int(match.group(1)) <= 65535)
 

@@ -12,6 +12,10 @@
 
 The two deadlines share one lazy timer per connection: a phase change only moves `_deadline`; the timer,
 when it fires early, re-arms itself for the deadline, so a keep-alive request costs no timer of its own.
+
+**One write per reply**: each request's cycle writes through the connection's `Outbox`, which holds the bytes
+until the end of the loop tick (`stile.barrier`): status line, headers and body leave in one `write` (uvicorn
+makes two), after the audit write-ahead log's one write for every record of that tick.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from stile.barrier import BARRIER
+
 _IDLE, _HEAD, _BODY = 0, 1, 2
+# scope key: the request head (URL + headers, 4 bytes each for ": " and CRLF) was capped at this many bytes
+HEAD_CHECKED = "stile.head_bytes_checked"
 
 
 def _reply(transport: asyncio.Transport, status: bytes) -> None:
@@ -33,6 +41,44 @@ def _reply(transport: asyncio.Transport, status: bytes) -> None:
         transport.close()
 
 
+class Outbox:
+    """A connection's response bytes of this loop tick, written as one at the barrier's drain."""
+
+    __slots__ = ("parts", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.parts:
+            BARRIER.hold(self)
+        self.parts.append(data)
+
+    def release(self) -> None:
+        parts = self.parts
+        if parts:
+            self.parts = []
+            if not self.transport.is_closing():
+                self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def flush(self) -> None:
+        """Write what is held now (after the records it must follow): the connection is about to close."""
+        if self.parts:
+            BARRIER.flush_before()
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout: float = 30.0,
                      max_connections: int | None = None) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -40,6 +86,11 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
         _deadline = 0.0
         _phase = _IDLE
         _head_bytes = 0
+        _out: Outbox | None = None
+
+        def _flush_out(self) -> None:
+            if self._out is not None:
+                self._out.flush()
 
         def _start(self, phase: int, seconds: float) -> None:
             self._phase = phase
@@ -64,6 +115,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
                 self._timer = self.loop.call_at(self._deadline, self._expire)
                 return
             phase, self._phase = self._phase, _IDLE
+            self._flush_out()
             if phase == _BODY and self.cycle is not None and self.cycle.response_started:
                 self.transport.close()  # the application answered already (say, 413 mid-body): no second status
             else:
@@ -75,6 +127,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
                 _reply(transport, b"503 Service Unavailable")
                 return
             self._head_bytes = 0
+            self._out = Outbox(transport)
             self._start(_HEAD, header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -105,6 +158,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
             self._head_bytes += n
             if self._head_bytes > max_header_bytes:
                 self._stop_timer()
+                self._flush_out()
                 _reply(self.transport, b"431 Request Header Fields Too Large")
 
         def on_headers_complete(self) -> None:
@@ -113,10 +167,27 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int, body_timeout:
                 return
             self._start(_BODY, body_timeout)  # ends at on_message_complete (at once for a bodiless request)
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade's)
+                if self._out is not None:
+                    cycle.transport = self._out  # type: ignore[assignment]
+                cycle.scope[HEAD_CHECKED] = max_header_bytes  # type: ignore[literal-required]
 
         def on_message_complete(self) -> None:
             self._phase = _IDLE
             super().on_message_complete()
+
+        def shutdown(self) -> None:
+            self._flush_out()  # a reply held in this tick leaves before uvicorn closes an idle connection
+            super().shutdown()
+
+        def send_400_response(self, msg: str) -> None:
+            self._flush_out()
+            super().send_400_response(msg)
+
+        def timeout_keep_alive_handler(self) -> None:
+            self._flush_out()
+            super().timeout_keep_alive_handler()
 
     return GuardedHttpToolsProtocol
 

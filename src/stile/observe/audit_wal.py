@@ -1,8 +1,9 @@
 """The audit write-ahead log: an acknowledged request's audit record is in the kernel before its reply.
 
-`AuditLog.record` appends one JSON line per request (the small values the event is built from) to the
-live segment with a single `os.write` on an `O_APPEND` descriptor, so a process crash (SIGKILL, OOM
-kill, segfault) after the reply cannot lose it: the data is in the page cache. The batched writer
+`AuditLog.record` stages one JSON line per request (the small values the event is built from); at the end
+of the loop tick, before any reply of that tick is written (`stile.barrier`), one `os.write` on an
+`O_APPEND` descriptor appends every line staged in it to the live segment, so a process crash (SIGKILL,
+OOM kill, segfault) after the reply cannot lose it: the data is in the page cache. The batched writer
 hands events to the sinks as before and then checkpoints: records every sink (or its spool) has
 accepted are dropped, by truncating the live segment when all of it is delivered, and by deleting
 older segments (the live one is rotated past `SEGMENT_BYTES`).
@@ -33,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from stile.barrier import BARRIER
 from stile.observe.spool import fsync_dir
 from stile.tasks import spawn
 
@@ -120,6 +122,9 @@ class Wal:
         self.old: deque[Segment] = deque()  # rotated segments, oldest first
         self.recovered: list[tuple[Path, int]] = []  # dead processes' segments, locked until replayed
         self._n = 0
+        self._staged: list[bytes] = []  # records of this loop tick, not yet written (`stage`)
+        self._staged_bytes = 0
+        self.on_error: Callable[[OSError], None] | None = None  # how a failed deferred write is reported
 
     def preflight(self) -> None:
         """Fail with a clear `WalError` unless the directory exists (or can be made) and is writable."""
@@ -172,25 +177,65 @@ class Wal:
         return segment
 
     # --- the request path ---------------------------------------------------------------------
+    def stage(self, line: bytes) -> int:
+        """Stage one record for this tick's single write (made before any reply of the tick leaves, see
+        `stile.barrier`); its position. OSError at once if the log cannot take it. Without a running loop
+        it is appended at once."""
+        live = self.live
+        if live is None or self.bytes + self._staged_bytes + len(line) > MAX_BYTES:
+            raise OSError(f"the audit write-ahead log holds {self.bytes} undelivered bytes (cap {MAX_BYTES})")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.append(line)
+        if not self._staged:
+            BARRIER.before_replies(self.flush)
+        self._staged.append(line)
+        self._staged_bytes += len(line)
+        self.position += 1
+        return self.position
+
+    def flush(self) -> None:
+        """Write the staged records (one `os.write`); a failure goes to `on_error` (they stay queued for the sinks)."""
+        staged = self._staged
+        if not staged:
+            return
+        self._staged, self._staged_bytes = [], 0
+        try:
+            self._write(staged[0] if len(staged) == 1 else b"".join(staged), self.position)
+        except OSError as exc:
+            if self.on_error is None:
+                raise
+            self.on_error(exc)
+
     def append(self, line: bytes) -> int:
-        """Append one record (one `os.write`); its position. OSError if it is not (all) in the file."""
+        """Append one record now (after anything staged); its position. OSError if it is not (all) in the file."""
+        self.flush()
         live = self.live
         if live is None or self.bytes + len(line) > MAX_BYTES:
             raise OSError(f"the audit write-ahead log holds {self.bytes} undelivered bytes (cap {MAX_BYTES})")
-        written = os.write(live.fd, line)
+        self._write(line, self.position + 1)
+        self.position += 1
+        return self.position
+
+    def _write(self, data: bytes, end: int) -> None:
+        """One `os.write` of whole records ending at position `end`."""
+        live = self.live
+        if live is None:
+            raise OSError("the audit write-ahead log is closed")
+        written = os.write(live.fd, data)
         live.size += written
         self.bytes += written
-        if written != len(line):  # disk full mid-record: end the torn line so the next one reads cleanly
+        if written != len(data):  # disk full mid-record: end the torn line so the next one reads cleanly
             with contextlib.suppress(OSError):
                 live.size += os.write(live.fd, b"\n")
-            raise OSError(f"short write to {live.path} ({written} of {len(line)} bytes)")
-        self.position += 1
-        live.end = self.position
-        return self.position
+            raise OSError(f"short write to {live.path} ({written} of {len(data)} bytes)")
+        live.end = end
 
     # --- the writer -----------------------------------------------------------------------------
     def checkpoint(self, delivered: int) -> None:
         """Records up to position `delivered` are in every sink: drop the segments (or the live data) they fill."""
+        self.flush()
         while self.old and self.old[0].end <= delivered:
             segment = self.old.popleft()
             self.bytes -= segment.size
@@ -212,6 +257,7 @@ class Wal:
 
     def sync_targets(self) -> tuple[int, list[int], bool]:
         """For an fsync: (position it covers, duplicated descriptors to sync, whether the directory needs one)."""
+        self.flush()
         segments = [s for s in (*self.old, self.live) if s is not None and s.end > self.synced]
         named = all(s.named for s in segments)
         for s in segments:
@@ -220,6 +266,7 @@ class Wal:
 
     def close(self) -> None:
         """Graceful stop: everything was delivered; remove this process's segments."""
+        self._staged, self._staged_bytes = [], 0
         for segment in (*self.old, self.live):
             if segment is not None:
                 segment.close()

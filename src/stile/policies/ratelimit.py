@@ -156,7 +156,10 @@ class RateLimit:
         if limits:
             checks = [(s, lim) for lim in limits if (s := lim.subject(ctx.principal, vs, "", "")) is not None]
             if checks:
-                await self._acquire(checks, TooManyRequests)
+                if self.redis is None:  # in memory: no coroutine to create and await
+                    self._refuse(checks, self.memory.acquire([(s, lim.bucket) for s, lim in checks]), TooManyRequests)
+                else:
+                    await self._acquire(checks, TooManyRequests)
         if method == "tools/call" and self.call_limits.get(vs):
             view = ctx.view or self.views.view(vs)
             name = ctx.params.get("name")
@@ -166,7 +169,10 @@ class RateLimit:
                 checks = [(s, lim) for lim in self._tool_limits(vs, ref)
                           if (s := lim.subject(ctx.principal, vs, ref, target.upstream)) is not None]
                 if checks:
-                    await self._acquire(checks, RateLimited)
+                    if self.redis is None:
+                        self._refuse(checks, self.memory.acquire([(s, lim.bucket) for s, lim in checks]), RateLimited)
+                    else:
+                        await self._acquire(checks, RateLimited)
         return await call_next(ctx)
 
     def _tool_limits(self, vs: str, ref: str) -> list[_Limit]:
@@ -191,6 +197,11 @@ class RateLimit:
                     return
                 raise error("rate limit store unavailable: retry later",
                             data={"retry_after_ms": 1000, "limit": "(store)"}) from None
+        self._refuse(checks, (index, wait_ns), error)
+
+    def _refuse(self, checks: list[tuple[str, _Limit]], verdict: tuple[int, int], error: type[ClientError]) -> None:
+        """Raise `error` for the refusing check of `verdict` (index, ns to wait); nothing when admitted (-1)."""
+        index, wait_ns = verdict
         if index < 0:
             return
         limit = checks[index][1]

@@ -26,6 +26,7 @@ from stile.stores.keys import async_url, sqlite_wal
 from stile.stores.tables import ensure_tables
 
 DEFAULT_TABLE = "stile_revoked_sessions"
+MAX_IN = 500  # nonces per IN (...) query
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -54,6 +55,9 @@ class MemoryRevocations:
 
     async def is_revoked(self, nonce: str) -> bool:
         return nonce in self._revoked
+
+    async def revoked_among(self, nonces: list[str]) -> set[str]:
+        return {n for n in nonces if n in self._revoked}
 
     async def aclose(self) -> None:
         self._revoked.clear()
@@ -109,6 +113,17 @@ class SqlRevocations:
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(t.c.nonce).where(t.c.nonce == nonce))).first()
         return row is not None
+
+    async def revoked_among(self, nonces: list[str]) -> set[str]:
+        """Which of `nonces` are revoked: one query for many sessions' checks (at most `MAX_IN` at a time)."""
+        await self._ensure()
+        t = self._table
+        found: set[str] = set()
+        async with self._engine.connect() as conn:
+            for i in range(0, len(nonces), MAX_IN):
+                rows = await conn.execute(sa.select(t.c.nonce).where(t.c.nonce.in_(nonces[i:i + MAX_IN])))
+                found.update(r[0] for r in rows)
+        return found
 
     async def aclose(self) -> None:
         await self._engine.dispose()
