@@ -334,3 +334,37 @@ async def test_an_export_file_verifies_on_its_own_and_an_edit_in_it_is_found(sto
     lines[4] = lines[4].replace(b'"outcome":"ok"', b'"outcome":"denied"')
     files[1].write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     assert any("line 5" in p and "modified" in p for p in verify_jsonl(files[1]))
+
+
+async def test_concurrent_pruners_with_different_batches_export_each_event_once(store: Store, tmp_path: Path) -> None:
+    await store.write("z", [events(300)])
+    stored = await store.sql(f"SELECT event FROM {TABLE} ORDER BY seq")
+    k = keys()
+    runs = [prune(store.url, Limits(max_events=1, batch=b, export=tmp_path), k) for b in (17, 40, 64)]
+    reports = await asyncio.gather(*runs)
+    assert sum(r.pruned for r in reports) == 299 and all(r.problems == [] for r in reports)
+    files = sorted((tmp_path / "z").glob("*.jsonl.gz"))
+    lines = [line for f in files for line in gzip.decompress(f.read_bytes()).splitlines()]
+    assert lines == [r.event.encode() for r in stored[:299]]  # every pruned event once, in order, no gaps
+    assert not list((tmp_path / "z").glob(".*"))  # no temporary files left
+
+
+async def test_verify_while_pruning_reports_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune that commits after verify read the checkpoint and before it read the events: no false report."""
+    from stile.observe import audit_store
+
+    await store.write("u", [events(100)])
+    k = keys()
+    await prune(store.url, Limits(max_events=80), k)
+    real, calls = audit_store.checkpoints, []
+
+    async def then_prune(conn: Any) -> dict[str, dict[str, Any]]:
+        marks = await real(conn)
+        calls.append(1)
+        if len(calls) == 1:
+            assert (await prune(store.url, Limits(max_events=30), k)).pruned == 50  # commits in between
+        return marks
+
+    monkeypatch.setattr(audit_store, "checkpoints", then_prune)
+    assert await verify_store(store.url, None, k) == []
+    assert len(calls) == 2  # it noticed the checkpoint had moved and verified again from the new one

@@ -151,7 +151,7 @@ def chain_dir(export: Path, chain: str) -> Path:
 
 
 def write_export(directory: Path, first: int, last: int, lines: list[bytes]) -> Path:
-    """`<first>-<last>.jsonl.gz`, durable before it returns; an earlier attempt from `first` is replaced. Blocking."""
+    """`<first>-<last>.jsonl.gz`, durable before it returns (an earlier attempt of that name is replaced). Blocking."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{first:012d}-{last:012d}.jsonl.gz"
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -167,11 +167,17 @@ def write_export(directory: Path, first: int, last: int, lines: list[bytes]) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    for stale in directory.glob(f"{first:012d}-*.jsonl.gz"):
-        if stale != path:  # a crashed attempt that ended elsewhere: this file holds its events
-            stale.unlink()
     fsync_dir(directory)
     return path
+
+
+def drop_other_attempts(path: Path, first: int) -> None:
+    """After the commit: files of crashed attempts at the same batch start (this file holds their events). Only
+    the committing pruner may do this: the checkpoint moved past `first` just now, so no other file from `first`
+    is committed. Blocking."""
+    for stale in path.parent.glob(f"{first:012d}-*.jsonl.gz"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
 
 
 def _crash_point(name: str) -> None:
@@ -222,11 +228,23 @@ async def _batch(engine: AsyncEngine, chain: str, upto: int, limits: Limits, key
                 await conn.execute(audit_checkpoints.insert().values(**new))
             await rollup.add(conn, chain, rollup.tally(rows))
             await conn.execute(sa.delete(audit_events).where(_T.chain == chain, _T.seq <= last))
-    except IntegrityError as exc:
+    except (IntegrityError, Concurrent) as exc:
+        if export is not None:
+            await _drop_if_lost(engine, chain, export)
         raise Concurrent(chain) from exc
+    if export is not None:
+        await asyncio.to_thread(drop_other_attempts, Path(export), base_seq + 1)
     report.pruned += len(rows)
     report.checkpoint = last
     return last < upto
+
+
+async def _drop_if_lost(engine: AsyncEngine, chain: str, export: str) -> None:
+    """Another pruner committed this batch first: remove our export unless it is the very file it committed."""
+    async with engine.connect() as conn:
+        mark = (await checkpoints(conn)).get(chain)
+    if mark is None or mark.get("export") != export:
+        await asyncio.to_thread(Path(export).unlink, missing_ok=True)
 
 
 async def prune(url: str, limits: Limits, keys: CheckpointKeys, now: float | None = None) -> PruneReport:

@@ -269,24 +269,34 @@ async def verify_store(url: str, chain: str | None = None, keys: CheckpointKeys 
             names = [chain] if chain is not None else sorted(
                 {*(await conn.execute(sa.select(_T.chain).distinct())).scalars(), *marks})
             for name in names:
-                start: tuple[str, int] = (GENESIS, 0)
-                mark = marks.get(name)
-                if mark is not None:
-                    problems += checkpoint_problems(name, mark, keys)
-                    start = (str(mark["hash"]), int(mark["seq"]))
-                seen = 0
-                async for rows in _pages(conn, name):  # a page at a time: a chain can hold millions of events
-                    seen += len(rows)
-                    pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
-                    problems += verify_events(pairs, start)
-                    for r, (where, event) in zip(rows, pairs, strict=True):
-                        problems += _check_row(where, r, event)
-                    last = pairs[-1][1]
-                    start = (str(last.get("hash")), int(last.get("seq") or 0)) if last is not None else (
-                        str(rows[-1].hash), int(rows[-1].seq))
-                if mark is not None and not seen:
-                    problems.append(f"chain {name}: no events after its checkpoint (seq {start[1]}); pruning keeps "
-                                    "the newest event, so the rest were deleted")
+                found = await _verify_chain(conn, name, marks.get(name), keys)
+                if found and (moved := (await checkpoints(conn)).get(name)) != marks.get(name):
+                    found = await _verify_chain(conn, name, moved, keys)  # pruned meanwhile: again from the new one
+                problems += found
     finally:
         await engine.dispose()
+    return problems
+
+
+async def _verify_chain(conn: AsyncConnection, name: str, mark: dict[str, Any] | None,
+                        keys: CheckpointKeys | None) -> list[str]:
+    """Problems of one chain, read a page at a time from its checkpoint `mark` (None: from the genesis)."""
+    problems: list[str] = []
+    start: tuple[str, int] = (GENESIS, 0)
+    if mark is not None:
+        problems += checkpoint_problems(name, mark, keys)
+        start = (str(mark["hash"]), int(mark["seq"]))
+    seen = 0
+    async for rows in _pages(conn, name):  # a page at a time: a chain can hold millions of events
+        seen += len(rows)
+        pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
+        problems += verify_events(pairs, start)
+        for r, (where, event) in zip(rows, pairs, strict=True):
+            problems += _check_row(where, r, event)
+        last = pairs[-1][1]
+        start = (str(last.get("hash")), int(last.get("seq") or 0)) if last is not None else (
+            str(rows[-1].hash), int(rows[-1].seq))
+    if mark is not None and not seen:
+        problems.append(f"chain {name}: no events after its checkpoint (seq {start[1]}); pruning keeps "
+                        "the newest event, so the rest were deleted")
     return problems
