@@ -203,6 +203,22 @@ async def chain_end(url: str, chain: str, ids: list[str]) -> tuple[int, set[str]
         await engine.dispose()
 
 
+async def chain_summaries(url: str) -> list[tuple[str, int, int, int, int]]:
+    """Per chain: (name, events stored, first seq, last seq, events pruned before them), sorted by name."""
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            if not await _has_table(conn):
+                return []
+            marks = await checkpoints(conn)
+            rows = (await conn.execute(sa.select(_T.chain, sa.func.count(), sa.func.min(_T.seq), sa.func.max(_T.seq))
+                                       .group_by(_T.chain).order_by(_T.chain))).all()
+            return [(r[0], int(r[1]), int(r[2]), int(r[3]), int(marks[r[0]]["pruned"]) if r[0] in marks else 0)
+                    for r in rows]
+    finally:
+        await engine.dispose()
+
+
 def _check_row(where: str, row: Any, event: Event | None) -> list[str]:
     """Problems where a row's indexed columns disagree with its event JSON."""
     if event is None:
