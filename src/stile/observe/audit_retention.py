@@ -50,7 +50,15 @@ from stile.observe import audit_rollup as rollup
 from stile.observe.audit_chain import GENESIS, verify_events
 from stile.observe.audit_checkpoint import CheckpointKeys, load_keys
 from stile.observe.audit_schema import TABLE, audit_checkpoints, audit_events, metadata
-from stile.observe.audit_store import DB_ERRORS, _check_row, _engine, _parse, checkpoint_problems, checkpoints
+from stile.observe.audit_store import (
+    DB_ERRORS,
+    _check_row,
+    _engine,
+    checkpoint_problems,
+    checkpoints,
+    row_event,
+    sealed_text,
+)
 from stile.observe.spool import fsync_dir
 from stile.tasks import spawn
 from stile.vault.keyring import VaultError
@@ -188,7 +196,7 @@ def _crash_point(name: str) -> None:
 def _check_batch(chain: str, rows: list[Any], mark: dict[str, Any] | None, keys: CheckpointKeys,
                  start: tuple[str, int]) -> tuple[list[str], dict[rollup.Key, rollup.Tally]]:
     """A batch's problems (checkpoint signature, links, hashes, indexed columns) and its usage rollup. Blocking."""
-    pairs = [(f"chain {chain} seq {r.seq}", _parse(r.event)) for r in rows]
+    pairs = [(f"chain {chain} seq {r.seq}", row_event(r.event, r.hash)) for r in rows]
     problems = checkpoint_problems(chain, mark, keys) if mark is not None else []
     problems += verify_events(pairs, start)
     problems += [p for r, (where, event) in zip(rows, pairs, strict=True) for p in _check_row(where, r, event)]
@@ -219,7 +227,7 @@ async def _batch(engine: AsyncEngine, chain: str, upto: int, limits: Limits, key
     export = None
     if limits.export is not None:
         path = await asyncio.to_thread(write_export, chain_dir(limits.export, chain), base_seq + 1, last,
-                                       [r.event.encode() for r in rows])
+                                       [sealed_text(r.event, r.hash).encode() for r in rows])
         export = str(path)
         report.files.append(export)
     _crash_point("after-export")

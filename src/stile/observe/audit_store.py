@@ -70,6 +70,32 @@ def columns(event: Event) -> dict[str, Any]:
     }
 
 
+_HASH_FIELD = ',"hash":"'
+_HASH_TAIL = len(_HASH_FIELD) + 64 + 2  # ,"hash":"<64 hex digits>"}
+
+
+def body_text(raw: bytes) -> str:
+    """What the `event` column holds: the sealed event's JSON without its `hash` (the `hash` column has it),
+    i.e. exactly the canonical body the hash covers. Saves ~75 bytes an event over storing it twice."""
+    return (raw[:-_HASH_TAIL] + b"}").decode()
+
+
+def sealed_text(text: str, hash_: str) -> str:
+    """A row's whole sealed event JSON (as the JSONL sink writes it). Rows written before `body_text` hold it
+    already (a canonical body never ends with `hash`: its keys are sorted and `id`, `time`, ... follow)."""
+    if text[-_HASH_TAIL:-_HASH_TAIL + len(_HASH_FIELD)] == _HASH_FIELD:
+        return text
+    return f'{text[:-1]}{_HASH_FIELD}{hash_}"}}'
+
+
+def row_event(text: str, hash_: str) -> Event | None:
+    """A row's event with its `hash` (from the column when the JSON does not carry it); None if unreadable."""
+    event = _parse(text)
+    if event is not None and "hash" not in event:
+        event["hash"] = hash_
+    return event
+
+
 def _engine(url: str) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_async_engine(async_url(url))
@@ -149,7 +175,7 @@ class StoreSink:
                     seen.add(str(event.get("id")))
                     fresh.append(event)
         if fresh:
-            rows = [{**columns(e), "chain": self.chain, "event": raw.decode()} for e, raw in chain.seal_json(fresh)]
+            rows = [{**columns(e), "chain": self.chain, "event": body_text(raw)} for e, raw in chain.seal_json(fresh)]
             await conn.execute(audit_events.insert(), rows)
         return chain.mark()
 
@@ -305,7 +331,7 @@ async def _verify_chain(conn: AsyncConnection, name: str, mark: dict[str, Any] |
     seen = 0
     async for rows in _pages(conn, name):  # a page at a time: a chain can hold millions of events
         seen += len(rows)
-        pairs = [(f"chain {name} seq {r.seq}", _parse(r.event)) for r in rows]
+        pairs = [(f"chain {name} seq {r.seq}", row_event(r.event, r.hash)) for r in rows]
         problems += verify_events(pairs, start)
         for r, (where, event) in zip(rows, pairs, strict=True):
             problems += _check_row(where, r, event)
