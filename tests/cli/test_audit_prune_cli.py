@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from stile.cli.main import app
 from stile.observe.audit_retention import CRASH_ENV
+from stile.observe.audit_store import sealed_text
 from stile.vault.keyring import MASTER_ENV, new_key_text
 from tests import pg
 from tests.observe.test_audit_retention import Store, events
@@ -83,7 +84,7 @@ def test_a_crash_between_export_and_delete_loses_and_duplicates_nothing(state: s
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(state)
     asyncio.run(store.write("c", [events(50)]))
-    stored = asyncio.run(store.sql("SELECT seq, event FROM stile_audit_events ORDER BY seq"))
+    stored = asyncio.run(store.sql("SELECT seq, event, hash FROM stile_audit_events ORDER BY seq"))
     export = tmp_path / "export"
     key = {MASTER_ENV: new_key_text()}  # the vault signs (no config: no spool directory key file)
     crashed = _prune(state, "--max-events", "10", "--batch", "15", "--export", str(export),
@@ -98,7 +99,8 @@ def test_a_crash_between_export_and_delete_loses_and_duplicates_nothing(state: s
     files = sorted((export / "c").glob("*.gz"))  # the crashed attempt's file was replaced, not kept beside
     assert [f.name for f in files] == ["000000000001-000000000020.jsonl.gz", "000000000021-000000000040.jsonl.gz"]
     lines = [line for f in files for line in gzip.decompress(f.read_bytes()).splitlines()]
-    assert lines == [r.event.encode() for r in stored[:40]]  # each pruned event exactly once, in order
+    # each pruned event exactly once, in order
+    assert lines == [sealed_text(r.event, r.hash).encode() for r in stored[:40]]
     assert asyncio.run(store.seqs("c")) == list(range(41, 51))
     monkeypatch.setenv(MASTER_ENV, key[MASTER_ENV])
     result = runner.invoke(app, ["audit", "verify", "--state", state])

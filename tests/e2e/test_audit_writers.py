@@ -122,6 +122,8 @@ def test_three_replicas_write_their_own_chains_into_one_store(notes: str, state:
     result = CliRunner().invoke(app, ["audit", "verify", "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
     assert "chain intact" in result.output
+    for chain in ("r0", "r1", "r2"):  # verify says what it covered, per writer
+        assert f"  chain {chain}: seq 1-" in result.output
     found = asyncio.run(search(state, Filter(tool="notes__add_note", limit=None)))
     assert len(found) == 3 * CALLS + 1
     assert sum(r.calls for r in asyncio.run(usage(state, "tool")) if r.key == "notes__add_note") == 3 * CALLS + 1
@@ -166,6 +168,7 @@ def test_the_gateway_prunes_in_the_background_and_every_chain_still_verifies(not
     cfg_path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["audit", "verify", "--config", str(cfg_path)])
     assert result.exit_code == 0, result.output
+    assert f"  chain {writer}: seq " in result.output and "pruned before it (signed checkpoint)" in result.output
     assert (spool / "audit-checkpoint.key").is_file()  # no vault master key here: the local key signed
     assert list((export / writer).glob("*.jsonl.gz"))
     usage_out = CliRunner().invoke(app, ["usage", "--config", str(cfg_path), "--by", "tool", "--json"])

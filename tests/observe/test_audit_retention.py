@@ -22,7 +22,7 @@ from stile.observe.audit_checkpoint import CheckpointKeys, kid_for, load_keys
 from stile.observe.audit_query import usage
 from stile.observe.audit_retention import Limits, prune
 from stile.observe.audit_schema import CHECKPOINTS, ROLLUP, TABLE, audit_events
-from stile.observe.audit_store import StoreSink, verify_store
+from stile.observe.audit_store import StoreSink, sealed_text, verify_store
 from stile.stores.keys import async_url
 from tests import pg
 from tests.observe.test_audit_store import make_events
@@ -139,7 +139,7 @@ async def test_writers_continue_after_their_whole_past_is_pruned(store: Store) -
 
 async def test_export_before_delete_holds_every_pruned_event_once_and_chains(store: Store, tmp_path: Path) -> None:
     await store.write("x", [events(50)])
-    stored = await store.sql(f"SELECT seq, event FROM {TABLE} ORDER BY seq")
+    stored = await store.sql(f"SELECT seq, event, hash FROM {TABLE} ORDER BY seq")
     k = keys()
     report = await prune(store.url, Limits(max_events=10, batch=15, export=tmp_path / "export"), k)
     files = sorted((tmp_path / "export" / "x").glob("*.jsonl.gz"))
@@ -147,7 +147,7 @@ async def test_export_before_delete_holds_every_pruned_event_once_and_chains(sto
                                        "000000000031-000000000040.jsonl.gz"]
     assert [Path(f).name for f in report.chains["x"].files] == [f.name for f in files]
     lines = [line for f in files for line in gzip.decompress(f.read_bytes()).splitlines()]
-    assert lines == [r.event.encode() for r in stored[:40]]
+    assert lines == [sealed_text(r.event, r.hash).encode() for r in stored[:40]]
     assert verify_events([(str(i), orjson.loads(line)) for i, line in enumerate(lines)]) == []
     mark = (await store.sql(f"SELECT * FROM {CHECKPOINTS}"))[0]
     assert mark.export == str(files[-1]) and mark.hash == orjson.loads(lines[-1])["hash"]
@@ -280,6 +280,10 @@ async def test_a_store_from_before_writer_chains_and_retention_still_verifies(tm
     await engine.dispose()
     legacy = Store(url)
     await legacy.write("default", [events(25)])
+    for row in await legacy.sql(f"SELECT seq, event, hash FROM {TABLE}"):  # older Stile stored the hash twice
+        await legacy.sql(f"UPDATE {TABLE} SET event = :e WHERE seq = :s", e=sealed_text(row.event, row.hash),
+                         s=row.seq)
+    assert all('"hash":"' in r.event for r in await legacy.sql(f"SELECT event FROM {TABLE}"))
     await legacy.sql(f"DROP TABLE IF EXISTS {CHECKPOINTS}")
     await legacy.sql(f"DROP TABLE IF EXISTS {ROLLUP}")
     assert await verify_store(url) == []
@@ -287,7 +291,11 @@ async def test_a_store_from_before_writer_chains_and_retention_still_verifies(tm
     k = await load_keys(url, None, tmp_path / "spool", create=True)  # no vault: a key file in the spool dir
     assert k.signing is not None and k.signing.startswith("file:")
     assert (tmp_path / "spool" / "audit-checkpoint.key").stat().st_mode & 0o777 == 0o600
-    assert (await prune(url, Limits(max_events=5), k)).pruned == 20
+    assert (await prune(url, Limits(max_events=5, export=tmp_path / "x"), k)).pruned == 20
+    from stile.observe.audit_sinks import verify_jsonl
+
+    [export] = (tmp_path / "x" / "default").glob("*.gz")  # old rows export as they were stored
+    assert verify_jsonl(export) == [] and len(gzip.decompress(export.read_bytes()).splitlines()) == 20
     await legacy.write("default", [events(3)])
     assert await legacy.seqs("default") == list(range(21, 29))
     again = await load_keys(url, None, tmp_path / "spool", create=False)
@@ -334,3 +342,38 @@ async def test_an_export_file_verifies_on_its_own_and_an_edit_in_it_is_found(sto
     lines[4] = lines[4].replace(b'"outcome":"ok"', b'"outcome":"denied"')
     files[1].write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     assert any("line 5" in p and "modified" in p for p in verify_jsonl(files[1]))
+
+
+async def test_concurrent_pruners_with_different_batches_export_each_event_once(store: Store, tmp_path: Path) -> None:
+    await store.write("z", [events(300)])
+    stored = await store.sql(f"SELECT event, hash FROM {TABLE} ORDER BY seq")
+    k = keys()
+    runs = [prune(store.url, Limits(max_events=1, batch=b, export=tmp_path), k) for b in (17, 40, 64)]
+    reports = await asyncio.gather(*runs)
+    assert sum(r.pruned for r in reports) == 299 and all(r.problems == [] for r in reports)
+    files = sorted((tmp_path / "z").glob("*.jsonl.gz"))
+    lines = [line for f in files for line in gzip.decompress(f.read_bytes()).splitlines()]
+    # every pruned event once, in order, no gaps
+    assert lines == [sealed_text(r.event, r.hash).encode() for r in stored[:299]]
+    assert not list((tmp_path / "z").glob(".*"))  # no temporary files left
+
+
+async def test_verify_while_pruning_reports_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune that commits after verify read the checkpoint and before it read the events: no false report."""
+    from stile.observe import audit_store
+
+    await store.write("u", [events(100)])
+    k = keys()
+    await prune(store.url, Limits(max_events=80), k)
+    real, calls = audit_store.checkpoints, []
+
+    async def then_prune(conn: Any) -> dict[str, dict[str, Any]]:
+        marks = await real(conn)
+        calls.append(1)
+        if len(calls) == 1:
+            assert (await prune(store.url, Limits(max_events=30), k)).pruned == 50  # commits in between
+        return marks
+
+    monkeypatch.setattr(audit_store, "checkpoints", then_prune)
+    assert await verify_store(store.url, None, k) == []
+    assert len(calls) == 2  # it noticed the checkpoint had moved and verified again from the new one

@@ -23,7 +23,7 @@ from stile.observe import audit_store
 from stile.observe.audit_chain import GENESIS, chain_hash
 from stile.observe.audit_schema import TABLE, metadata
 from stile.observe.audit_sinks import Event, SinkError
-from stile.observe.audit_store import StoreSink, chain_names, verify_store
+from stile.observe.audit_store import StoreSink, chain_names, sealed_text, verify_store
 from stile.stores.keys import async_url
 from tests.pg import with_port
 
@@ -132,9 +132,10 @@ async def test_events_stored_with_columns_and_json(db: Db) -> None:
     assert (first.virtual_server, first.method, first.upstream) == ("v", "tools/call", "notes")
     assert first.ts == datetime.fromisoformat(events[0]["time"]).timestamp()
     assert (first.latency_ms, first.upstream_ms, first.cost) == (2.9, 1.25, 1.0)
-    stored = orjson.loads(first.event)
-    assert stored == {**events[0], "seq": 1, "prev": GENESIS, "hash": first.hash}
+    stored = orjson.loads(first.event)  # the hashed body; the hash is in its own column, not stored twice
+    assert stored == {**events[0], "seq": 1, "prev": GENESIS}
     assert chain_hash(GENESIS, stored) == first.hash
+    assert orjson.loads(sealed_text(first.event, first.hash)) == {**stored, "hash": first.hash}
     last = rows[-1]
     assert (last.agent, last.principal_user, last.tool, last.upstream, last.outcome) == (
         None, None, None, None, "unauthenticated")

@@ -81,3 +81,14 @@ async def test_a_writer_replays_what_dead_writers_left_in_other_directories(tmp_
     await log.aclose()
     assert sorted(e["id"] for e in sink.written) == ["gone-1", "old-1"]
     assert not legacy.exists() and list((tmp_path / "wal" / "gone").glob("*.wal")) == []
+
+
+def test_without_a_replica_id_a_restart_continues_the_host_chain(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.delenv(REPLICA_ENV, raising=False)
+    cfg = GatewayConfig.model_validate({"audit": {"spool_dir": str(tmp_path)}})
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    first, again = audit_sinks(cfg, url), audit_sinks(cfg, url)
+    assert first[0].inner.chain == again[0].inner.chain == writer_id({}, socket.gethostname())  # type: ignore[attr-defined]

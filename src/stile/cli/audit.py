@@ -39,7 +39,7 @@ from stile.observe.audit_query import (
 )
 from stile.observe.audit_sinks import read_jsonl, tail_state
 from stile.observe.audit_sinks import verify_jsonl as verify
-from stile.observe.audit_store import DB_ERRORS, chain_end, verify_store
+from stile.observe.audit_store import DB_ERRORS, chain_end, chain_summaries, verify_store
 from stile.observe.audit_tail import head_problems, pending_ids, pending_problem, read_heads
 from stile.observe.audit_writers import every_wal_dir
 
@@ -245,8 +245,22 @@ def verify_cmd(
                        err=True)
         else:
             typer.echo(f"{where}: chain intact")
+            if where in {display_url(url) for url in stores}:
+                _print_chains(next(url for url in stores if display_url(url) == where), chain)
     if any(problems for _, problems in results):
         raise typer.Exit(1)
+
+
+def _print_chains(url: str, only: str | None) -> None:
+    """One line per store chain (writer): what verify covered."""
+    try:
+        summaries = asyncio.run(chain_summaries(url))
+    except (*DB_ERRORS, ValueError) as exc:
+        raise fail(describe_error(url, exc, "verify")) from exc
+    for name, count, first, last, pruned in summaries:
+        if only is None or name == only:
+            before = f", {pruned} pruned before it (signed checkpoint)" if pruned else ""
+            typer.echo(f"  chain {name}: seq {first}-{last} ({count} events){before}")
 
 
 def _tail_checks(loaded: LoadedConfig, files: list[Path], stores: list[str]) -> list[tuple[str, list[str]]]:

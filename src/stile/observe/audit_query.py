@@ -312,15 +312,22 @@ def _glob_clause(column: sa.ColumnElement[Any], pattern: str, dialect: str) -> s
     return column.like(like, escape="\\")
 
 
+def _with_hash(event: Event, hash_: str) -> Event:
+    """The `event` column holds the hashed body; the hash is in its own column (`audit_store.body_text`)."""
+    if "hash" not in event:
+        event["hash"] = hash_
+    return event
+
+
 async def _store_search(url: str, flt: Filter) -> list[tuple[float, str, Event]]:
     async def work(conn: AsyncConnection) -> list[tuple[float, str, Event]]:
         t = audit_events.c
-        query = (sa.select(t.ts, t.id, t.event).where(*_where(flt, conn.dialect.name))
+        query = (sa.select(t.ts, t.id, t.event, t.hash).where(*_where(flt, conn.dialect.name))
                  .order_by(t.ts.desc(), t.chain.desc(), t.seq.desc()))
         if flt.limit is not None:
             query = query.limit(flt.limit)
         rows = (await conn.execute(query)).all()
-        return [(float(r.ts), str(r.id), orjson.loads(r.event)) for r in reversed(rows)]
+        return [(float(r.ts), str(r.id), _with_hash(orjson.loads(r.event), r.hash)) for r in reversed(rows)]
 
     return await _with_store(url, work) or []
 

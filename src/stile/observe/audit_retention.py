@@ -50,7 +50,15 @@ from stile.observe import audit_rollup as rollup
 from stile.observe.audit_chain import GENESIS, verify_events
 from stile.observe.audit_checkpoint import CheckpointKeys, load_keys
 from stile.observe.audit_schema import TABLE, audit_checkpoints, audit_events, metadata
-from stile.observe.audit_store import DB_ERRORS, _check_row, _engine, _parse, checkpoint_problems, checkpoints
+from stile.observe.audit_store import (
+    DB_ERRORS,
+    _check_row,
+    _engine,
+    checkpoint_problems,
+    checkpoints,
+    row_event,
+    sealed_text,
+)
 from stile.observe.spool import fsync_dir
 from stile.tasks import spawn
 from stile.vault.keyring import VaultError
@@ -151,7 +159,7 @@ def chain_dir(export: Path, chain: str) -> Path:
 
 
 def write_export(directory: Path, first: int, last: int, lines: list[bytes]) -> Path:
-    """`<first>-<last>.jsonl.gz`, durable before it returns; an earlier attempt from `first` is replaced. Blocking."""
+    """`<first>-<last>.jsonl.gz`, durable before it returns (an earlier attempt of that name is replaced). Blocking."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{first:012d}-{last:012d}.jsonl.gz"
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -167,16 +175,32 @@ def write_export(directory: Path, first: int, last: int, lines: list[bytes]) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    for stale in directory.glob(f"{first:012d}-*.jsonl.gz"):
-        if stale != path:  # a crashed attempt that ended elsewhere: this file holds its events
-            stale.unlink()
     fsync_dir(directory)
     return path
+
+
+def drop_other_attempts(path: Path, first: int) -> None:
+    """After the commit: files of crashed attempts at the same batch start (this file holds their events). Only
+    the committing pruner may do this: the checkpoint moved past `first` just now, so no other file from `first`
+    is committed. Blocking."""
+    for stale in path.parent.glob(f"{first:012d}-*.jsonl.gz"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
 
 
 def _crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_batch(chain: str, rows: list[Any], mark: dict[str, Any] | None, keys: CheckpointKeys,
+                 start: tuple[str, int]) -> tuple[list[str], dict[rollup.Key, rollup.Tally]]:
+    """A batch's problems (checkpoint signature, links, hashes, indexed columns) and its usage rollup. Blocking."""
+    pairs = [(f"chain {chain} seq {r.seq}", row_event(r.event, r.hash)) for r in rows]
+    problems = checkpoint_problems(chain, mark, keys) if mark is not None else []
+    problems += verify_events(pairs, start)
+    problems += [p for r, (where, event) in zip(rows, pairs, strict=True) for p in _check_row(where, r, event)]
+    return problems, rollup.tally(rows)
 
 
 async def _batch(engine: AsyncEngine, chain: str, upto: int, limits: Limits, keys: CheckpointKeys,
@@ -188,21 +212,22 @@ async def _batch(engine: AsyncEngine, chain: str, upto: int, limits: Limits, key
         last = min(upto, base_seq + limits.batch)
         if last <= base_seq:
             return False
-        rows = (await conn.execute(sa.select(audit_events).where(_T.chain == chain, _T.seq > base_seq,
-                                                                 _T.seq <= last).order_by(_T.seq))).all()
-    pairs = [(f"chain {chain} seq {r.seq}", _parse(r.event)) for r in rows]
-    problems = checkpoint_problems(chain, mark, keys) if mark is not None else []
-    problems += verify_events(pairs, (base_hash, base_seq))
-    problems += [p for r, (where, event) in zip(rows, pairs, strict=True) for p in _check_row(where, r, event)]
+        rows = list((await conn.execute(sa.select(audit_events).where(
+            _T.chain == chain, _T.seq > base_seq, _T.seq <= last).order_by(_T.seq))).all())
+    # the CPU work (parse, hash, compare, tally: ~30 µs an event) in a thread, not on the gateway's event loop
+    problems, tallies = await asyncio.to_thread(_check_batch, chain, rows, mark, keys, (base_hash, base_seq))
     if not rows or rows[-1].seq != last:
         problems.append(f"chain {chain}: events {base_seq + 1}..{last} are not all there")
     if problems:
+        async with engine.connect() as conn:
+            if (await checkpoints(conn)).get(chain) != mark:  # another pruner committed between our two reads
+                raise Concurrent(chain)
         report.problems += [f"not pruned: {p}" for p in problems]
         return False
     export = None
     if limits.export is not None:
         path = await asyncio.to_thread(write_export, chain_dir(limits.export, chain), base_seq + 1, last,
-                                       [r.event.encode() for r in rows])
+                                       [sealed_text(r.event, r.hash).encode() for r in rows])
         export = str(path)
         report.files.append(export)
     _crash_point("after-export")
@@ -220,13 +245,25 @@ async def _batch(engine: AsyncEngine, chain: str, upto: int, limits: Limits, key
                     raise Concurrent(chain)
             else:
                 await conn.execute(audit_checkpoints.insert().values(**new))
-            await rollup.add(conn, chain, rollup.tally(rows))
+            await rollup.add(conn, chain, tallies)
             await conn.execute(sa.delete(audit_events).where(_T.chain == chain, _T.seq <= last))
-    except IntegrityError as exc:
+    except (IntegrityError, Concurrent) as exc:
+        if export is not None:
+            await _drop_if_lost(engine, chain, export)
         raise Concurrent(chain) from exc
+    if export is not None:
+        await asyncio.to_thread(drop_other_attempts, Path(export), base_seq + 1)
     report.pruned += len(rows)
     report.checkpoint = last
     return last < upto
+
+
+async def _drop_if_lost(engine: AsyncEngine, chain: str, export: str) -> None:
+    """Another pruner committed this batch first: remove our export unless it is the very file it committed."""
+    async with engine.connect() as conn:
+        mark = (await checkpoints(conn)).get(chain)
+    if mark is None or mark.get("export") != export:
+        await asyncio.to_thread(Path(export).unlink, missing_ok=True)
 
 
 async def prune(url: str, limits: Limits, keys: CheckpointKeys, now: float | None = None) -> PruneReport:

@@ -1,8 +1,9 @@
 """The audit table in the state store (SQLite or Postgres), shared by the store sink and the queries.
 
-One row per sealed event. `event` holds the whole sealed event as JSON (what the hash covers); the
-other columns are copies for indexed search and usage reports, and `stile audit verify` checks that
-they still agree with `event`. Rows are keyed by (chain, seq): replicas may share one chain (the sink
+One row per sealed event. `event` holds its JSON without `hash`, i.e. exactly the canonical body the hash
+covers (rows written before that also carry `hash` in it; `audit_store.row_event` reads both), and `hash`
+the hash; the other columns are copies for indexed search and usage reports, and `stile audit verify`
+checks that they still agree with `event`. Rows are keyed by (chain, seq): replicas may share one chain (the sink
 re-reads the head and re-seals on a conflict) or use one each (`audit.chain`).
 """
 
@@ -30,7 +31,7 @@ audit_events = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("upstream_ms", sa.Float),
     sa.Column("cost", sa.Float),
-    sa.Column("event", sa.Text, nullable=False),  # the sealed event, JSON
+    sa.Column("event", sa.Text, nullable=False),  # the hashed body of the sealed event (JSON, no `hash`)
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Index("ix_stile_audit_ts", "ts"),
     sa.Index("ix_stile_audit_agent_ts", "agent", "ts"),
