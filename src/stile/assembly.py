@@ -98,7 +98,7 @@ def assemble(cfg: GatewayConfig, state_url: str | None = None) -> Runtime:
                      wal_dir=wal_dir(spool_dir, writer), wal_adopt=tuple(other_wal_dirs(spool_dir, writer)),
                      durability=cfg.audit.durability)
     observers = Observers(Metrics(gw, audit=audit, max_series=cfg.limits.max_metric_series), audit, tracing)
-    deps = PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append, state_url)
+    deps = PolicyDeps(cfg, gw, observers, gw.upstream_listeners.append, state_url, bus=gw.bus)
     gw.install_chains(build_chains(deps, gw.router.handle))
     if cfg.audit.retention is not None and cfg.audit.store and state_url:
         from stile.observe.audit_retention import Pruner  # only deployments that prune load it

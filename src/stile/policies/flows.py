@@ -18,7 +18,9 @@ history is the principal's (auth method, agent, user) on that virtual server, na
 client hint `params._meta["io.stile/session"]` (a conversation id): a client that sends no hint shares one
 history across all its conversations, which errs towards refusing. Histories expire `window_s` after
 their last call and at most `max_sessions` are kept (least recently used first); at most `max_labels`
-labels per history. The flows protect a well-meaning agent from being steered by injected content,
+labels per history. Replicas and workers sharing a bus (`redis:`, or the Unix bus of `--workers`) share the
+histories too (`policies/flows_shared.py`), so calls of one session landing on different processes count
+together. The flows protect a well-meaning agent from being steered by injected content,
 not the gateway from a client that opens a fresh session to forget its history.
 """
 
@@ -31,8 +33,10 @@ from typing import Any
 from cel_expr_python import cel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stile.bus import Bus
 from stile.core.catalog import Target, ViewSource, matches
 from stile.core.context import CallContext, CallNext, Reply
+from stile.policies.flows_shared import SharedHistory
 from stile.policies.registry import PolicyDeps, PolicyType, register
 from stile.policies.rules import PolicyDenied
 
@@ -154,12 +158,14 @@ def history_key(ctx: CallContext) -> tuple[Any, ...]:
 
 
 class Flows:
-    def __init__(self, cfg: FlowsConfig, views: ViewSource) -> None:
+    def __init__(self, cfg: FlowsConfig, views: ViewSource, bus: Bus | None = None) -> None:
         self.cfg = cfg
         self.views = views
         self.flows = [_Compiled(f) for f in cfg.flows]
         self.enabled = bool(self.flows)
         self.history = History(cfg.max_sessions, cfg.max_labels, cfg.window_s)
+        # replicas and workers sharing a bus share the histories (policies/flows_shared.py)
+        self.shared = SharedHistory(bus, cfg.max_labels, cfg.window_s) if bus is not None and bus.shared else None
         self._exact = {k: frozenset(v) for k, v in cfg.labels.items() if not any(c in k for c in "*?[")}
         self._globs = [(k, frozenset(v)) for k, v in cfg.labels.items() if any(c in k for c in "*?[")]
         self._labels: dict[tuple[str, str, bool, bool], frozenset[str]] = {}
@@ -201,17 +207,23 @@ class Flows:
         key = history_key(ctx)
         now = time.monotonic()
         seen = self.history.seen(key, now)
+        shared_seen: set[str] | None = None
+        if self.shared is not None:
+            shared_seen = await self.shared.seen(key)
+            seen = seen | shared_seen
         vs = ctx.virtual_server
         for flow in self.flows:
             if (flow.virtual_servers is None or vs in flow.virtual_servers) and flow.denies(labels, seen, ctx, target):
                 raise FlowDenied(f"denied by flow policy: {flow.reason}",
                                  data={"rule": f"flow:{flow.name}", "flow": flow.name})
         self.history.add(key, labels, now)
+        if self.shared is not None and shared_seen is not None:
+            await self.shared.add(key, labels, shared_seen)
         return await call_next(ctx)
 
 
 def _flows(deps: PolicyDeps, config: Any) -> Flows:
-    return Flows(config if isinstance(config, FlowsConfig) else FlowsConfig(), deps.views)
+    return Flows(config if isinstance(config, FlowsConfig) else FlowsConfig(), deps.views, deps.bus)
 
 
 FLOWS = register(PolicyType("flows", _flows, FlowsConfig, order=35,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from stile.bus import Bus
 from stile.config.model import GatewayConfig
 from stile.core.catalog import ViewSource
 from stile.core.context import CallNext
@@ -43,6 +44,7 @@ class PolicyDeps:
     on_upstream_notification: Callable[[UpstreamListener], None] = field(default=lambda listener: None)
     state_url: str | None = None  # the state store (SQLite/Postgres URL), for policies that keep durable state
     lifecycle: list[Any] = field(default_factory=list)  # policies with `async start()`/`aclose()` add themselves
+    bus: Bus | None = None  # what replicas and workers share (stile.bus); None or not `shared`: this process only
 
 
 Factory = Callable[[PolicyDeps, Any], Policy | None]  # None: nothing configured, leave it out of the chain
