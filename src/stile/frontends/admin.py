@@ -6,9 +6,10 @@
 
 - ``GET /admin/screen/quarantined`` -> ``{"quarantined": [{digest, kind, ref, hits}, ...]}``: the definitions
   the screen (`policies.screen`, `descriptions: quarantine`) hides until reviewed, in this process.
-- ``POST /admin/screen/approve?digest=D`` -> ``{"approved": D, "ref": ..., "persist": ...}``: releases one
-  quarantined definition in this process (its clients are told the lists changed); 404 when no definition
-  with that digest is quarantined. To keep it across restarts and replicas, list the digest under
+- ``POST /admin/screen/approve?digest=D`` -> ``{"approved": D, "ref": ..., "replicas": N, "persist": ...}``:
+  releases one quarantined definition in this process and, over a shared bus, in the N other replicas
+  (their clients are told the lists changed too); 404 when no definition with that digest is quarantined.
+  To keep it across restarts and for replicas started later, list the digest under
   `policies.screen.approved` (the reply says so). 404 for both when no virtual server screens descriptions.
 
 Access: 404 unless `admin.enabled`; the caller authenticates like an MCP client (API key or bearer
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -71,10 +72,10 @@ class BadParam(Exception):
 class AdminApi:
     def __init__(self, cfg: GatewayConfig, audit: AuditLog, state_url: str | None, authn: Authenticator,
                  base_url: Callable[[dict[str, str]], str | None], screen: Quarantine | None = None,
-                 on_release: Callable[[], None] | None = None) -> None:
+                 on_release: Callable[[str], Awaitable[int]] | None = None) -> None:
         self.cfg = cfg
         self.screen = screen
-        self.on_release = on_release  # after an approval: tell the clients their lists changed
+        self.on_release = on_release  # after an approval: tell clients and other replicas; how many replicas heard
         self.audit = audit
         self.state_url = state_url
         self.authn = authn
@@ -173,11 +174,11 @@ class AdminApi:
         self._audit_access(scope, headers, "ok", f"screen approve {item_digest} ({entry.kind} {entry.ref})", principal)
         log.warning("screen: %s %s approved by %s via the admin API, stile_digest=%s", entry.kind, entry.ref,
                     principal.agent or principal.user or "(admin)", item_digest)
-        if self.on_release is not None:
-            self.on_release()
-        await send_json(send, 200, {"approved": item_digest, "kind": entry.kind, "ref": entry.ref,
-                                    "persist": "released in this process only: add the digest to "
-                                               "policies.screen.approved to keep it across restarts and replicas"})
+        others = await self.on_release(item_digest) if self.on_release is not None else 0
+        where = f"in this process and {others} other replica(s) sharing its bus" if others else "in this process only"
+        await send_json(send, 200, {"approved": item_digest, "kind": entry.kind, "ref": entry.ref, "replicas": others,
+                                    "persist": f"released {where}: add the digest to policies.screen.approved "
+                                               "to keep it across restarts and for replicas started later"})
 
     async def _audit(self, source: Source, params: dict[str, str]) -> dict[str, Any]:
         raw_limit = params.get("limit", "100")

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from stile.assembly import Runtime
+from stile.bus import BusUnavailable
 from stile.core.context import ANONYMOUS, Principal
 from stile.frontends import oauth_routes
 from stile.frontends.admin import AdminApi
@@ -60,7 +61,9 @@ class StileApp:
         gw.rpc.on_cast("keys.revoked", lambda payload, sender: self.authn.forget_verified())  # 0009
         screen = next((p for p in runtime.policies if isinstance(p, Screen)), None)
         self.admin = AdminApi(gw.cfg, self.audit, runtime.state_url, self.authn, self.audience_base,
-                              screen=screen, on_release=self._lists_changed)
+                              screen=screen, on_release=self._released)
+        self.screen = screen
+        gw.rpc.on_cast("screen.approved", self._approved_elsewhere)  # an admin approved it on another replica
         self.metrics_access = MetricsAccess(runtime, self.authn, self.base_url)
         self._start_gateway = start_gateway
         limits = gw.cfg.limits
@@ -76,6 +79,26 @@ class StileApp:
                               if public else "")
         self.allowed_hosts = {h.lower() for h in gw.cfg.allowed_hosts} or (set(LOOPBACK) if local else set())
         self.allowed_origins = {o.lower().rstrip("/") for o in gw.cfg.allowed_origins}
+
+    async def _released(self, item_digest: str) -> int:
+        """An admin approved a quarantined definition here: clients' lists changed; other replicas release it too."""
+        self._lists_changed()
+        if not self.gw.bus.shared:
+            return 0
+        try:
+            reached = await self.gw.rpc.cast(None, "screen.approved", {"digest": item_digest})
+        except BusUnavailable:
+            log.warning("screen: approval of %s not shared: the bus is unavailable", item_digest)
+            return 0
+        return max(0, reached - 1)  # the broadcast reaches this process too
+
+    def _approved_elsewhere(self, payload: dict[str, Any], sender: str) -> None:
+        item_digest = payload.get("digest")
+        if sender == self.gw.rpc.replica or self.screen is None or not isinstance(item_digest, str):
+            return
+        if any(e.digest == item_digest for e in self.screen.quarantine_entries()) and self.screen.approve(item_digest):
+            log.warning("screen: %s approved on replica %s", item_digest, sender[:64])
+            self._lists_changed()
 
     def _lists_changed(self) -> None:
         """A quarantined definition was released: every client may see more than its lists said."""
