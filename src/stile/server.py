@@ -8,6 +8,7 @@ import uvicorn
 
 from stile.assembly import assemble
 from stile.config.model import GatewayConfig
+from stile.config.paths import sqlite_state_problem
 from stile.frontends.app import StileApp
 from stile.frontends.protocol import http_protocol
 from stile.identity.audience import audience_warning
@@ -43,6 +44,9 @@ def run(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", st
 def prepare(cfg: GatewayConfig, *, host: str, port: int, log_level: str = "info", state_url: str | None = None
             ) -> uvicorn.Server:
     """The gateway's app under a uvicorn server, not yet serving (`stile.workers.worker` serves a shared socket)."""
+    problem = sqlite_state_problem(state_url or cfg.state)
+    if problem is not None:
+        raise SystemExit(f"error: {problem}: fix it or point `state:` elsewhere")
     try:
         app = build_app(cfg, host, state_url)
     except (VaultError, WriterIdError) as exc:

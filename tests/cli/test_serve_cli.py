@@ -65,3 +65,24 @@ def test_demo_on_a_busy_port_says_so_before_its_banner(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
     assert "make demo PORT=N" in proc.stderr
     assert "Stile demo" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_serve_with_a_state_database_it_cannot_create_exits_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    for store in ("true", "false"):  # with the audit store off nothing else would have noticed
+        path = tmp_path / f"stile-{store}.yaml"
+        path.write_text(CONFIG + f"state: sqlite:///{missing}/state.db\naudit: {{store: {store}}}\n", encoding="utf-8")
+        proc = subprocess.run([sys.executable, "-m", "stile", "serve", "--config", str(path), "--port",
+                               str(free_port())], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=ENV)
+        assert proc.returncode == 1, proc.stderr
+        assert f"the state database {missing}/state.db cannot be created: {missing} does not exist" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_sqlite_state_problems_are_named() -> None:
+    from stile.config.paths import sqlite_state_problem
+
+    assert sqlite_state_problem(None) is None
+    assert sqlite_state_problem("postgresql://u@h/db") is None
+    assert sqlite_state_problem("sqlite:///:memory:") is None
+    assert sqlite_state_problem("sqlite:////") == "the state database / is a directory"

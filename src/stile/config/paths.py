@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -57,3 +58,32 @@ def resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
     if any(up.cwd for up in cfg.upstreams.values()):
         update["upstreams"] = upstreams
     return cfg.model_copy(update=update) if update else cfg
+
+
+def sqlite_state_problem(url: str | None) -> str | None:
+    """Why a SQLite state database cannot be opened for writing (checked before serving), or None.
+
+    SQLite creates the file but not its directory; every store (keys, pins, vault, quotas, revocations) would
+    otherwise fail on first use, one log line at a time, while the gateway looked healthy."""
+    if not url:
+        return None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    name = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    path = Path(name)
+    if path.exists():
+        if path.is_dir():
+            return f"the state database {path} is a directory"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"the state database {path} is not readable and writable by this user"
+        return None
+    parent = path.parent
+    if not parent.is_dir():
+        return f"the state database {path} cannot be created: {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the state database {path} cannot be created: {parent} is not writable by this user"
+    return None
