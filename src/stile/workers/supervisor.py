@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib
 import logging
 import os
 import secrets
@@ -36,6 +35,7 @@ from pathlib import Path
 import orjson
 
 from stile.assembly import build_vault
+from stile.bus.local import LocalBusServer
 from stile.config.model import GatewayConfig
 from stile.observe.audit_writers import WriterIdError, writer_id
 from stile.tasks import spawn
@@ -79,19 +79,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def start_bus(runtime_dir: Path) -> tuple[dict[str, str], Callable[[], Awaitable[None]] | None]:
-    """The local bus for cross-worker state: (env for the workers, its close), or ({}, None) when absent.
+    """The host's Unix-socket bus for cross-worker state (`stile.bus.local`): (env for the workers, its close).
 
-    TODO(integrator): `stile.bus.local.LocalBusServer` is built by the "bus" helper on its own branch;
-    once merged, this starts it and workers find it through STILE_BUS_URL. Until then workers run without
-    it (cross-worker pending requests, MRTR and subscriptions stay process-local).
-    """
-    try:
-        local = importlib.import_module("stile.bus.local")  # by name: this branch type-checks without it
-    except ImportError:
-        log.warning("no local bus (stile.bus.local missing): cross-worker state stays per worker")
-        return {}, None
+    Workers find it through STILE_BUS_URL; relayed answers, MRTR retries, fan-out, subscriptions, DELETE and
+    flow histories then follow a client from worker to worker (docs/design/0009-cross-replica-state.md)."""
     path = runtime_dir / "bus.sock"
-    bus = local.LocalBusServer(str(path))
+    bus = LocalBusServer(str(path))
     await bus.start()
 
     async def close() -> None:
