@@ -13,21 +13,12 @@ from stile.config.model import GatewayConfig
 from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, Principal, Reply
 from stile.policies.cache import CacheConfig, ResponseCache
+from tests.policies.views import StaticViews
 
 TOOLS = [{"name": "search", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}},
          {"name": "write", "inputSchema": {"type": "object"}}]
 ALICE = Principal(agent="a", user="alice", roles=("reader",), method="api_key")
 
-
-class Views:
-    def __init__(self, view: View) -> None:
-        self._view = view
-
-    def view(self, name: str) -> View | None:
-        return self._view
-
-    async def ensure_discovered(self, view: View) -> View:
-        return view
 
 
 class Terminal:
@@ -48,7 +39,7 @@ def setup(**config: Any) -> tuple[ResponseCache, View]:
     cfg = GatewayConfig.model_validate({"upstreams": {"up": {"url": "http://127.0.0.1:1/mcp"}},
                                         "virtual_servers": {"vs": {"upstreams": ["up"], "prefix": "never"}}})
     view = build_view("vs", cfg.virtual_servers["vs"], cfg, {"up": Inventory(tools=TOOLS, ok=True)})
-    return ResponseCache(CacheConfig(enabled=True, **config), Views(view)), view
+    return ResponseCache(CacheConfig(enabled=True, **config), StaticViews(view)), view
 
 
 def call(view: View, name: str = "search", args: Any = None, **params: Any) -> CallContext:

@@ -11,6 +11,7 @@ from stile.core.catalog import Inventory, View, build_view
 from stile.core.context import CallContext, Principal, Reply
 from stile.policies.flows import SESSION_HINT, FlowDenied, Flows, FlowsConfig, History, history_key
 from stile.policies.registry import check_chains
+from tests.policies.views import StaticViews
 
 TOOLS = [{"name": "read", "inputSchema": {"type": "object"}},
          {"name": "fetch", "inputSchema": {"type": "object"}, "annotations": {"openWorldHint": True}},
@@ -22,23 +23,13 @@ TRIFECTA = {"name": "trifecta",
             "reason": "no egress after private + untrusted"}
 
 
-class _Views:
-    def __init__(self, view: View) -> None:
-        self._view = view
-
-    def view(self, name: str) -> View | None:
-        return self._view
-
-    async def ensure_discovered(self, view: View) -> View:
-        return view
-
 
 def _flows(**cfg: Any) -> tuple[Flows, View]:
     gw = GatewayConfig.model_validate({"upstreams": {"up": {"url": "http://127.0.0.1:1/mcp"}},
                                        "virtual_servers": {"vs": {"upstreams": ["up"], "prefix": "never"}}})
     view = build_view("vs", gw.virtual_servers["vs"], gw, {"up": Inventory(tools=TOOLS, ok=True)})
     base: dict[str, Any] = {"labels": {"up.read": ["reads_private"], "up.se*": ["egress"]}, "flows": [TRIFECTA]}
-    return Flows(FlowsConfig.model_validate({**base, **cfg}), _Views(view)), view
+    return Flows(FlowsConfig.model_validate({**base, **cfg}), StaticViews(view)), view
 
 
 async def _ok(ctx: CallContext) -> Reply:
