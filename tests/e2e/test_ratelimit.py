@@ -165,15 +165,21 @@ def test_denials_are_audited_with_the_limit_as_reason(gateway: tuple[str, str, P
     assert denied["principal"]["agent"] == "modern-bot"
 
 
-def test_two_stile_processes_sharing_redis_enforce_one_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["policy", "top-level"])
+def test_two_stile_processes_sharing_redis_enforce_one_limit(tmp_path: Path, where: str) -> None:
+    """`policies.ratelimit.redis`, or the deployment's top-level `redis:` (the bus) when the policy names none."""
     prefix = f"stile-test:{uuid.uuid4().hex}:"
-    limits = {"redis": "redis://127.0.0.1:6379/0", "key_prefix": prefix,
-              "limits": [{"key": "agent", "rate": "5/h", "virtual_servers": ["per"]}]}
+    limits: dict[str, Any] = {"limits": [{"key": "agent", "rate": "5/h", "virtual_servers": ["per"]}]}
+    top: dict[str, Any] = {}
+    if where == "policy":
+        limits.update({"redis": "redis://127.0.0.1:6379/0", "key_prefix": prefix})
+    else:
+        top = {"redis": "redis://127.0.0.1:6379/0", "redis_prefix": prefix}
     with counting_upstream() as upstream, ExitStack() as stack:
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        a = stack.enter_context(stile_server(_config(upstream, tmp_path / "a", limits)))
-        b = stack.enter_context(stile_server(_config(upstream, tmp_path / "b", limits)))
+        a = stack.enter_context(stile_server({**_config(upstream, tmp_path / "a", limits), **top}))
+        b = stack.enter_context(stile_server({**_config(upstream, tmp_path / "b", limits), **top}))
 
         async def go() -> list[int]:
             statuses = []

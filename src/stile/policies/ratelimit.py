@@ -11,14 +11,17 @@ A limit keyed by agent or user applies to callers that have one; each distinct v
 virtual server, tool, upstream) has its own bucket. `burst` defaults to the rate's count (`5/min`
 admits 5 at once, then one every 12 s). A refused call consumes nothing from any bucket.
 
-Store: in this process (`MemoryGcra`), or Redis when `redis: redis://host:port/db` is set (one Lua
-script per call, shared by every worker and replica). When Redis fails (down, slow past `redis_timeout`
-seconds, a bad reply), `on_store_error` applies: `open` (the default: a limiter outage must not take
-the gateway down) admits, `closed` refuses as if limited (retry after 1 s). Either way it is logged at
-most once a minute and counted (`stile_ratelimit_store_errors_total`); a failed Redis is retried at
-most once a second, so an outage costs a call no waiting. Denials are audited (outcome `denied`, the
-limit in the reason) and counted (`stile_denials_total{reason="RateLimited"|"TooManyRequests"}`,
-`stile_ratelimit_denied_total{limit}`). With no limits configured the policy is not in the chain at all.
+Store: in this process (`MemoryGcra`), or Redis when `redis: redis://host:port/db` is set here or at the
+top level of the config (the deployment's bus; keys then under `<redis_prefix>rl:`): one Lua script per
+call, shared by every worker and replica. Without Redis, each worker of `--workers N` and each replica
+keeps its own buckets (a client spread over N processes gets up to N times the rate). When Redis fails
+(down, slow past `redis_timeout` seconds, a bad reply), `on_store_error` applies: `open` (the default: a
+limiter outage must not take the gateway down) admits, `closed` refuses as if limited (retry after 1 s).
+Either way it is logged at most once a minute and counted (`stile_ratelimit_store_errors_total`); a
+failed Redis is retried at most once a second, so an outage costs a call no waiting. Denials are audited
+(outcome `denied`, the limit in the reason) and counted
+(`stile_denials_total{reason="RateLimited"|"TooManyRequests"}`, `stile_ratelimit_denied_total{limit}`).
+With no limits configured the policy is not in the chain at all.
 """
 
 from __future__ import annotations
@@ -242,6 +245,11 @@ def _factory(deps: PolicyDeps, config: Any) -> RateLimit | None:
     cfg = config if isinstance(config, RateLimitConfig) else RateLimitConfig()
     if not cfg.limits:
         return None  # nothing configured: not in the chain, no cost
+    if cfg.redis is None and deps.cfg.redis:  # the deployment's Redis (top-level `redis:`) unless set here
+        update: dict[str, Any] = {"redis": deps.cfg.redis}
+        if "key_prefix" not in cfg.model_fields_set:
+            update["key_prefix"] = f"{deps.cfg.redis_prefix}rl:"
+        cfg = cfg.model_copy(update=update)
     for i, lim in enumerate(cfg.limits):
         for vs in set(lim.virtual_servers or ()) - set(deps.cfg.virtual_servers):
             log.warning("policies.ratelimit.limits[%d]: unknown virtual server %r (the limit never applies there)",
