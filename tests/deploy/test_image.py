@@ -281,8 +281,8 @@ def test_without_a_mounted_config_the_entry_point_says_where_to_put_one(image: I
 
 
 def test_a_config_that_writes_beside_itself_is_refused_clearly(image: Image, tmp_path: Path) -> None:
-    """Relative paths resolve beside the config, here the read-only config mount: the audit write-ahead log
-    (`audit-spool/wal` beside the SQLite file) cannot be created, and Stile stops with a clear error."""
+    """Relative paths resolve beside the config, here the read-only config mount: the SQLite state database (and
+    the audit write-ahead log beside it) cannot be created, and Stile stops with a clear error naming it."""
     if os.getuid() == 0 and image.uid == 0:
         pytest.skip("root ignores file modes")
     config = tmp_path / "conf"
@@ -302,7 +302,8 @@ def test_a_config_that_writes_beside_itself_is_refused_clearly(image: Image, tmp
         stop(proc)
     printed = log.read_text(errors="replace")
     assert rc is not None and rc != 0, printed
-    assert "is not writable (Permission denied): fix its permissions or set audit.spool_dir" in printed, printed
+    assert (f"the state database {config / 'stile.db'} cannot be created: {config} is not writable by this user"
+            in printed), printed
     assert "Traceback" not in printed, printed
 
 
