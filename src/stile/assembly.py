@@ -30,7 +30,6 @@ from stile.vault.credentials import VaultCredentials, needs_vault
 from stile.vault.keyring import load_keyring
 from stile.vault.store import SecretStore
 from stile.vault.user_oauth import USED_CONSENTS_TABLE, UserOAuth
-from stile.wire import jsonrpc
 from stile.wire.forwarded import ClientAddress
 
 log = logging.getLogger("stile.gateway")
@@ -124,9 +123,7 @@ async def rediscover(gw: Gateway, upstream: str) -> None:
     await gw.refresh(upstream)
     for view in gw.views.values():
         if upstream in view.upstreams:
-            for method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
-                           "notifications/resources/list_changed"):
-                gw.hub.publish(view.name, jsonrpc.notification(method))
+            gw.hub.publish_lists_changed(view.name)
 def build_vault(cfg: GatewayConfig, state_url: str | None) -> VaultCredentials | None:
     if not needs_vault(cfg):
         return None

@@ -29,6 +29,7 @@ import orjson
 
 from stile.bus import Bus, BusUnavailable
 from stile.bus.rpc import Rpc
+from stile.core.hub import LIST_CHANGED
 from stile.tasks import spawn
 
 if TYPE_CHECKING:
@@ -38,8 +39,7 @@ log = logging.getLogger("stile.cluster")
 CHANGED_WINDOW = 1.0
 REPORT_SECONDS = 2.0
 MAX_PAYLOAD = 64 * 1024  # bytes of a resources/updated notification worth broadcasting
-_CHANGED = frozenset({"notifications/tools/list_changed", "notifications/prompts/list_changed",
-                      "notifications/resources/list_changed"})
+_CHANGED = frozenset(LIST_CHANGED)
 
 
 class Cluster:

@@ -24,7 +24,7 @@ from stile.core.catalog import Inventory, View, build_view
 from stile.core.cluster import Cluster
 from stile.core.context import CallContext, CallNext, Reply
 from stile.core.health import HealthChecker
-from stile.core.hub import Hub
+from stile.core.hub import LIST_CHANGED, Hub
 from stile.core.mrtr import InputBridge
 from stile.core.router import NO_SPANS, Router, UpstreamSpans
 from stile.core.session_guard import SessionGuard
@@ -48,10 +48,7 @@ _LIST_KEY = {"tools/list": "tools", "resources/list": "resources", "resources/te
              "prompts/list": "prompts"}
 # applied to every fetched inventory before views see it (pinning: `stile.governance.pinning`)
 InventoryFilter = Callable[[str, Inventory], Awaitable[Inventory]]
-_CHANGED = {
-    "notifications/tools/list_changed", "notifications/prompts/list_changed",
-    "notifications/resources/list_changed",
-}
+_CHANGED = frozenset(LIST_CHANGED)
 
 
 class Gateway:

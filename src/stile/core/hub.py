@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from stile.wire import jsonrpc
 from stile.wire.jsonrpc import Message
+
+# the notifications that tell a client to list again (what `publish_lists_changed` sends, in this order)
+LIST_CHANGED = ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+                "notifications/resources/list_changed")
 
 
 @dataclass(eq=False)
@@ -71,6 +76,11 @@ class Hub:
         if virtual_server is not None:
             return len(self._subs.get(virtual_server, ()))
         return sum(len(s) for s in self._subs.values())
+
+    def publish_lists_changed(self, virtual_server: str) -> None:
+        """Every list of this virtual server may have changed (pins approved, a quarantine released)."""
+        for method in LIST_CHANGED:
+            self.publish(virtual_server, jsonrpc.notification(method))
 
     def publish(self, virtual_server: str, msg: Message, uri: str | None = None) -> int:
         sent = 0

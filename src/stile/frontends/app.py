@@ -103,9 +103,7 @@ class StileApp:
     def _lists_changed(self) -> None:
         """A quarantined definition was released: every client may see more than its lists said."""
         for name in self.gw.cfg.virtual_servers:
-            for method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
-                           "notifications/resources/list_changed"):
-                self.gw.hub.publish(name, jsonrpc.notification(method))
+            self.gw.hub.publish_lists_changed(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
